@@ -1,0 +1,351 @@
+//! Plugin configuration: parsed strictly, then validated into a checked [`Config`].
+//!
+//! Envoy hands the configuration over as the JSON string of a `StringValue`, or as the
+//! binary protobuf of a `Struct` when it is written as a YAML map; both become the same
+//! [`RawConfig`]. Every rejection names the field (`agents.research-bot.daily_usd`) so the
+//! operator can fix it; `on_configure` then returns false and Envoy keeps the last good one.
+
+use crate::identity::{is_valid_agent_id, DEFAULT_BUDGET};
+use crate::pbstruct;
+use crate::period::TimeZone;
+use crate::pricing::{usd_to_micro, Price, PriceTable};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// A configuration rejection: which field and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path of the offending field; empty for the document as a whole.
+    pub field: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "invalid configuration: {}", self.reason)
+        } else {
+            write!(
+                f,
+                "invalid configuration: field `{}`: {}",
+                self.field, self.reason
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    agent_header: Option<String>,
+    #[serde(default)]
+    task_header: Option<String>,
+    #[serde(default)]
+    user_header: Option<String>,
+    #[serde(default)]
+    time_zone: Option<String>,
+    #[serde(default)]
+    missing_agent: Option<Unidentified>,
+    #[serde(default)]
+    unknown_agent: Option<Unidentified>,
+    agents: BTreeMap<String, RawAgent>,
+    #[serde(default)]
+    pricing: BTreeMap<String, RawPrice>,
+    #[serde(default)]
+    fallback_price: Option<RawPrice>,
+    #[serde(default)]
+    max_response_body_bytes: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    #[serde(default)]
+    daily_usd: Option<f64>,
+    #[serde(default)]
+    monthly_usd: Option<f64>,
+    #[serde(default)]
+    action: Option<LimitAction>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrice {
+    input: f64,
+    output: f64,
+    #[serde(default)]
+    cached_input: Option<f64>,
+    #[serde(default)]
+    cache_write: Option<f64>,
+    #[serde(default)]
+    cache_write_1h: Option<f64>,
+}
+
+/// What to do with a call whose agent is missing or not configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unidentified {
+    /// Refuse it with a 4xx in the provider's error shape.
+    Reject,
+    /// Charge it to the agent named `default`, which must then be configured.
+    Default,
+}
+
+/// What happens once a period's budget is used up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitAction {
+    /// Reject further calls with 429 until the period resets.
+    Stop,
+}
+
+/// One agent's budgets in micro-USD.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentBudget {
+    pub daily: Option<u64>,
+    pub monthly: Option<u64>,
+    pub action: LimitAction,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub agent_header: String,
+    pub task_header: String,
+    pub user_header: String,
+    pub time_zone: TimeZone,
+    pub missing_agent: Unidentified,
+    pub unknown_agent: Unidentified,
+    pub agents: BTreeMap<String, AgentBudget>,
+    pub prices: PriceTable,
+    /// Charged for a model the table does not know, so it is never free.
+    pub fallback_price: Price,
+    /// JSON response bodies beyond this are not metered (counted as unmetered `too_large`).
+    pub max_response_body_bytes: u32,
+}
+
+pub const DEFAULT_MAX_RESPONSE_BODY_BYTES: u32 = 8 * 1024 * 1024;
+/// Deliberately expensive (an opus-class price): an unknown model must not drain budgets
+/// slower than a known one.
+pub const DEFAULT_FALLBACK_PRICE: Price = Price::new(15_000_000, 75_000_000, None);
+
+impl Config {
+    /// Parses plugin configuration bytes: JSON text, or a binary `google.protobuf.Struct`.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let raw = parse_raw(bytes)?;
+        Config::try_from(raw)
+    }
+
+    pub fn budget(&self, name: &str) -> Option<&AgentBudget> {
+        self.agents.get(name)
+    }
+}
+
+fn parse_raw(bytes: &[u8]) -> Result<RawConfig, ConfigError> {
+    let text_start = bytes.iter().position(|b| !b.is_ascii_whitespace());
+    match text_start.and_then(|start| bytes.get(start)) {
+        None => Err(ConfigError::new(
+            "",
+            "the plugin configuration is empty; at least `agents` is required",
+        )),
+        Some(b'{') => {
+            let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+            serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+                let inner = error.inner();
+                let path = error.path().to_string();
+                let field = if path == "." { String::new() } else { path };
+                let reason = if inner.is_syntax() || inner.is_eof() {
+                    format!(
+                        "malformed JSON at line {} column {}: {inner}",
+                        inner.line(),
+                        inner.column()
+                    )
+                } else {
+                    strip_position(&inner.to_string())
+                };
+                ConfigError::new(field, reason)
+            })
+        }
+        Some(_) => {
+            let value = pbstruct::decode_struct(bytes).map_err(|error| {
+                ConfigError::new(
+                    "",
+                    format!("neither JSON (a StringValue) nor a google.protobuf.Struct: {error}"),
+                )
+            })?;
+            serde_path_to_error::deserialize(value).map_err(|error| {
+                let path = error.path().to_string();
+                let field = if path == "." { String::new() } else { path };
+                ConfigError::new(field, error.inner().to_string())
+            })
+        }
+    }
+}
+
+/// serde_json appends "at line L column C"; the field path already says where.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(at) => message.get(..at).unwrap_or(message).to_string(),
+        None => message.to_string(),
+    }
+}
+
+fn header_name(field: &str, value: Option<String>, default: &str) -> Result<String, ConfigError> {
+    let name = value
+        .unwrap_or_else(|| default.to_string())
+        .to_ascii_lowercase();
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if name.is_empty() || !name.bytes().all(token) || name.starts_with(':') {
+        return Err(ConfigError::new(
+            field,
+            format!("`{name}` is not a valid HTTP header name"),
+        ));
+    }
+    Ok(name)
+}
+
+fn money(field: &str, usd: f64) -> Result<u64, ConfigError> {
+    usd_to_micro(usd).ok_or_else(|| {
+        ConfigError::new(
+            field,
+            format!("{usd} is not a USD amount between 0 and 10^12"),
+        )
+    })
+}
+
+fn price(field: &str, raw: &RawPrice) -> Result<Price, ConfigError> {
+    let input = money(&format!("{field}.input"), raw.input)?;
+    let output = money(&format!("{field}.output"), raw.output)?;
+    let mut price = Price::new(input, output, None);
+    if let Some(cached) = raw.cached_input {
+        price.cache_read = money(&format!("{field}.cached_input"), cached)?;
+    }
+    if let Some(write) = raw.cache_write {
+        price.cache_write_5m = money(&format!("{field}.cache_write"), write)?;
+    }
+    if let Some(write) = raw.cache_write_1h {
+        price.cache_write_1h = money(&format!("{field}.cache_write_1h"), write)?;
+    }
+    Ok(price)
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawConfig) -> Result<Config, ConfigError> {
+        let agent_header = header_name("agent_header", raw.agent_header, "x-agent-id")?;
+        let task_header = header_name("task_header", raw.task_header, "x-task-id")?;
+        let user_header = header_name("user_header", raw.user_header, "x-user-id")?;
+        let time_zone = match raw.time_zone {
+            None => TimeZone::UTC,
+            Some(text) => {
+                TimeZone::parse(&text).map_err(|reason| ConfigError::new("time_zone", reason))?
+            }
+        };
+
+        if raw.agents.is_empty() {
+            return Err(ConfigError::new(
+                "agents",
+                "at least one agent budget is required",
+            ));
+        }
+        let mut agents = BTreeMap::new();
+        for (name, agent) in raw.agents {
+            let field = format!("agents.{name}");
+            if !is_valid_agent_id(&name) {
+                return Err(ConfigError::new(
+                    field,
+                    "agent ids are 1-64 characters of A-Z, a-z, 0-9, `-` and `_`",
+                ));
+            }
+            let daily = agent
+                .daily_usd
+                .map(|usd| money(&format!("{field}.daily_usd"), usd))
+                .transpose()?;
+            let monthly = agent
+                .monthly_usd
+                .map(|usd| money(&format!("{field}.monthly_usd"), usd))
+                .transpose()?;
+            if daily.is_none() && monthly.is_none() {
+                return Err(ConfigError::new(
+                    field,
+                    "give `daily_usd`, `monthly_usd` or both",
+                ));
+            }
+            let action = agent.action.unwrap_or(LimitAction::Stop);
+            agents.insert(
+                name,
+                AgentBudget {
+                    daily,
+                    monthly,
+                    action,
+                },
+            );
+        }
+
+        let missing_agent = raw.missing_agent.unwrap_or(Unidentified::Reject);
+        let unknown_agent = raw.unknown_agent.unwrap_or(Unidentified::Reject);
+        for (field, policy) in [
+            ("missing_agent", missing_agent),
+            ("unknown_agent", unknown_agent),
+        ] {
+            if policy == Unidentified::Default && !agents.contains_key(DEFAULT_BUDGET) {
+                return Err(ConfigError::new(
+                    field,
+                    format!("`default` charges the agent named `{DEFAULT_BUDGET}`, which is not in `agents`"),
+                ));
+            }
+        }
+
+        let mut prices = PriceTable::builtin();
+        for (model, raw_price) in &raw.pricing {
+            if model.trim().is_empty() {
+                return Err(ConfigError::new("pricing", "model names must not be empty"));
+            }
+            prices.set(model, price(&format!("pricing.{model}"), raw_price)?);
+        }
+        let fallback_price = match &raw.fallback_price {
+            Some(raw_price) => price("fallback_price", raw_price)?,
+            None => DEFAULT_FALLBACK_PRICE,
+        };
+        let max_response_body_bytes = raw
+            .max_response_body_bytes
+            .unwrap_or(DEFAULT_MAX_RESPONSE_BODY_BYTES);
+        if max_response_body_bytes < 1024 {
+            return Err(ConfigError::new(
+                "max_response_body_bytes",
+                "must be at least 1024",
+            ));
+        }
+
+        Ok(Config {
+            agent_header,
+            task_header,
+            user_header,
+            time_zone,
+            missing_agent,
+            unknown_agent,
+            agents,
+            prices,
+            fallback_price,
+            max_response_body_bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "config/tests.rs"]
+mod tests;

@@ -1,0 +1,159 @@
+use super::*;
+use crate::pbstruct::tests::enc as encode_struct;
+use serde_json::json;
+
+const FULL: &str = r#"{
+  "agent_header": "X-Agent",
+  "task_header": "x-task",
+  "user_header": "x-user",
+  "time_zone": "+05:30",
+  "missing_agent": "default",
+  "unknown_agent": "reject",
+  "agents": {
+    "research-bot": {"daily_usd": 5, "monthly_usd": 100.5, "action": "stop"},
+    "default": {"daily_usd": 0.25}
+  },
+  "pricing": {"my-llama": {"input": 0.2, "output": 0.6, "cached_input": 0.05}},
+  "fallback_price": {"input": 1, "output": 2},
+  "max_response_body_bytes": 65536
+}"#;
+
+#[test]
+fn parses_a_full_json_config() {
+    let config = Config::from_bytes(FULL.as_bytes()).unwrap();
+    assert_eq!(config.agent_header, "x-agent");
+    assert_eq!(config.time_zone.offset_secs(), 19_800);
+    assert_eq!(config.missing_agent, Unidentified::Default);
+    let bot = config.budget("research-bot").unwrap();
+    assert_eq!(
+        (bot.daily, bot.monthly, bot.action),
+        (Some(5_000_000), Some(100_500_000), LimitAction::Stop)
+    );
+    assert_eq!(config.budget("default").unwrap().daily, Some(250_000));
+    let llama = config.prices.resolve("my-llama-3").unwrap().price;
+    assert_eq!(
+        (llama.input, llama.output, llama.cache_read),
+        (200_000, 600_000, 50_000)
+    );
+    assert_eq!(config.fallback_price.output, 2_000_000);
+    assert_eq!(config.max_response_body_bytes, 65_536);
+}
+
+#[test]
+fn defaults_are_applied() {
+    let config = Config::from_bytes(br#"{"agents":{"a":{"monthly_usd":1}}}"#).unwrap();
+    assert_eq!(
+        (
+            config.agent_header.as_str(),
+            config.task_header.as_str(),
+            config.user_header.as_str()
+        ),
+        ("x-agent-id", "x-task-id", "x-user-id")
+    );
+    assert_eq!(config.time_zone, TimeZone::UTC);
+    assert_eq!(
+        (config.missing_agent, config.unknown_agent),
+        (Unidentified::Reject, Unidentified::Reject)
+    );
+    assert_eq!(config.budget("a").unwrap().action, LimitAction::Stop);
+    assert_eq!(config.fallback_price, DEFAULT_FALLBACK_PRICE);
+    assert!(config.prices.resolve("gpt-4o").is_some());
+}
+
+#[test]
+fn struct_encoding_gives_the_same_config() {
+    let value: serde_json::Value = serde_json::from_str(FULL).unwrap();
+    let from_struct = Config::from_bytes(&encode_struct(&value)).unwrap();
+    assert_eq!(from_struct, Config::from_bytes(FULL.as_bytes()).unwrap());
+}
+
+/// Each bad configuration is rejected with the field it names.
+#[test]
+fn rejections_name_the_field() {
+    let cases: Vec<(serde_json::Value, &str, &str)> = vec![
+        (
+            json!({"agents": {"a": {"daily_usd": -1}}}),
+            "agents.a.daily_usd",
+            "USD amount",
+        ),
+        (
+            json!({"agents": {"a": {"daily_usd": "5"}}}),
+            "agents.a.daily_usd",
+            "invalid type",
+        ),
+        (
+            json!({"agents": {"a": {"dayly_usd": 5}}}),
+            "agents.a.dayly_usd",
+            "unknown field `dayly_usd`",
+        ),
+        (json!({"agents": {"a": {}}}), "agents.a", "daily_usd"),
+        (
+            json!({"agents": {"a": {"daily_usd": 1, "action": "pause"}}}),
+            "agents.a.action",
+            "unknown variant `pause`",
+        ),
+        (
+            json!({"agents": {"bad.id": {"daily_usd": 1}}}),
+            "agents.bad.id",
+            "agent ids",
+        ),
+        (json!({"agents": {}}), "agents", "at least one"),
+        (json!({"agentz": {}}), "agentz", "unknown field `agentz`"),
+        (json!({}), "", "`agents`"),
+        (
+            json!({"time_zone": "Europe/Paris", "agents": {"a": {"daily_usd": 1}}}),
+            "time_zone",
+            "named zones",
+        ),
+        (
+            json!({"agent_header": "x agent", "agents": {"a": {"daily_usd": 1}}}),
+            "agent_header",
+            "header name",
+        ),
+        (
+            json!({"missing_agent": "default", "agents": {"a": {"daily_usd": 1}}}),
+            "missing_agent",
+            "`default`",
+        ),
+        (
+            json!({"unknown_agent": "allow", "agents": {"a": {"daily_usd": 1}}}),
+            "unknown_agent",
+            "unknown variant",
+        ),
+        (
+            json!({"pricing": {"m": {"input": 1}}, "agents": {"a": {"daily_usd": 1}}}),
+            "pricing.m",
+            "missing field `output`",
+        ),
+        (
+            json!({"pricing": {"m": {"input": 1, "output": -2}}, "agents": {"a": {"daily_usd": 1}}}),
+            "pricing.m.output",
+            "USD",
+        ),
+        (
+            json!({"max_response_body_bytes": 10, "agents": {"a": {"daily_usd": 1}}}),
+            "max_response_body_bytes",
+            "at least",
+        ),
+    ];
+    for (value, field, reason) in cases {
+        for bytes in [serde_json::to_vec(&value).unwrap(), encode_struct(&value)] {
+            let error = Config::from_bytes(&bytes).unwrap_err();
+            assert_eq!(error.field, field, "{value} -> {error}");
+            assert!(error.reason.contains(reason), "{value} -> {error}");
+            assert!(error.to_string().contains(field), "{error}");
+        }
+    }
+}
+
+#[test]
+fn malformed_documents_say_where() {
+    let error = Config::from_bytes(b"{\n  \"agents\": {,}\n}").unwrap_err();
+    assert!(error.reason.contains("line 2 column"), "{error}");
+    let error = Config::from_bytes(b"").unwrap_err();
+    assert!(error.reason.contains("empty"), "{error}");
+    let error = Config::from_bytes(b"agents: {}").unwrap_err();
+    assert!(error.reason.contains("neither JSON"), "{error}");
+    let error = Config::from_bytes(&[0x0a, 0xff]).unwrap_err();
+    assert!(error.reason.contains("protobuf"), "{error}");
+}

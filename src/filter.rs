@@ -1,0 +1,680 @@
+//! One call through the filter, as a state machine over the HTTP callbacks.
+//!
+//! The proxy-wasm adapter (`proxy.rs`) reads headers and bodies from Envoy, hands them to
+//! [`Call`] as plain values and applies what comes back (header edits, a body replacement,
+//! a local reply). Nothing here touches the host except through [`Host`].
+
+use crate::host::Host;
+use crate::identity::{identify, Identity};
+use crate::ledger::{Ledger, Updated};
+use crate::metrics::{AgentCounter, AgentGauge, ReasonCounter, UNPRICED_CALLS};
+use crate::policy::{self, Decision, PeriodStatus};
+use crate::pricing::format_usd;
+use crate::providers::{Api, ErrorKind, EventFate, Metered, StreamMeter, Unmetered};
+use crate::root::{account_of, PendingCharge, Worker};
+use crate::sse::{SseEvent, SseParser};
+use std::rc::Rc;
+
+/// Cap on one SSE event's data and on the bytes held back while stripping a usage chunk.
+const MAX_EVENT_BYTES: usize = 1 << 20;
+
+/// What the adapter read from the request headers.
+#[derive(Debug, Clone, Default)]
+pub struct RequestHead {
+    pub path: String,
+    pub agent: Option<String>,
+    pub task: Option<String>,
+    pub user: Option<String>,
+    /// False when the headers ended the request (no body follows).
+    pub has_body: bool,
+}
+
+/// A response the filter sends instead of forwarding the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u32,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeadAction {
+    Continue,
+    /// Hold the request until its whole body is buffered, then call [`Call::on_request_body`].
+    WaitForBody,
+    Reply(LocalReply),
+}
+
+/// Result of the request-headers step: the action and the header edits to apply first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeadOutcome {
+    pub action: HeadAction,
+    pub set: Vec<(String, String)>,
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChunkOutcome {
+    /// Forward the chunk as it is.
+    Pass,
+    /// Forward these bytes instead of the chunk.
+    Replace(Vec<u8>),
+}
+
+/// What the adapter read from the response headers.
+#[derive(Debug, Clone, Default)]
+pub struct ResponseHead {
+    pub status: u32,
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    pub end_of_stream: bool,
+}
+
+/// Response header edits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseEdits {
+    pub set: Vec<(String, String)>,
+    pub remove: Vec<String>,
+}
+
+/// A finished call's attribution record (metadata only, never prompt or completion text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attribution {
+    pub agent: String,
+    pub budget: String,
+    pub task: Option<String>,
+    pub user: Option<String>,
+    pub api: &'static str,
+    pub model: String,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Charged {
+        metered: Metered,
+        micro_usd: u64,
+        priced_as: Option<String>,
+    },
+    Unmetered(Unmetered),
+}
+
+enum ResponseMode {
+    /// Waiting for response headers.
+    Pending,
+    Json {
+        body: Vec<u8>,
+        overflowed: bool,
+    },
+    Stream(Box<StreamState>),
+    Unmetered(Unmetered),
+}
+
+struct StreamState {
+    parser: SseParser,
+    meter: StreamMeter,
+    stripper: Option<UsageStripper>,
+    /// Stream offset just past the last complete event.
+    boundary: u64,
+}
+
+enum Stage {
+    Request,
+    Forwarded,
+    /// The filter answered the call itself.
+    Replied,
+    Done,
+}
+
+pub struct Call {
+    worker: Rc<Worker>,
+    stage: Stage,
+    api: Option<Api>,
+    identity: Option<Identity>,
+    requested_model: Option<String>,
+    strip_usage: bool,
+    budget_headers: Vec<(String, String)>,
+    response: ResponseMode,
+    events: Vec<SseEvent>,
+    /// The last attribution record, for the adapter's access-log properties.
+    pub attribution: Option<Attribution>,
+}
+
+impl Call {
+    pub fn new(worker: Rc<Worker>) -> Call {
+        Call {
+            worker,
+            stage: Stage::Request,
+            api: None,
+            identity: None,
+            requested_model: None,
+            strip_usage: false,
+            budget_headers: Vec::new(),
+            response: ResponseMode::Pending,
+            events: Vec::new(),
+            attribution: None,
+        }
+    }
+
+    pub fn worker(&self) -> &Worker {
+        &self.worker
+    }
+
+    pub fn on_request_headers(&mut self, host: &dyn Host, head: RequestHead) -> HeadOutcome {
+        let worker = Rc::clone(&self.worker);
+        let config = &worker.config;
+        self.api = Api::detect(&head.path);
+        let error_api = self.api.unwrap_or(Api::OpenAiChat);
+        let identity = match identify(
+            config,
+            head.agent.as_deref(),
+            head.task.as_deref(),
+            head.user.as_deref(),
+        ) {
+            Ok(identity) => identity,
+            Err(unattributed) => {
+                worker
+                    .metrics
+                    .reason(host, ReasonCounter::Unattributed, unattributed.reason());
+                let (status, message) = unattributed.reply(config);
+                let kind = if status == 403 {
+                    ErrorKind::PermissionDenied
+                } else {
+                    ErrorKind::InvalidRequest
+                };
+                self.stage = Stage::Replied;
+                return reply_only(error_reply(error_api, kind, &message, Vec::new()));
+            }
+        };
+        worker
+            .metrics
+            .agent(host, AgentCounter::Requests, &identity.budget, 1);
+
+        let now = host.now_unix_secs();
+        let Some(budget) = config.budget(&identity.budget) else {
+            // identify() only returns configured budgets.
+            self.stage = Stage::Forwarded;
+            return HeadOutcome {
+                action: HeadAction::Continue,
+                set: Vec::new(),
+                remove: Vec::new(),
+            };
+        };
+        let ledger = Ledger::new(host);
+        let account = account_of(&identity.budget);
+        let mut spent = Vec::new();
+        for period in worker.current_periods(now) {
+            match ledger.read(&period, &account) {
+                Ok(state) => {
+                    worker.metrics.gauge(
+                        host,
+                        AgentGauge::SpendMicroUsd,
+                        &identity.budget,
+                        period.kind,
+                        state.spent,
+                    );
+                    spent.push((period, state.spent));
+                }
+                // Fail open but loudly: one bad ledger key must not stop every agent.
+                Err(error) => worker.ledger_error(host, &error),
+            }
+        }
+        let statuses = policy::statuses(budget, &spent);
+        self.budget_headers = policy::headline(&statuses)
+            .map(|status| policy::budget_headers(status, now))
+            .unwrap_or_default();
+
+        if let Decision::Stop { exhausted } = policy::decide(budget, &statuses) {
+            worker
+                .metrics
+                .agent(host, AgentCounter::Rejected, &identity.budget, 1);
+            log::info!(
+                "agent_budget: stopped agent={} budget={} period={} spent_micro_usd={} limit_micro_usd={}",
+                identity.agent,
+                identity.budget,
+                exhausted.kind.name(),
+                exhausted.spent,
+                exhausted.limit
+            );
+            let reply = budget_exceeded_reply(
+                error_api,
+                &identity,
+                &exhausted,
+                now,
+                self.budget_headers.clone(),
+            );
+            self.stage = Stage::Replied;
+            return reply_only(reply);
+        }
+
+        self.identity = Some(identity);
+        self.stage = Stage::Forwarded;
+        let mut outcome = HeadOutcome {
+            action: HeadAction::Continue,
+            set: Vec::new(),
+            remove: Vec::new(),
+        };
+        if self.api.is_some() {
+            // The filter must read what it meters: ask for an uncompressed response (Envoy can
+            // still compress toward the client after this filter).
+            outcome
+                .set
+                .push(("accept-encoding".to_string(), "identity".to_string()));
+            if head.has_body {
+                // The body may be rewritten; its length is then recomputed by Envoy.
+                outcome.action = HeadAction::WaitForBody;
+                outcome.remove.push("content-length".to_string());
+            }
+        }
+        outcome
+    }
+
+    /// The complete request body (only after [`HeadAction::WaitForBody`]); returns a
+    /// replacement body if the request had to change.
+    pub fn on_request_body(&mut self, body: &[u8]) -> Option<Vec<u8>> {
+        let api = self.api?;
+        let prepared = api.prepare_request(body);
+        self.requested_model = prepared.model;
+        self.strip_usage = prepared.strip_usage_from_client;
+        prepared.rewritten
+    }
+
+    pub fn on_response_headers(&mut self, head: &ResponseHead) -> ResponseEdits {
+        if !matches!(self.stage, Stage::Forwarded) {
+            return ResponseEdits::default();
+        }
+        let mut edits = ResponseEdits {
+            set: self.budget_headers.clone(),
+            remove: Vec::new(),
+        };
+        let Some(api) = self.api else {
+            return edits;
+        };
+        let encoded = head
+            .content_encoding
+            .as_deref()
+            .map(str::trim)
+            .is_some_and(|e| !e.is_empty() && !e.eq_ignore_ascii_case("identity"));
+        let is_stream = head.content_type.as_deref().is_some_and(|t| {
+            t.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        });
+        self.response = if head.status >= 400 {
+            ResponseMode::Unmetered(Unmetered::UpstreamError)
+        } else if encoded {
+            ResponseMode::Unmetered(Unmetered::Compressed)
+        } else if is_stream {
+            let stripper = self.strip_usage.then(UsageStripper::default);
+            if stripper.is_some() {
+                // Bytes are removed from the stream, so any declared length would be wrong.
+                edits.remove.push("content-length".to_string());
+            }
+            ResponseMode::Stream(Box::new(StreamState {
+                parser: SseParser::new(MAX_EVENT_BYTES),
+                meter: api.stream_meter(),
+                stripper,
+                boundary: 0,
+            }))
+        } else {
+            ResponseMode::Json {
+                body: Vec::new(),
+                overflowed: false,
+            }
+        };
+        edits
+    }
+
+    pub fn on_response_body(
+        &mut self,
+        host: &dyn Host,
+        chunk: &[u8],
+        end_of_stream: bool,
+    ) -> ChunkOutcome {
+        if !matches!(self.stage, Stage::Forwarded) {
+            return ChunkOutcome::Pass;
+        }
+        let limit = self.worker.config.max_response_body_bytes as usize;
+        let outcome = match &mut self.response {
+            ResponseMode::Json { body, overflowed } => {
+                if !*overflowed {
+                    if body.len().saturating_add(chunk.len()) > limit {
+                        *overflowed = true;
+                        *body = Vec::new();
+                    } else {
+                        body.extend_from_slice(chunk);
+                    }
+                }
+                ChunkOutcome::Pass
+            }
+            ResponseMode::Stream(state) => {
+                let StreamState {
+                    parser,
+                    meter,
+                    stripper,
+                    boundary,
+                } = state.as_mut();
+                let chunk_start = parser.offset();
+                parser.feed(chunk, &mut self.events);
+                if end_of_stream {
+                    self.events.extend(parser.finish());
+                }
+                let mut drops = Vec::new();
+                for event in self.events.drain(..) {
+                    *boundary = event.end;
+                    if meter.on_event(&event) == EventFate::UsageOnly {
+                        drops.push((event.start, event.end));
+                    }
+                }
+                match stripper {
+                    Some(stripper) => {
+                        stripper.process(chunk, chunk_start, *boundary, &drops, end_of_stream)
+                    }
+                    None => ChunkOutcome::Pass,
+                }
+            }
+            ResponseMode::Pending | ResponseMode::Unmetered(_) => ChunkOutcome::Pass,
+        };
+        if end_of_stream {
+            self.finish(host, false);
+        }
+        outcome
+    }
+
+    /// The stream ended without a response body (headers only).
+    pub fn on_response_complete_without_body(&mut self, host: &dyn Host) {
+        self.finish(host, false);
+    }
+
+    /// Envoy is done with the call (`on_log`): settle anything not yet settled.
+    pub fn on_done(&mut self, host: &dyn Host) {
+        self.finish(host, true);
+    }
+
+    fn finish(&mut self, host: &dyn Host, interrupted: bool) {
+        if !matches!(self.stage, Stage::Forwarded) {
+            return;
+        }
+        self.stage = Stage::Done;
+        let Some(identity) = self.identity.take() else {
+            return;
+        };
+        let Some(api) = self.api else {
+            return;
+        };
+        let result = match std::mem::replace(&mut self.response, ResponseMode::Pending) {
+            ResponseMode::Pending => Err(Unmetered::Incomplete),
+            ResponseMode::Unmetered(reason) => Err(reason),
+            ResponseMode::Json { .. } if interrupted => Err(Unmetered::Incomplete),
+            ResponseMode::Json {
+                overflowed: true, ..
+            } => Err(Unmetered::TooLarge),
+            ResponseMode::Json { body, .. } => api.usage_from_body(&body),
+            ResponseMode::Stream(state) => match state.meter.finish() {
+                Err(Unmetered::NoUsage) if interrupted => Err(Unmetered::Incomplete),
+                other => other,
+            },
+        };
+        let model = self.requested_model.clone();
+        let outcome = match result {
+            Ok(metered) => self.charge(host, &identity, metered),
+            Err(reason) => {
+                self.worker
+                    .metrics
+                    .reason(host, ReasonCounter::Unmetered, reason.reason());
+                self.worker
+                    .metrics
+                    .agent(host, AgentCounter::Unmetered, &identity.budget, 1);
+                Outcome::Unmetered(reason)
+            }
+        };
+        let attribution = Attribution {
+            agent: identity.agent,
+            budget: identity.budget,
+            task: identity.task,
+            user: identity.user,
+            api: api.name(),
+            model: match &outcome {
+                Outcome::Charged { metered, .. } => metered.model.clone().or(model),
+                Outcome::Unmetered(_) => model,
+            }
+            .unwrap_or_else(|| "-".to_string()),
+            outcome,
+        };
+        log_attribution(&attribution);
+        self.attribution = Some(attribution);
+    }
+
+    fn charge(&self, host: &dyn Host, identity: &Identity, metered: Metered) -> Outcome {
+        let worker = &self.worker;
+        let config = &worker.config;
+        // The model that served the call wins over the one requested.
+        let model = metered
+            .model
+            .as_deref()
+            .or(self.requested_model.as_deref())
+            .unwrap_or("");
+        let (price, priced_as) = match config.prices.resolve(model) {
+            Some(resolved) => (*resolved.price, Some(resolved.family.to_string())),
+            None => {
+                worker.metrics.add(host, UNPRICED_CALLS.to_string(), 1);
+                if worker.first_unpriced(model) {
+                    log::warn!("agent_budget: model `{model}` has no price; charging the fallback price (add it under `pricing`)");
+                }
+                (config.fallback_price, None)
+            }
+        };
+        let micro_usd = price.cost_micro_usd(&metered.usage);
+        let usage = metered.usage;
+        let budget = identity.budget.as_str();
+        let metrics = &worker.metrics;
+        metrics.agent(host, AgentCounter::InputTokens, budget, usage.input);
+        metrics.agent(
+            host,
+            AgentCounter::CachedInputTokens,
+            budget,
+            usage.cache_read,
+        );
+        metrics.agent(
+            host,
+            AgentCounter::CacheWriteTokens,
+            budget,
+            usage.cache_write_5m.saturating_add(usage.cache_write_1h),
+        );
+        metrics.agent(host, AgentCounter::OutputTokens, budget, usage.output);
+        metrics.agent(host, AgentCounter::ReasoningTokens, budget, usage.reasoning);
+        metrics.agent(host, AgentCounter::CostMicroUsd, budget, micro_usd);
+
+        let ledger = Ledger::new(host);
+        let account = account_of(budget);
+        for period in worker.current_periods(host.now_unix_secs()) {
+            match ledger.add_spend(&period, &account, micro_usd) {
+                Ok(Updated {
+                    account: state,
+                    created_shard,
+                }) => {
+                    if created_shard {
+                        metrics.reason(host, ReasonCounter::LedgerErrors, "late_create");
+                        log::warn!(
+                            "agent_budget: ledger period {} was created on the hot path",
+                            period.id
+                        );
+                    }
+                    metrics.gauge(
+                        host,
+                        AgentGauge::SpendMicroUsd,
+                        budget,
+                        period.kind,
+                        state.spent,
+                    );
+                }
+                Err(error) => {
+                    worker.ledger_error(host, &error);
+                    worker.defer(PendingCharge {
+                        period,
+                        account: account.clone(),
+                        micro_usd,
+                    });
+                }
+            }
+        }
+        Outcome::Charged {
+            metered,
+            micro_usd,
+            priced_as,
+        }
+    }
+}
+
+fn reply_only(reply: LocalReply) -> HeadOutcome {
+    HeadOutcome {
+        action: HeadAction::Reply(reply),
+        set: Vec::new(),
+        remove: Vec::new(),
+    }
+}
+
+fn error_reply(
+    api: Api,
+    kind: ErrorKind,
+    message: &str,
+    mut headers: Vec<(String, String)>,
+) -> LocalReply {
+    headers.push(("content-type".to_string(), "application/json".to_string()));
+    // Retrying cannot help: the official SDKs honour this and do not loop.
+    headers.push(("x-should-retry".to_string(), "false".to_string()));
+    LocalReply {
+        status: kind.status(),
+        headers,
+        body: api.error_body(kind, message),
+    }
+}
+
+fn budget_exceeded_reply(
+    api: Api,
+    identity: &Identity,
+    exhausted: &PeriodStatus,
+    now: i64,
+    mut headers: Vec<(String, String)>,
+) -> LocalReply {
+    let wait = exhausted.period.seconds_until_reset(now);
+    let message = format!(
+        "Agent `{}` has used its {} budget of ${} (spent ${}). The budget resets at {} (in {} s).",
+        identity.budget,
+        exhausted.kind.name(),
+        format_usd(exhausted.limit),
+        format_usd(exhausted.spent),
+        crate::period::format_utc(exhausted.period.end),
+        wait
+    );
+    headers.retain(|(name, _)| name != "x-agent-budget-reset" && name != "x-agent-budget-period");
+    headers.extend(
+        policy::budget_headers(exhausted, now)
+            .into_iter()
+            .filter(|(name, _)| name == "x-agent-budget-reset" || name == "x-agent-budget-period"),
+    );
+    headers.push(("retry-after".to_string(), wait.to_string()));
+    error_reply(api, ErrorKind::BudgetExceeded, &message, headers)
+}
+
+fn log_attribution(record: &Attribution) {
+    let task = record.task.as_deref().unwrap_or("-");
+    let user = record.user.as_deref().unwrap_or("-");
+    match &record.outcome {
+        Outcome::Charged {
+            metered,
+            micro_usd,
+            priced_as,
+        } => {
+            let u = &metered.usage;
+            log::info!(
+                "agent_budget: call agent={} budget={} task={} user={} api={} model={} priced_as={} input={} cached_input={} cache_write={} output={} reasoning={} cost_micro_usd={}",
+                record.agent,
+                record.budget,
+                task,
+                user,
+                record.api,
+                record.model,
+                priced_as.as_deref().unwrap_or("fallback"),
+                u.input,
+                u.cache_read,
+                u.cache_write_5m.saturating_add(u.cache_write_1h),
+                u.output,
+                u.reasoning,
+                micro_usd
+            );
+        }
+        Outcome::Unmetered(reason) => {
+            log::warn!(
+                "agent_budget: unmetered agent={} budget={} task={} user={} api={} model={} reason={}",
+                record.agent,
+                record.budget,
+                task,
+                user,
+                record.api,
+                record.model,
+                reason.reason()
+            );
+        }
+    }
+}
+
+/// Removes the usage-only events the filter asked for from the byte stream the client sees.
+///
+/// Forwards complete events only, holding back a trailing partial event until it completes
+/// (an SSE client cannot act on a partial event anyway, so time-to-token is unchanged).
+#[derive(Debug, Default)]
+struct UsageStripper {
+    held: Vec<u8>,
+}
+
+impl UsageStripper {
+    /// `chunk` spans stream offsets `chunk_start..chunk_start+len`; held bytes precede it.
+    /// `boundary` is the end of the last complete event; `drops` are spans to remove.
+    fn process(
+        &mut self,
+        chunk: &[u8],
+        chunk_start: u64,
+        boundary: u64,
+        drops: &[(u64, u64)],
+        end_of_stream: bool,
+    ) -> ChunkOutcome {
+        let held_start = chunk_start.saturating_sub(self.held.len() as u64);
+        let chunk_end = chunk_start.saturating_add(chunk.len() as u64);
+        let cut = if end_of_stream {
+            chunk_end
+        } else {
+            boundary.clamp(held_start, chunk_end)
+        };
+        if self.held.is_empty() && drops.is_empty() && cut == chunk_end {
+            return ChunkOutcome::Pass;
+        }
+        let mut stream = std::mem::take(&mut self.held);
+        stream.extend_from_slice(chunk);
+        let local =
+            |offset: u64| usize::try_from(offset.saturating_sub(held_start)).unwrap_or(usize::MAX);
+        let mut out = Vec::with_capacity(stream.len());
+        let mut position = held_start;
+        for &(start, end) in drops {
+            if start >= position && end <= cut {
+                out.extend_from_slice(
+                    stream
+                        .get(local(position)..local(start))
+                        .unwrap_or_default(),
+                );
+                position = end;
+            }
+        }
+        out.extend_from_slice(stream.get(local(position)..local(cut)).unwrap_or_default());
+        self.held = stream.get(local(cut)..).unwrap_or_default().to_vec();
+        if self.held.len() > MAX_EVENT_BYTES {
+            // An event this large is not a usage chunk: stop holding it back.
+            out.append(&mut self.held);
+        }
+        ChunkOutcome::Replace(out)
+    }
+}
+
+#[cfg(test)]
+#[path = "filter/tests.rs"]
+mod tests;

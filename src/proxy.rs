@@ -1,0 +1,376 @@
+//! The proxy-wasm adapter: the only module that talks to the host ABI.
+//!
+//! Shared data, metrics and the clock go through raw ABI calls whose every status maps to a
+//! [`HostError`]: the SDK's own wrappers panic on unexpected statuses, and a panic aborts
+//! the VM. Header and body access uses the SDK's `hostcalls`.
+
+use crate::config::Config;
+use crate::filter::{
+    Attribution, Call, ChunkOutcome, HeadAction, Outcome, RequestHead, ResponseHead,
+};
+use crate::host::{Host, HostError, MetricKind, Versioned};
+use crate::root::{Worker, TICK_MILLIS};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
+use std::rc::Rc;
+use std::time::Duration;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(AgentBudgetRoot { worker: None }) });
+}}
+
+mod abi {
+    #[link(wasm_import_module = "env")]
+    extern "C" {
+        pub fn proxy_get_shared_data(
+            key_data: *const u8,
+            key_size: usize,
+            return_value_data: *mut *mut u8,
+            return_value_size: *mut usize,
+            return_cas: *mut u32,
+        ) -> u32;
+        pub fn proxy_set_shared_data(
+            key_data: *const u8,
+            key_size: usize,
+            value_data: *const u8,
+            value_size: usize,
+            cas: u32,
+        ) -> u32;
+        pub fn proxy_define_metric(
+            metric_type: u32,
+            name_data: *const u8,
+            name_size: usize,
+            return_id: *mut u32,
+        ) -> u32;
+        pub fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+        pub fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
+        pub fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    }
+}
+
+const STATUS_OK: u32 = Status::Ok as u32;
+const STATUS_NOT_FOUND: u32 = Status::NotFound as u32;
+const STATUS_CAS_MISMATCH: u32 = Status::CasMismatch as u32;
+
+fn check(status: u32) -> Result<(), HostError> {
+    match status {
+        STATUS_OK => Ok(()),
+        STATUS_CAS_MISMATCH => Err(HostError::CasMismatch),
+        other => Err(HostError::Status(other)),
+    }
+}
+
+/// The real host.
+pub struct ProxyHost;
+
+impl Host for ProxyHost {
+    fn now_unix_nanos(&self) -> u64 {
+        let mut nanos: u64 = 0;
+        // SAFETY: the host writes one u64 through a valid pointer.
+        let status = unsafe { abi::proxy_get_current_time_nanoseconds(&mut nanos) };
+        if status == STATUS_OK {
+            nanos
+        } else {
+            0
+        }
+    }
+
+    fn shared_get(&self, key: &str) -> Result<Option<Versioned>, HostError> {
+        let mut data: *mut u8 = std::ptr::null_mut();
+        let mut size: usize = 0;
+        let mut cas: u32 = 0;
+        // SAFETY: out-pointers are valid; on OK the host hands over a buffer it allocated
+        // with this module's allocator (proxy_on_memory_allocate), which we take ownership of.
+        let status = unsafe {
+            abi::proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas)
+        };
+        match status {
+            STATUS_OK => {
+                let value = if data.is_null() {
+                    Vec::new()
+                } else {
+                    // SAFETY: see above; size is the allocation's length.
+                    unsafe { Vec::from_raw_parts(data, size, size) }
+                };
+                Ok(Some(Versioned { value, cas }))
+            }
+            STATUS_NOT_FOUND => Ok(None),
+            other => Err(HostError::Status(other)),
+        }
+    }
+
+    fn shared_set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), HostError> {
+        // SAFETY: pointers and lengths describe live slices for the duration of the call.
+        check(unsafe {
+            abi::proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas)
+        })
+    }
+
+    fn define_metric(&self, kind: MetricKind, name: &str) -> Result<u32, HostError> {
+        let kind = match kind {
+            MetricKind::Counter => MetricType::Counter,
+            MetricKind::Gauge => MetricType::Gauge,
+        } as u32;
+        let mut id: u32 = 0;
+        // SAFETY: name is a live slice; id is a valid out-pointer.
+        check(unsafe { abi::proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) })?;
+        Ok(id)
+    }
+
+    fn increment_metric(&self, id: u32, delta: i64) -> Result<(), HostError> {
+        // SAFETY: plain values.
+        check(unsafe { abi::proxy_increment_metric(id, delta) })
+    }
+
+    fn record_metric(&self, id: u32, value: u64) -> Result<(), HostError> {
+        // SAFETY: plain values.
+        check(unsafe { abi::proxy_record_metric(id, value) })
+    }
+}
+
+struct AgentBudgetRoot {
+    worker: Option<Rc<Worker>>,
+}
+
+impl Context for AgentBudgetRoot {}
+
+impl RootContext for AgentBudgetRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => Vec::new(),
+            Err(status) => {
+                log::error!("agent_budget: cannot read plugin configuration: {status:?}");
+                return false;
+            }
+        };
+        match Config::from_bytes(&bytes) {
+            Ok(config) => {
+                let agents = config.agents.len();
+                let worker = Rc::new(Worker::new(config));
+                // Creates this and next period's ledger keys now: the first configure runs on
+                // Envoy's main thread before any worker can charge.
+                worker.tick(&ProxyHost);
+                self.worker = Some(worker);
+                let _ = hostcalls::set_tick_period(Duration::from_millis(TICK_MILLIS));
+                log::info!("agent_budget: configured {agents} agent budgets");
+                true
+            }
+            Err(error) => {
+                log::error!("agent_budget: {error}");
+                false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(worker) = &self.worker {
+            worker.tick(&ProxyHost);
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let worker = Rc::clone(self.worker.as_ref()?);
+        Some(Box::new(AgentBudgetHttp {
+            call: Call::new(worker),
+            attribution_exported: false,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct AgentBudgetHttp {
+    call: Call,
+    attribution_exported: bool,
+}
+
+fn request_header(name: &str) -> Option<String> {
+    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
+}
+
+fn response_header(name: &str) -> Option<String> {
+    hostcalls::get_map_value(MapType::HttpResponseHeaders, name)
+        .ok()
+        .flatten()
+}
+
+impl AgentBudgetHttp {
+    /// Publishes the attribution record as filter state, readable in access logs as
+    /// `%FILTER_STATE(wasm.agent_budget.cost_micro_usd:PLAIN)%` and the like.
+    fn export_attribution(&mut self) {
+        if self.attribution_exported {
+            return;
+        }
+        let Some(record) = &self.call.attribution else {
+            return;
+        };
+        self.attribution_exported = true;
+        for (name, value) in attribution_properties(record) {
+            let _ = hostcalls::set_property(vec![name], Some(value.as_bytes()));
+        }
+    }
+}
+
+fn attribution_properties(record: &Attribution) -> Vec<(&'static str, String)> {
+    let mut properties = vec![
+        ("agent_budget.agent", record.agent.clone()),
+        ("agent_budget.budget", record.budget.clone()),
+        (
+            "agent_budget.task",
+            record.task.clone().unwrap_or_else(|| "-".to_string()),
+        ),
+        (
+            "agent_budget.user",
+            record.user.clone().unwrap_or_else(|| "-".to_string()),
+        ),
+        ("agent_budget.model", record.model.clone()),
+    ];
+    match &record.outcome {
+        Outcome::Charged {
+            metered, micro_usd, ..
+        } => {
+            properties.push((
+                "agent_budget.input_tokens",
+                metered.usage.total_input().to_string(),
+            ));
+            properties.push((
+                "agent_budget.output_tokens",
+                metered.usage.output.to_string(),
+            ));
+            properties.push(("agent_budget.cost_micro_usd", micro_usd.to_string()));
+        }
+        Outcome::Unmetered(reason) => {
+            properties.push(("agent_budget.unmetered", reason.reason().to_string()));
+        }
+    }
+    properties
+}
+
+impl Context for AgentBudgetHttp {}
+
+impl HttpContext for AgentBudgetHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let config = &self.call_config();
+        let head = RequestHead {
+            path: request_header(":path").unwrap_or_default(),
+            agent: request_header(&config.0),
+            task: request_header(&config.1),
+            user: request_header(&config.2),
+            has_body: !end_of_stream,
+        };
+        let outcome = self.call.on_request_headers(&ProxyHost, head);
+        for (name, value) in &outcome.set {
+            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+        }
+        for name in &outcome.remove {
+            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+        }
+        match outcome.action {
+            HeadAction::Continue => Action::Continue,
+            HeadAction::WaitForBody => Action::Pause,
+            HeadAction::Reply(reply) => {
+                let headers: Vec<(&str, &str)> = reply
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str()))
+                    .collect();
+                if let Err(status) =
+                    hostcalls::send_http_response(reply.status, headers, Some(&reply.body))
+                {
+                    log::error!("agent_budget: cannot send local reply: {status:?}");
+                }
+                Action::Pause
+            }
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if !end_of_stream {
+            // Envoy buffers until the end of the body; the whole request is needed to read
+            // (and perhaps rewrite) it.
+            return Action::Pause;
+        }
+        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        if let Some(replacement) = self.call.on_request_body(&body) {
+            if let Err(status) =
+                hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body_size, &replacement)
+            {
+                log::error!("agent_budget: cannot rewrite request body: {status:?}");
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let head = ResponseHead {
+            status: response_header(":status")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+            content_type: response_header("content-type"),
+            content_encoding: response_header("content-encoding"),
+            end_of_stream,
+        };
+        let edits = self.call.on_response_headers(&head);
+        for (name, value) in &edits.set {
+            let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
+        }
+        for name in &edits.remove {
+            let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, None);
+        }
+        if end_of_stream {
+            self.call.on_response_complete_without_body(&ProxyHost);
+            self.export_attribution();
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let chunk = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        match self
+            .call
+            .on_response_body(&ProxyHost, &chunk, end_of_stream)
+        {
+            ChunkOutcome::Pass => {}
+            ChunkOutcome::Replace(bytes) => {
+                if let Err(status) =
+                    hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &bytes)
+                {
+                    log::error!("agent_budget: cannot rewrite response chunk: {status:?}");
+                }
+            }
+        }
+        if end_of_stream {
+            self.export_attribution();
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        self.call.on_done(&ProxyHost);
+        self.export_attribution();
+    }
+}
+
+impl AgentBudgetHttp {
+    fn call_config(&self) -> (String, String, String) {
+        let config = &self.call.worker().config;
+        (
+            config.agent_header.clone(),
+            config.task_header.clone(),
+            config.user_header.clone(),
+        )
+    }
+}

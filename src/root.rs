@@ -1,0 +1,261 @@
+//! Per-worker state behind the root context: the configuration, metric ids, charges the
+//! ledger could not take yet, and the periodic upkeep run on ticks.
+
+use crate::config::Config;
+use crate::host::Host;
+use crate::ledger::{Ledger, LedgerError};
+use crate::metrics::{AgentGauge, Metrics, ReasonCounter};
+use crate::period::{Period, PeriodKind};
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+
+/// How often the root context runs [`Worker::tick`].
+pub const TICK_MILLIS: u64 = 5_000;
+/// Pending charges kept per worker before the oldest are dropped (and logged).
+const MAX_PENDING: usize = 10_000;
+
+/// A charge the ledger refused for now (contention, host error), retried on ticks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingCharge {
+    pub period: Period,
+    pub account: String,
+    pub micro_usd: u64,
+}
+
+pub struct Worker {
+    pub config: Config,
+    pub metrics: Metrics,
+    pending: RefCell<Vec<PendingCharge>>,
+    unpriced_logged: RefCell<BTreeSet<String>>,
+    /// Ids of the current periods the last upkeep prepared, to act on rollovers only.
+    prepared: RefCell<Vec<String>>,
+}
+
+/// The ledger account of a budget.
+pub fn account_of(budget: &str) -> String {
+    format!("agent:{budget}")
+}
+
+impl Worker {
+    pub fn new(config: Config) -> Worker {
+        Worker {
+            config,
+            metrics: Metrics::new(),
+            pending: RefCell::new(Vec::new()),
+            unpriced_logged: RefCell::new(BTreeSet::new()),
+            prepared: RefCell::new(Vec::new()),
+        }
+    }
+
+    pub fn current_periods(&self, now: i64) -> [Period; 2] {
+        PeriodKind::ALL.map(|kind| Period::containing(kind, self.config.time_zone, now))
+    }
+
+    /// Start-up and tick upkeep: makes sure the current and next periods' ledger keys exist
+    /// before anyone charges them, frees the period before the previous one, retries pending
+    /// charges, and refreshes the live-view gauges.
+    pub fn tick(&self, host: &dyn Host) {
+        let now = host.now_unix_secs();
+        let current = self.current_periods(now);
+        let ids: Vec<String> = current.iter().map(|p| p.id.clone()).collect();
+        if *self.prepared.borrow() != ids {
+            let ledger = Ledger::new(host);
+            let mut ok = true;
+            for period in &current {
+                let previous =
+                    Period::containing(period.kind, self.config.time_zone, period.start - 1);
+                let before_previous =
+                    Period::containing(period.kind, self.config.time_zone, previous.start - 1);
+                for result in [
+                    ledger.ensure_period(period).map(|_| ()),
+                    ledger
+                        .ensure_period(&period.next(self.config.time_zone))
+                        .map(|_| ()),
+                    ledger.release_period(&before_previous),
+                ] {
+                    if let Err(error) = result {
+                        ok = false;
+                        self.ledger_error(host, &error);
+                    }
+                }
+            }
+            if ok {
+                *self.prepared.borrow_mut() = ids;
+            }
+        }
+        self.retry_pending(host);
+        self.refresh_gauges(host, &current);
+    }
+
+    fn refresh_gauges(&self, host: &dyn Host, current: &[Period; 2]) {
+        let ledger = Ledger::new(host);
+        for (name, budget) in &self.config.agents {
+            for period in current {
+                let limit = match period.kind {
+                    PeriodKind::Daily => budget.daily,
+                    PeriodKind::Monthly => budget.monthly,
+                };
+                if let Some(limit) = limit {
+                    self.metrics
+                        .gauge(host, AgentGauge::LimitMicroUsd, name, period.kind, limit);
+                }
+                if let Ok(account) = ledger.read(period, &account_of(name)) {
+                    self.metrics.gauge(
+                        host,
+                        AgentGauge::SpendMicroUsd,
+                        name,
+                        period.kind,
+                        account.spent,
+                    );
+                }
+            }
+        }
+    }
+
+    fn retry_pending(&self, host: &dyn Host) {
+        let pending = std::mem::take(&mut *self.pending.borrow_mut());
+        if pending.is_empty() {
+            return;
+        }
+        let ledger = Ledger::new(host);
+        let mut still = Vec::new();
+        for charge in pending {
+            if ledger
+                .add_spend(&charge.period, &charge.account, charge.micro_usd)
+                .is_err()
+            {
+                still.push(charge);
+            }
+        }
+        if !still.is_empty() {
+            log::warn!(
+                "agent_budget: {} charges still pending after retry",
+                still.len()
+            );
+        }
+        self.pending.borrow_mut().extend(still);
+    }
+
+    /// Keeps a charge the ledger could not take now; it is retried on the next tick.
+    pub fn defer(&self, charge: PendingCharge) {
+        let mut pending = self.pending.borrow_mut();
+        if pending.len() >= MAX_PENDING {
+            let dropped = pending.remove(0);
+            log::error!(
+                "agent_budget: pending-charge queue full, dropping {} micro-USD for {} in {}",
+                dropped.micro_usd,
+                dropped.account,
+                dropped.period.id
+            );
+        }
+        pending.push(charge);
+    }
+
+    pub fn pending_len(&self) -> usize {
+        self.pending.borrow().len()
+    }
+
+    pub fn ledger_error(&self, host: &dyn Host, error: &LedgerError) {
+        let reason = match error {
+            LedgerError::Contended { .. } => "contended",
+            LedgerError::Corrupt { .. } => "corrupt",
+            LedgerError::Host { .. } => "host",
+            LedgerError::NameTooLong => "name_too_long",
+        };
+        self.metrics
+            .reason(host, ReasonCounter::LedgerErrors, reason);
+        log::error!("agent_budget: ledger: {error}");
+    }
+
+    /// True the first time a model is seen without a price on this worker.
+    pub fn first_unpriced(&self, model: &str) -> bool {
+        self.unpriced_logged.borrow_mut().insert(model.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::fake::FakeHost;
+
+    const NOW: i64 = 1_795_900_000; // 2026-11-28T...
+
+    fn worker() -> Worker {
+        Worker::new(
+            Config::from_bytes(br#"{"agents":{"bot":{"daily_usd":1,"monthly_usd":10}}}"#).unwrap(),
+        )
+    }
+
+    #[test]
+    fn tick_prepares_current_and_next_periods_once() {
+        let host = FakeHost::new().at_unix_secs(NOW);
+        let worker = worker();
+        worker.tick(&host);
+        let keys = host.shared_keys();
+        for prefix in [
+            "agent_budget/v1/d/2026-11-28/",
+            "agent_budget/v1/d/2026-11-29/",
+            "agent_budget/v1/m/2026-11/",
+            "agent_budget/v1/m/2026-12/",
+        ] {
+            assert_eq!(
+                keys.iter().filter(|k| k.starts_with(prefix)).count(),
+                16,
+                "{prefix}"
+            );
+        }
+        assert_eq!(
+            host.metric("agent_budget_limit_micro_usd.agent.bot.period.daily"),
+            Some(1_000_000)
+        );
+        assert_eq!(
+            host.metric("agent_budget_spend_micro_usd.agent.bot.period.monthly"),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn rollover_prepares_ahead_and_releases_old_days() {
+        let host = FakeHost::new().at_unix_secs(NOW);
+        let worker = worker();
+        worker.tick(&host);
+        let ledger = Ledger::new(&host);
+        let today = Period::containing(PeriodKind::Daily, worker.config.time_zone, NOW);
+        ledger.add_spend(&today, "agent:bot", 5).unwrap();
+        host.set_unix_secs(NOW + 2 * 86_400);
+        worker.tick(&host);
+        assert!(host
+            .shared_keys()
+            .iter()
+            .any(|k| k.starts_with("agent_budget/v1/d/2026-12-01/")));
+        assert_eq!(
+            ledger.read(&today, "agent:bot").unwrap().spent,
+            0,
+            "released"
+        );
+    }
+
+    #[test]
+    fn pending_charges_are_retried_on_tick() {
+        let host = FakeHost::new().at_unix_secs(NOW);
+        let worker = worker();
+        worker.tick(&host);
+        let today = Period::containing(PeriodKind::Daily, worker.config.time_zone, NOW);
+        worker.defer(PendingCharge {
+            period: today.clone(),
+            account: "agent:bot".into(),
+            micro_usd: 42,
+        });
+        assert_eq!(worker.pending_len(), 1);
+        worker.tick(&host);
+        assert_eq!(worker.pending_len(), 0);
+        assert_eq!(
+            Ledger::new(&host).read(&today, "agent:bot").unwrap().spent,
+            42
+        );
+        assert_eq!(
+            host.metric("agent_budget_spend_micro_usd.agent.bot.period.daily"),
+            Some(42)
+        );
+    }
+}
