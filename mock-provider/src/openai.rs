@@ -1,0 +1,345 @@
+//! OpenAI Chat Completions, shaped like the real API so the filter's parser
+//! is exercised on realistic bytes.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use hyper::StatusCode;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+
+use crate::body::{Reply, SseScript};
+use crate::json::{mock_text, JsonBuf};
+use crate::knobs::Knobs;
+use crate::stats::Usage;
+
+/// Borrowed from the request body unless it contains escapes, so parsing
+/// the model name does not allocate.
+#[derive(Deserialize)]
+#[serde(transparent)]
+pub struct Name<'a>(#[serde(borrow)] pub Cow<'a, str>);
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    include_usage: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct ChatRequest<'a> {
+    #[serde(borrow)]
+    model: Option<Name<'a>>,
+    // Required and must be an array; the contents are never looked at
+    // (a Vec of a zero-sized type does not allocate).
+    #[allow(dead_code)]
+    messages: Vec<IgnoredAny>,
+    stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+}
+
+/// The figures one response reports, clamped so the subsets hold.
+fn usage_for(k: &Knobs, input: u64, output: u64) -> Usage {
+    Usage {
+        input_tokens: input,
+        output_tokens: output,
+        cached_tokens: k.cached_tokens.min(input),
+        cache_write_tokens: 0,
+        reasoning_tokens: k.reasoning_tokens.min(output),
+    }
+}
+
+pub fn respond(k: &Knobs, body: &[u8], id: u64, created: u64) -> Result<Reply, String> {
+    let req: ChatRequest =
+        serde_json::from_slice(body).map_err(|e| format!("invalid request body: {e}"))?;
+    let model = k
+        .model
+        .or(req.model.as_ref().map(|m| m.0.as_ref()))
+        .unwrap_or("mock-model");
+    let output = k.output_tokens(req.max_completion_tokens.or(req.max_tokens));
+    let usage = usage_for(k, k.input_tokens(body.len()), output);
+
+    if req.stream == Some(true) {
+        let include = req
+            .stream_options
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false);
+        let usage = (include && !k.no_usage).then_some(usage);
+        let script = stream_script(id, created, model, usage.as_ref(), k.content_chunks(output));
+        return Ok(Reply::Sse { script, usage });
+    }
+    let usage = (!k.no_usage).then_some(usage);
+    Ok(Reply::Json {
+        status: StatusCode::OK,
+        body: completion_json(id, created, model, usage.as_ref(), mock_text(output)),
+        usage,
+    })
+}
+
+fn write_usage(out: &mut JsonBuf, u: &Usage) {
+    out.raw("{\"prompt_tokens\":")
+        .num(u.input_tokens)
+        .raw(",\"completion_tokens\":")
+        .num(u.output_tokens)
+        .raw(",\"total_tokens\":")
+        .num(u.input_tokens.saturating_add(u.output_tokens))
+        .raw(",\"prompt_tokens_details\":{\"cached_tokens\":")
+        .num(u.cached_tokens)
+        .raw(",\"audio_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":")
+        .num(u.reasoning_tokens)
+        .raw(",\"audio_tokens\":0,\"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0}}");
+}
+
+pub fn completion_json(
+    id: u64,
+    created: u64,
+    model: &str,
+    usage: Option<&Usage>,
+    text: &str,
+) -> Vec<u8> {
+    let mut out = JsonBuf::with_capacity(640 + model.len() + text.len());
+    out.raw("{\"id\":\"chatcmpl-mock-")
+        .num(id)
+        .raw("\",\"object\":\"chat.completion\",\"created\":")
+        .num(created)
+        .raw(",\"model\":")
+        .str(model)
+        .raw(",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":")
+        .str(text)
+        .raw(",\"refusal\":null},\"logprobs\":null,\"finish_reason\":\"stop\"}]");
+    if let Some(u) = usage {
+        out.raw(",\"usage\":");
+        write_usage(&mut out, u);
+    }
+    out.raw(",\"system_fingerprint\":\"fp_mock\"}");
+    out.into_vec()
+}
+
+/// The chunk sequence of a streamed completion. `usage` is `Some` exactly
+/// when the client asked for `include_usage` (and the mock is not told to
+/// withhold it): then every chunk carries `"usage":null` and a final
+/// `choices: []` chunk carries the figures, as the real API does.
+pub fn stream_script(
+    id: u64,
+    created: u64,
+    model: &str,
+    usage: Option<&Usage>,
+    content_chunks: u64,
+) -> SseScript {
+    let mut prefix = JsonBuf::with_capacity(160 + model.len());
+    prefix
+        .raw("data: {\"id\":\"chatcmpl-mock-")
+        .num(id)
+        .raw("\",\"object\":\"chat.completion.chunk\",\"created\":")
+        .num(created)
+        .raw(",\"model\":")
+        .str(model)
+        .raw(",\"system_fingerprint\":\"fp_mock\",");
+    let prefix = prefix.into_vec();
+    let suffix: &[u8] = if usage.is_some() {
+        b",\"usage\":null}\n\n"
+    } else {
+        b"}\n\n"
+    };
+    let event = |middle: &str, suffix: &[u8]| {
+        let mut e = Vec::with_capacity(prefix.len() + middle.len() + suffix.len());
+        e.extend_from_slice(&prefix);
+        e.extend_from_slice(middle.as_bytes());
+        e.extend_from_slice(suffix);
+        Bytes::from(e)
+    };
+
+    let mut s = SseScript::default();
+    s.push(event(
+        "\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}]",
+        suffix,
+    ));
+    s.push_repeated(
+        event(
+            "\"choices\":[{\"index\":0,\"delta\":{\"content\":\"tok \"},\"logprobs\":null,\"finish_reason\":null}]",
+            suffix,
+        ),
+        content_chunks,
+    );
+    s.push(event(
+        "\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"stop\"}]",
+        suffix,
+    ));
+    if let Some(u) = usage {
+        let mut tail = JsonBuf::with_capacity(320);
+        tail.raw(",\"usage\":");
+        write_usage(&mut tail, u);
+        tail.raw("}\n\n");
+        s.push(event("\"choices\":[]", &tail.into_vec()));
+    }
+    s.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    s
+}
+
+pub fn error_json(kind: &str, message: &str) -> Vec<u8> {
+    let mut out = JsonBuf::with_capacity(96 + message.len());
+    out.raw("{\"error\":{\"message\":")
+        .str(message)
+        .raw(",\"type\":")
+        .str(kind)
+        .raw(",\"param\":null,\"code\":null}}");
+    out.into_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::{HeaderMap, HeaderValue};
+    use serde_json::{json, Value};
+
+    fn knobs(h: &HeaderMap) -> Knobs<'_> {
+        Knobs::from_headers(h).unwrap()
+    }
+
+    fn data_json(ev: &Bytes) -> Value {
+        let s = std::str::from_utf8(ev).unwrap();
+        let payload = s
+            .strip_prefix("data: ")
+            .unwrap()
+            .strip_suffix("\n\n")
+            .unwrap();
+        serde_json::from_str(payload).unwrap()
+    }
+
+    #[test]
+    fn non_streaming_shape_and_clamping() {
+        let mut h = HeaderMap::new();
+        h.insert("x-mock-input-tokens", HeaderValue::from_static("10"));
+        h.insert("x-mock-cached-tokens", HeaderValue::from_static("50"));
+        h.insert("x-mock-reasoning-tokens", HeaderValue::from_static("2"));
+        let body =
+            br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"max_tokens":3}"#;
+        let Reply::Json {
+            status,
+            body,
+            usage,
+        } = respond(&knobs(&h), body, 7, 1000).unwrap()
+        else {
+            panic!("expected json");
+        };
+        assert_eq!(status, StatusCode::OK);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["id"], "chatcmpl-mock-7");
+        assert_eq!(v["model"], "gpt-4o");
+        assert_eq!(v["choices"][0]["message"]["content"], "tok tok tok");
+        assert_eq!(v["choices"][0]["message"]["refusal"], Value::Null);
+        assert_eq!(
+            v["usage"],
+            json!({"prompt_tokens":10,"completion_tokens":3,"total_tokens":13,
+                   "prompt_tokens_details":{"cached_tokens":10,"audio_tokens":0},
+                   "completion_tokens_details":{"reasoning_tokens":2,"audio_tokens":0,
+                       "accepted_prediction_tokens":0,"rejected_prediction_tokens":0}})
+        );
+        assert_eq!(v["system_fingerprint"], "fp_mock");
+        let u = usage.unwrap();
+        assert_eq!(
+            (
+                u.input_tokens,
+                u.output_tokens,
+                u.cached_tokens,
+                u.reasoning_tokens
+            ),
+            (10, 3, 10, 2)
+        );
+    }
+
+    #[test]
+    fn defaults_from_body() {
+        let h = HeaderMap::new();
+        let body = br#"{"messages":[],"max_completion_tokens":100000,"max_tokens":5}"#;
+        let Reply::Json {
+            body: out, usage, ..
+        } = respond(&knobs(&h), body, 1, 1).unwrap()
+        else {
+            panic!("expected json");
+        };
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["model"], "mock-model");
+        let u = usage.unwrap();
+        assert_eq!(u.output_tokens, 4096);
+        assert_eq!(u.input_tokens, (body.len() / 4) as u64);
+    }
+
+    #[test]
+    fn stream_with_include_usage_ends_with_usage_chunk_and_done() {
+        let mut h = HeaderMap::new();
+        h.insert("x-mock-output-tokens", HeaderValue::from_static("4"));
+        h.insert("x-mock-input-tokens", HeaderValue::from_static("9"));
+        let body =
+            br#"{"model":"m","messages":[],"stream":true,"stream_options":{"include_usage":true}}"#;
+        let Reply::Sse { script, usage } = respond(&knobs(&h), body, 3, 5).unwrap() else {
+            panic!("expected sse");
+        };
+        assert_eq!(usage.unwrap().output_tokens, 4);
+        let events = script.events();
+        // first + 4 content + finish + usage + [DONE]
+        assert_eq!(events.len(), 8);
+        assert_eq!(events.last().unwrap(), "data: [DONE]\n\n");
+        let first = data_json(&events[0]);
+        assert_eq!(first["object"], "chat.completion.chunk");
+        assert_eq!(
+            first["choices"][0]["delta"],
+            json!({"role":"assistant","content":""})
+        );
+        assert_eq!(first["usage"], Value::Null);
+        assert!(first.as_object().unwrap().contains_key("usage"));
+        for ev in &events[1..5] {
+            assert_eq!(data_json(ev)["choices"][0]["delta"]["content"], "tok ");
+        }
+        let fin = data_json(&events[5]);
+        assert_eq!(fin["choices"][0]["finish_reason"], "stop");
+        assert_eq!(fin["choices"][0]["delta"], json!({}));
+        let u = data_json(&events[6]);
+        assert_eq!(u["choices"], json!([]));
+        assert_eq!(u["usage"]["prompt_tokens"], 9);
+        assert_eq!(u["usage"]["completion_tokens"], 4);
+        assert_eq!(u["usage"]["total_tokens"], 13);
+    }
+
+    #[test]
+    fn stream_without_include_usage_has_no_usage_at_all() {
+        let mut h = HeaderMap::new();
+        h.insert("x-mock-chunks", HeaderValue::from_static("2"));
+        let body = br#"{"model":"m","messages":[],"stream":true}"#;
+        let Reply::Sse { script, usage } = respond(&knobs(&h), body, 3, 5).unwrap() else {
+            panic!("expected sse");
+        };
+        assert!(usage.is_none());
+        let events = script.events();
+        assert_eq!(events.len(), 5);
+        for ev in &events[..4] {
+            assert!(!data_json(ev).as_object().unwrap().contains_key("usage"));
+        }
+    }
+
+    #[test]
+    fn no_usage_knob_and_bad_bodies() {
+        let mut h = HeaderMap::new();
+        h.insert("x-mock-no-usage", HeaderValue::from_static("1"));
+        let Reply::Json { body, usage, .. } =
+            respond(&knobs(&h), br#"{"model":"m","messages":[]}"#, 1, 1).unwrap()
+        else {
+            panic!("expected json");
+        };
+        assert!(usage.is_none());
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert!(v.get("usage").is_none());
+
+        let h = HeaderMap::new();
+        for bad in [
+            &b"{"[..],
+            b"[]",
+            b"{\"model\":\"m\"}",
+            b"{\"messages\":{}}",
+            b"{\"messages\":[],\"stream\":\"yes\"}",
+            b"{\"messages\":[],\"max_tokens\":-1}",
+        ] {
+            assert!(respond(&knobs(&h), bad, 1, 1).is_err());
+        }
+    }
+}
