@@ -73,9 +73,9 @@ pub struct RawConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAgent {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_amount")]
     daily_usd: Option<f64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_amount")]
     monthly_usd: Option<f64>,
     #[serde(default)]
     action: Option<LimitAction>,
@@ -84,14 +84,49 @@ struct RawAgent {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPrice {
+    #[serde(deserialize_with = "amount")]
     input: f64,
+    #[serde(deserialize_with = "amount")]
     output: f64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_amount")]
     cached_input: Option<f64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_amount")]
     cache_write: Option<f64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_amount")]
     cache_write_1h: Option<f64>,
+}
+
+/// A number, or a string holding one: Envoy's YAML loader turns `daily_usd: 0.5` into the
+/// string "0.5" inside the Struct it hands over, so both spellings must mean the same.
+fn amount<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    struct AmountVisitor;
+    impl serde::de::Visitor<'_> for AmountVisitor {
+        type Value = f64;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a number (USD)")
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<f64, E> {
+            Ok(v)
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<f64, E> {
+            v.trim()
+                .parse::<f64>()
+                .map_err(|_| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+        }
+    }
+    deserializer.deserialize_any(AmountVisitor)
+}
+
+fn optional_amount<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<f64>, D::Error> {
+    amount(deserializer).map(Some)
 }
 
 /// What to do with a call whose agent is missing or not configured.

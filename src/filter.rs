@@ -40,7 +40,8 @@ pub struct LocalReply {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeadAction {
     Continue,
-    /// Hold the request until its whole body is buffered, then call [`Call::on_request_body`].
+    /// Forward the headers, hold the body until it is complete, then call
+    /// [`Call::on_request_body`].
     WaitForBody,
     Reply(LocalReply),
 }
@@ -229,7 +230,7 @@ impl Call {
                 .metrics
                 .agent(host, AgentCounter::Rejected, &identity.budget, 1);
             log::info!(
-                "agent_budget: stopped agent={} budget={} period={} spent_micro_usd={} limit_micro_usd={}",
+                "stopped agent={} budget={} period={} spent_micro_usd={} limit_micro_usd={}",
                 identity.agent,
                 identity.budget,
                 exhausted.kind.name(),
@@ -459,7 +460,7 @@ impl Call {
             None => {
                 worker.metrics.add(host, UNPRICED_CALLS.to_string(), 1);
                 if worker.first_unpriced(model) {
-                    log::warn!("agent_budget: model `{model}` has no price; charging the fallback price (add it under `pricing`)");
+                    log::warn!("model `{model}` has no price; charging the fallback price (add it under `pricing`)");
                 }
                 (config.fallback_price, None)
             }
@@ -495,10 +496,7 @@ impl Call {
                 }) => {
                     if created_shard {
                         metrics.reason(host, ReasonCounter::LedgerErrors, "late_create");
-                        log::warn!(
-                            "agent_budget: ledger period {} was created on the hot path",
-                            period.id
-                        );
+                        log::warn!("ledger period {} was created on the hot path", period.id);
                     }
                     metrics.gauge(
                         host,
@@ -588,7 +586,7 @@ fn log_attribution(record: &Attribution) {
         } => {
             let u = &metered.usage;
             log::info!(
-                "agent_budget: call agent={} budget={} task={} user={} api={} model={} priced_as={} input={} cached_input={} cache_write={} output={} reasoning={} cost_micro_usd={}",
+                "call agent={} budget={} task={} user={} api={} model={} priced_as={} input={} cached_input={} cache_write={} output={} reasoning={} cost_micro_usd={}",
                 record.agent,
                 record.budget,
                 task,
@@ -606,7 +604,7 @@ fn log_attribution(record: &Attribution) {
         }
         Outcome::Unmetered(reason) => {
             log::warn!(
-                "agent_budget: unmetered agent={} budget={} task={} user={} api={} model={} reason={}",
+                "unmetered agent={} budget={} task={} user={} api={} model={} reason={}",
                 record.agent,
                 record.budget,
                 task,

@@ -135,7 +135,7 @@ impl Metrics {
         let id = match host.define_metric(kind, &name) {
             Ok(id) => Some(id),
             Err(error) => {
-                log::warn!("agent_budget: metric {name} unavailable: {error}");
+                log::warn!("metric {name} unavailable: {error}");
                 None
             }
         };

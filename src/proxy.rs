@@ -142,7 +142,7 @@ impl RootContext for AgentBudgetRoot {
             Ok(Some(bytes)) => bytes,
             Ok(None) => Vec::new(),
             Err(status) => {
-                log::error!("agent_budget: cannot read plugin configuration: {status:?}");
+                log::error!("cannot read plugin configuration: {status:?}");
                 return false;
             }
         };
@@ -155,11 +155,11 @@ impl RootContext for AgentBudgetRoot {
                 worker.tick(&ProxyHost);
                 self.worker = Some(worker);
                 let _ = hostcalls::set_tick_period(Duration::from_millis(TICK_MILLIS));
-                log::info!("agent_budget: configured {agents} agent budgets");
+                log::info!("configured {agents} agent budgets");
                 true
             }
             Err(error) => {
-                log::error!("agent_budget: {error}");
+                log::error!("{error}");
                 false
             }
         }
@@ -273,8 +273,10 @@ impl HttpContext for AgentBudgetHttp {
             let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
         }
         match outcome.action {
-            HeadAction::Continue => Action::Continue,
-            HeadAction::WaitForBody => Action::Pause,
+            // Envoy turns a paused request-headers callback into StopAllIteration, which also
+            // withholds the body callbacks, so headers continue and the body is held instead
+            // (see on_http_request_body).
+            HeadAction::Continue | HeadAction::WaitForBody => Action::Continue,
             HeadAction::Reply(reply) => {
                 let headers: Vec<(&str, &str)> = reply
                     .headers
@@ -284,7 +286,7 @@ impl HttpContext for AgentBudgetHttp {
                 if let Err(status) =
                     hostcalls::send_http_response(reply.status, headers, Some(&reply.body))
                 {
-                    log::error!("agent_budget: cannot send local reply: {status:?}");
+                    log::error!("cannot send local reply: {status:?}");
                 }
                 Action::Pause
             }
@@ -305,7 +307,7 @@ impl HttpContext for AgentBudgetHttp {
             if let Err(status) =
                 hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body_size, &replacement)
             {
-                log::error!("agent_budget: cannot rewrite request body: {status:?}");
+                log::error!("cannot rewrite request body: {status:?}");
             }
         }
         Action::Continue
@@ -348,7 +350,7 @@ impl HttpContext for AgentBudgetHttp {
                 if let Err(status) =
                     hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &bytes)
                 {
-                    log::error!("agent_budget: cannot rewrite response chunk: {status:?}");
+                    log::error!("cannot rewrite response chunk: {status:?}");
                 }
             }
         }

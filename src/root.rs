@@ -128,10 +128,7 @@ impl Worker {
             }
         }
         if !still.is_empty() {
-            log::warn!(
-                "agent_budget: {} charges still pending after retry",
-                still.len()
-            );
+            log::warn!("{} charges still pending after retry", still.len());
         }
         self.pending.borrow_mut().extend(still);
     }
@@ -142,7 +139,7 @@ impl Worker {
         if pending.len() >= MAX_PENDING {
             let dropped = pending.remove(0);
             log::error!(
-                "agent_budget: pending-charge queue full, dropping {} micro-USD for {} in {}",
+                "pending-charge queue full, dropping {} micro-USD for {} in {}",
                 dropped.micro_usd,
                 dropped.account,
                 dropped.period.id
@@ -164,7 +161,7 @@ impl Worker {
         };
         self.metrics
             .reason(host, ReasonCounter::LedgerErrors, reason);
-        log::error!("agent_budget: ledger: {error}");
+        log::error!("ledger: {error}");
     }
 
     /// True the first time a model is seen without a price on this worker.

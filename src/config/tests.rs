@@ -77,9 +77,9 @@ fn rejections_name_the_field() {
             "USD amount",
         ),
         (
-            json!({"agents": {"a": {"daily_usd": "5"}}}),
+            json!({"agents": {"a": {"daily_usd": "five"}}}),
             "agents.a.daily_usd",
-            "invalid type",
+            "invalid value",
         ),
         (
             json!({"agents": {"a": {"dayly_usd": 5}}}),
@@ -144,6 +144,17 @@ fn rejections_name_the_field() {
             assert!(error.to_string().contains(field), "{error}");
         }
     }
+}
+
+#[test]
+fn amounts_may_be_strings_as_envoy_yaml_delivers_them() {
+    let config = Config::from_bytes(&encode_struct(&json!({
+        "agents": {"a": {"daily_usd": "0.5", "monthly_usd": 3}},
+        "pricing": {"m": {"input": "0.15", "output": 0.6}}
+    })))
+    .unwrap();
+    assert_eq!(config.budget("a").unwrap().daily, Some(500_000));
+    assert_eq!(config.prices.resolve("m").unwrap().price.input, 150_000);
 }
 
 #[test]
