@@ -46,12 +46,18 @@ pub enum HeadAction {
     Reply(LocalReply),
 }
 
+/// Header edits for the adapter to apply: set (or replace) these, remove those.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderEdits {
+    pub set: Vec<(String, String)>,
+    pub remove: Vec<String>,
+}
+
 /// Result of the request-headers step: the action and the header edits to apply first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeadOutcome {
     pub action: HeadAction,
-    pub set: Vec<(String, String)>,
-    pub remove: Vec<String>,
+    pub edits: HeaderEdits,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,13 +75,6 @@ pub struct ResponseHead {
     pub content_type: Option<String>,
     pub content_encoding: Option<String>,
     pub end_of_stream: bool,
-}
-
-/// Response header edits.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ResponseEdits {
-    pub set: Vec<(String, String)>,
-    pub remove: Vec<String>,
 }
 
 /// A finished call's attribution record (metadata only, never prompt or completion text).
@@ -98,6 +97,10 @@ pub enum Outcome {
         priced_as: Option<String>,
     },
     Unmetered(Unmetered),
+    /// The filter refused the call (budget used up) with this status.
+    Stopped {
+        status: u32,
+    },
 }
 
 enum ResponseMode {
@@ -197,8 +200,7 @@ impl Call {
             self.stage = Stage::Forwarded;
             return HeadOutcome {
                 action: HeadAction::Continue,
-                set: Vec::new(),
-                remove: Vec::new(),
+                edits: HeaderEdits::default(),
             };
         };
         let ledger = Ledger::new(host);
@@ -237,13 +239,18 @@ impl Call {
                 exhausted.spent,
                 exhausted.limit
             );
-            let reply = budget_exceeded_reply(
-                error_api,
-                &identity,
-                &exhausted,
-                now,
-                self.budget_headers.clone(),
-            );
+            let reply = budget_exceeded_reply(error_api, &identity, &exhausted, now);
+            self.attribution = Some(Attribution {
+                agent: identity.agent,
+                budget: identity.budget,
+                task: identity.task,
+                user: identity.user,
+                api: error_api.name(),
+                model: "-".to_string(),
+                outcome: Outcome::Stopped {
+                    status: reply.status,
+                },
+            });
             self.stage = Stage::Replied;
             return reply_only(reply);
         }
@@ -252,19 +259,19 @@ impl Call {
         self.stage = Stage::Forwarded;
         let mut outcome = HeadOutcome {
             action: HeadAction::Continue,
-            set: Vec::new(),
-            remove: Vec::new(),
+            edits: HeaderEdits::default(),
         };
         if self.api.is_some() {
             // The filter must read what it meters: ask for an uncompressed response (Envoy can
             // still compress toward the client after this filter).
             outcome
+                .edits
                 .set
                 .push(("accept-encoding".to_string(), "identity".to_string()));
             if head.has_body {
                 // The body may be rewritten; its length is then recomputed by Envoy.
                 outcome.action = HeadAction::WaitForBody;
-                outcome.remove.push("content-length".to_string());
+                outcome.edits.remove.push("content-length".to_string());
             }
         }
         outcome
@@ -280,11 +287,11 @@ impl Call {
         prepared.rewritten
     }
 
-    pub fn on_response_headers(&mut self, head: &ResponseHead) -> ResponseEdits {
+    pub fn on_response_headers(&mut self, head: &ResponseHead) -> HeaderEdits {
         if !matches!(self.stage, Stage::Forwarded) {
-            return ResponseEdits::default();
+            return HeaderEdits::default();
         }
-        let mut edits = ResponseEdits {
+        let mut edits = HeaderEdits {
             set: self.budget_headers.clone(),
             remove: Vec::new(),
         };
@@ -382,8 +389,8 @@ impl Call {
         outcome
     }
 
-    /// The stream ended without a response body (headers only).
-    pub fn on_response_complete_without_body(&mut self, host: &dyn Host) {
+    /// The response ended without (more) body: headers only, or trailers after the body.
+    pub fn on_response_complete(&mut self, host: &dyn Host) {
         self.finish(host, false);
     }
 
@@ -437,7 +444,7 @@ impl Call {
             api: api.name(),
             model: match &outcome {
                 Outcome::Charged { metered, .. } => metered.model.clone().or(model),
-                Outcome::Unmetered(_) => model,
+                Outcome::Unmetered(_) | Outcome::Stopped { .. } => model,
             }
             .unwrap_or_else(|| "-".to_string()),
             outcome,
@@ -527,8 +534,7 @@ impl Call {
 fn reply_only(reply: LocalReply) -> HeadOutcome {
     HeadOutcome {
         action: HeadAction::Reply(reply),
-        set: Vec::new(),
-        remove: Vec::new(),
+        edits: HeaderEdits::default(),
     }
 }
 
@@ -553,7 +559,6 @@ fn budget_exceeded_reply(
     identity: &Identity,
     exhausted: &PeriodStatus,
     now: i64,
-    mut headers: Vec<(String, String)>,
 ) -> LocalReply {
     let wait = exhausted.period.seconds_until_reset(now);
     let message = format!(
@@ -565,12 +570,8 @@ fn budget_exceeded_reply(
         crate::period::format_utc(exhausted.period.end),
         wait
     );
-    headers.retain(|(name, _)| name != "x-agent-budget-reset" && name != "x-agent-budget-period");
-    headers.extend(
-        policy::budget_headers(exhausted, now)
-            .into_iter()
-            .filter(|(name, _)| name == "x-agent-budget-reset" || name == "x-agent-budget-period"),
-    );
+    // The headers describe the period that stopped the call, consistently with the message.
+    let mut headers = policy::budget_headers(exhausted, now);
     headers.push(("retry-after".to_string(), wait.to_string()));
     error_reply(api, ErrorKind::BudgetExceeded, &message, headers)
 }
@@ -602,6 +603,7 @@ fn log_attribution(record: &Attribution) {
                 micro_usd
             );
         }
+        Outcome::Stopped { .. } => {}
         Outcome::Unmetered(reason) => {
             log::warn!(
                 "unmetered agent={} budget={} task={} user={} api={} model={} reason={}",

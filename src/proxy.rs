@@ -6,7 +6,7 @@
 
 use crate::config::Config;
 use crate::filter::{
-    Attribution, Call, ChunkOutcome, HeadAction, Outcome, RequestHead, ResponseHead,
+    Attribution, Call, ChunkOutcome, HeadAction, HeaderEdits, Outcome, RequestHead, ResponseHead,
 };
 use crate::host::{Host, HostError, MetricKind, Versioned};
 use crate::root::{Worker, TICK_MILLIS};
@@ -189,6 +189,15 @@ struct AgentBudgetHttp {
     attribution_exported: bool,
 }
 
+fn apply(map: MapType, edits: &HeaderEdits) {
+    for (name, value) in &edits.set {
+        let _ = hostcalls::set_map_value(map, name, Some(value));
+    }
+    for name in &edits.remove {
+        let _ = hostcalls::set_map_value(map, name, None);
+    }
+}
+
 fn request_header(name: &str) -> Option<String> {
     hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
         .ok()
@@ -249,6 +258,9 @@ fn attribution_properties(record: &Attribution) -> Vec<(&'static str, String)> {
         Outcome::Unmetered(reason) => {
             properties.push(("agent_budget.unmetered", reason.reason().to_string()));
         }
+        Outcome::Stopped { status } => {
+            properties.push(("agent_budget.stopped", status.to_string()));
+        }
     }
     properties
 }
@@ -266,12 +278,7 @@ impl HttpContext for AgentBudgetHttp {
             has_body: !end_of_stream,
         };
         let outcome = self.call.on_request_headers(&ProxyHost, head);
-        for (name, value) in &outcome.set {
-            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
-        }
-        for name in &outcome.remove {
-            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
-        }
+        apply(MapType::HttpRequestHeaders, &outcome.edits);
         match outcome.action {
             // Envoy turns a paused request-headers callback into StopAllIteration, which also
             // withholds the body callbacks, so headers continue and the body is held instead
@@ -288,6 +295,7 @@ impl HttpContext for AgentBudgetHttp {
                 {
                     log::error!("cannot send local reply: {status:?}");
                 }
+                self.export_attribution();
                 Action::Pause
             }
         }
@@ -322,17 +330,21 @@ impl HttpContext for AgentBudgetHttp {
             content_encoding: response_header("content-encoding"),
             end_of_stream,
         };
-        let edits = self.call.on_response_headers(&head);
-        for (name, value) in &edits.set {
-            let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
-        }
-        for name in &edits.remove {
-            let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, None);
-        }
+        apply(
+            MapType::HttpResponseHeaders,
+            &self.call.on_response_headers(&head),
+        );
         if end_of_stream {
-            self.call.on_response_complete_without_body(&ProxyHost);
+            self.call.on_response_complete(&ProxyHost);
             self.export_attribution();
         }
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        // Trailers end the response: the last body chunk did not say end_of_stream.
+        self.call.on_response_complete(&ProxyHost);
+        self.export_attribution();
         Action::Continue
     }
 

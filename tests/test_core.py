@@ -145,6 +145,8 @@ def test_agent_is_stopped_exactly_when_its_budget_is_reached(gateway_factory, mo
     stats = gw.stats()
     assert stats.value("agent_budget_rejected", agent="batch") == 2
     assert stats.value("agent_budget_spend_micro_usd", agent="batch", period="daily") == 9000
+    stops = [r for r in gw.access_records() if r["stopped"] == "429"]
+    assert [r["agent"] for r in stops] == ["batch", "batch"]
 
 
 def test_monthly_budget_stop_waits_for_the_month(gateway_factory):
