@@ -9,6 +9,7 @@ use crate::identity::{is_valid_agent_id, DEFAULT_BUDGET};
 use crate::pbstruct;
 use crate::period::TimeZone;
 use crate::pricing::{usd_to_micro, Price, PriceTable};
+use crate::providers::{Api, Detected};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -68,6 +69,32 @@ pub struct RawConfig {
     fallback_price: Option<RawPrice>,
     #[serde(default)]
     max_response_body_bytes: Option<u32>,
+    #[serde(default)]
+    api_overrides: Vec<RawApiOverride>,
+    #[serde(default)]
+    azure_deployments: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApiOverride {
+    #[serde(default)]
+    path_prefix: Option<String>,
+    #[serde(default)]
+    route_name: Option<String>,
+    #[serde(default)]
+    cluster_name: Option<String>,
+    api: Api,
+}
+
+/// Calls matching any of the given conditions are metered as `api`, whatever their path:
+/// for providers behind custom paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiOverride {
+    pub path_prefix: Option<String>,
+    pub route_name: Option<String>,
+    pub cluster_name: Option<String>,
+    pub api: Api,
 }
 
 #[derive(Debug, Deserialize)]
@@ -170,6 +197,10 @@ pub struct Config {
     pub fallback_price: Price,
     /// JSON response bodies beyond this are not metered (counted as unmetered `too_large`).
     pub max_response_body_bytes: u32,
+    /// Checked in order before path detection.
+    pub api_overrides: Vec<ApiOverride>,
+    /// Azure OpenAI deployment name → model, for pricing when a response names no model.
+    pub azure_deployments: BTreeMap<String, String>,
 }
 
 pub const DEFAULT_MAX_RESPONSE_BODY_BYTES: u32 = 8 * 1024 * 1024;
@@ -186,6 +217,42 @@ impl Config {
 
     pub fn budget(&self, name: &str) -> Option<&AgentBudget> {
         self.agents.get(name)
+    }
+
+    /// Whether API detection needs the route and cluster names (extra host reads per call).
+    pub fn overrides_need_route(&self) -> bool {
+        self.api_overrides
+            .iter()
+            .any(|o| o.route_name.is_some() || o.cluster_name.is_some())
+    }
+
+    /// The API a call is metered as: the first matching override, else the path's.
+    pub fn detect_api(
+        &self,
+        path: &str,
+        route_name: Option<&str>,
+        cluster_name: Option<&str>,
+    ) -> Option<Detected> {
+        let detected = Api::detect(path);
+        let matches = |o: &&ApiOverride| {
+            o.path_prefix
+                .as_deref()
+                .is_some_and(|p| path.starts_with(p))
+                || o.route_name
+                    .as_deref()
+                    .is_some_and(|r| route_name == Some(r))
+                || o.cluster_name
+                    .as_deref()
+                    .is_some_and(|c| cluster_name == Some(c))
+        };
+        match self.api_overrides.iter().find(matches) {
+            Some(found) => Some(Detected {
+                api: found.api,
+                path_model: detected.as_ref().and_then(|d| d.path_model.clone()),
+                azure_deployment: detected.and_then(|d| d.azure_deployment),
+            }),
+            None => detected,
+        }
     }
 }
 
@@ -366,6 +433,34 @@ impl TryFrom<RawConfig> for Config {
             ));
         }
 
+        let mut api_overrides = Vec::new();
+        for (index, raw_override) in raw.api_overrides.into_iter().enumerate() {
+            let RawApiOverride {
+                path_prefix,
+                route_name,
+                cluster_name,
+                api,
+            } = raw_override;
+            if path_prefix.is_none() && route_name.is_none() && cluster_name.is_none() {
+                return Err(ConfigError::new(
+                    format!("api_overrides[{index}]"),
+                    "give at least one of `path_prefix`, `route_name`, `cluster_name`",
+                ));
+            }
+            if path_prefix.as_deref().is_some_and(|p| !p.starts_with('/')) {
+                return Err(ConfigError::new(
+                    format!("api_overrides[{index}].path_prefix"),
+                    "must start with `/`",
+                ));
+            }
+            api_overrides.push(ApiOverride {
+                path_prefix,
+                route_name,
+                cluster_name,
+                api,
+            });
+        }
+
         Ok(Config {
             agent_header,
             task_header,
@@ -377,6 +472,8 @@ impl TryFrom<RawConfig> for Config {
             prices,
             fallback_price,
             max_response_body_bytes,
+            api_overrides,
+            azure_deployments: raw.azure_deployments,
         })
     }
 }

@@ -10,7 +10,9 @@ use crate::ledger::{Ledger, Updated};
 use crate::metrics::{AgentCounter, AgentGauge, ReasonCounter, UNPRICED_CALLS};
 use crate::policy::{self, Decision, PeriodStatus};
 use crate::pricing::format_usd;
-use crate::providers::{Api, ErrorKind, EventFate, Metered, StreamMeter, Unmetered};
+use crate::providers::{
+    string_values_len, Api, ErrorKind, EventFate, Metered, Progress, StreamMeter, Unmetered,
+};
 use crate::root::{account_of, PendingCharge, Worker};
 use crate::sse::{SseEvent, SseParser};
 use std::rc::Rc;
@@ -27,6 +29,21 @@ pub struct RequestHead {
     pub user: Option<String>,
     /// False when the headers ended the request (no body follows).
     pub has_body: bool,
+    /// Envoy's route and cluster names, read only when `api_overrides` match on them.
+    pub route_name: Option<String>,
+    pub cluster_name: Option<String>,
+}
+
+/// How Envoy finished with a call whose response had not ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndCause {
+    /// The response completed (or never started) normally.
+    Normal,
+    /// The client went away before the response ended: the provider still bills what it
+    /// generated, so the call is charged an estimate.
+    ClientAborted,
+    /// The upstream cut the response short: counted as unmetered (`incomplete`).
+    UpstreamAborted,
 }
 
 /// A response the filter sends instead of forwarding the call.
@@ -95,6 +112,8 @@ pub enum Outcome {
         metered: Metered,
         micro_usd: u64,
         priced_as: Option<String>,
+        /// The usage is an estimate (the client left before the provider reported usage).
+        estimated: bool,
     },
     Unmetered(Unmetered),
     /// The filter refused the call (budget used up) with this status.
@@ -135,7 +154,11 @@ pub struct Call {
     stage: Stage,
     api: Option<Api>,
     identity: Option<Identity>,
+    /// The model to price by when the response names none: an Azure deployment's configured
+    /// model, else the request body's `model`, else the model or deployment the path names.
     requested_model: Option<String>,
+    /// Request body size, for estimating input tokens of an interrupted call.
+    request_bytes: u64,
     strip_usage: bool,
     budget_headers: Vec<(String, String)>,
     response: ResponseMode,
@@ -152,6 +175,7 @@ impl Call {
             api: None,
             identity: None,
             requested_model: None,
+            request_bytes: 0,
             strip_usage: false,
             budget_headers: Vec::new(),
             response: ResponseMode::Pending,
@@ -167,7 +191,22 @@ impl Call {
     pub fn on_request_headers(&mut self, host: &dyn Host, head: RequestHead) -> HeadOutcome {
         let worker = Rc::clone(&self.worker);
         let config = &worker.config;
-        self.api = Api::detect(&head.path);
+        let detected = config.detect_api(
+            &head.path,
+            head.route_name.as_deref(),
+            head.cluster_name.as_deref(),
+        );
+        self.api = detected.as_ref().map(|d| d.api);
+        self.requested_model = detected.and_then(|d| match d.azure_deployment {
+            Some(deployment) => Some(
+                config
+                    .azure_deployments
+                    .get(&deployment)
+                    .cloned()
+                    .unwrap_or(deployment),
+            ),
+            None => d.path_model,
+        });
         let error_api = self.api.unwrap_or(Api::OpenAiChat);
         let identity = match identify(
             config,
@@ -282,7 +321,17 @@ impl Call {
     pub fn on_request_body(&mut self, body: &[u8]) -> Option<Vec<u8>> {
         let api = self.api?;
         let prepared = api.prepare_request(body);
-        self.requested_model = prepared.model;
+        self.request_bytes = body.len() as u64;
+        let azure_mapped = self.requested_model.is_some()
+            && self
+                .worker
+                .config
+                .azure_deployments
+                .values()
+                .any(|m| Some(m) == self.requested_model.as_ref());
+        if !azure_mapped {
+            self.requested_model = prepared.model.or(self.requested_model.take());
+        }
         self.strip_usage = prepared.strip_usage_from_client;
         prepared.rewritten
     }
@@ -384,22 +433,29 @@ impl Call {
             ResponseMode::Pending | ResponseMode::Unmetered(_) => ChunkOutcome::Pass,
         };
         if end_of_stream {
-            self.finish(host, false);
+            self.finish(host, EndCause::Normal);
         }
         outcome
     }
 
     /// The response ended without (more) body: headers only, or trailers after the body.
     pub fn on_response_complete(&mut self, host: &dyn Host) {
-        self.finish(host, false);
+        self.finish(host, EndCause::Normal);
     }
 
     /// Envoy is done with the call (`on_log`): settle anything not yet settled.
-    pub fn on_done(&mut self, host: &dyn Host) {
-        self.finish(host, true);
+    pub fn on_done(&mut self, host: &dyn Host, cause: EndCause) {
+        // Reaching here unsettled means the response did not end; with no better word from
+        // Envoy, assume the upstream cut it (no estimate is charged).
+        let cause = if cause == EndCause::Normal {
+            EndCause::UpstreamAborted
+        } else {
+            cause
+        };
+        self.finish(host, cause);
     }
 
-    fn finish(&mut self, host: &dyn Host, interrupted: bool) {
+    fn finish(&mut self, host: &dyn Host, cause: EndCause) {
         if !matches!(self.stage, Stage::Forwarded) {
             return;
         }
@@ -410,22 +466,51 @@ impl Call {
         let Some(api) = self.api else {
             return;
         };
-        let result = match std::mem::replace(&mut self.response, ResponseMode::Pending) {
-            ResponseMode::Pending => Err(Unmetered::Incomplete),
-            ResponseMode::Unmetered(reason) => Err(reason),
-            ResponseMode::Json { .. } if interrupted => Err(Unmetered::Incomplete),
-            ResponseMode::Json {
-                overflowed: true, ..
-            } => Err(Unmetered::TooLarge),
-            ResponseMode::Json { body, .. } => api.usage_from_body(&body),
-            ResponseMode::Stream(state) => match state.meter.finish() {
-                Err(Unmetered::NoUsage) if interrupted => Err(Unmetered::Incomplete),
-                other => other,
+        let response = std::mem::replace(&mut self.response, ResponseMode::Pending);
+        let result = match (response, cause) {
+            (ResponseMode::Unmetered(reason), _) => Err(reason),
+            (ResponseMode::Stream(state), cause) => match (state.meter.finish(), cause) {
+                (Ok(metered), _) => Ok((metered, false)),
+                (Err(Unmetered::NoUsage | Unmetered::Incomplete), EndCause::ClientAborted) => {
+                    Ok((self.estimate(state.meter.progress()), true))
+                }
+                (Err(Unmetered::NoUsage), EndCause::UpstreamAborted) => Err(Unmetered::Incomplete),
+                (Err(reason), _) => Err(reason),
             },
+            (ResponseMode::Pending, EndCause::ClientAborted) => {
+                Ok((self.estimate(Progress::default()), true))
+            }
+            (ResponseMode::Json { body, .. }, EndCause::ClientAborted) => {
+                let text_bytes = ["content", "text", "arguments"]
+                    .iter()
+                    .map(|key| string_values_len(&body, key))
+                    .sum();
+                Ok((
+                    self.estimate(Progress {
+                        text_bytes,
+                        ..Progress::default()
+                    }),
+                    true,
+                ))
+            }
+            (ResponseMode::Pending, _) => Err(Unmetered::Incomplete),
+            (ResponseMode::Json { .. }, EndCause::UpstreamAborted) => Err(Unmetered::Incomplete),
+            (
+                ResponseMode::Json {
+                    overflowed: true, ..
+                },
+                EndCause::Normal,
+            ) => Err(Unmetered::TooLarge),
+            (ResponseMode::Json { body, .. }, EndCause::Normal) if body.is_empty() => {
+                Err(Unmetered::NoUsage)
+            }
+            (ResponseMode::Json { body, .. }, EndCause::Normal) => {
+                api.usage_from_body(&body).map(|m| (m, false))
+            }
         };
         let model = self.requested_model.clone();
         let outcome = match result {
-            Ok(metered) => self.charge(host, &identity, metered),
+            Ok((metered, estimated)) => self.charge(host, &identity, metered, estimated),
             Err(reason) => {
                 self.worker
                     .metrics
@@ -453,7 +538,13 @@ impl Call {
         self.attribution = Some(attribution);
     }
 
-    fn charge(&self, host: &dyn Host, identity: &Identity, metered: Metered) -> Outcome {
+    fn charge(
+        &self,
+        host: &dyn Host,
+        identity: &Identity,
+        metered: Metered,
+        estimated: bool,
+    ) -> Outcome {
         let worker = &self.worker;
         let config = &worker.config;
         // The model that served the call wins over the one requested.
@@ -523,13 +614,37 @@ impl Call {
                 }
             }
         }
+        if estimated {
+            metrics.agent(host, AgentCounter::EstimatedRequests, budget, 1);
+        }
         Outcome::Charged {
             metered,
             micro_usd,
             priced_as,
+            estimated,
+        }
+    }
+
+    /// Usage for a call the client abandoned mid-response: the input the provider had
+    /// reported, else the request size at ~4 bytes a token; the output reported or streamed
+    /// so far at ~4 bytes a token, whichever is larger.
+    fn estimate(&self, progress: Progress) -> Metered {
+        let mut usage = progress.reported;
+        if !progress.input_reported {
+            usage.input = self.request_bytes.div_ceil(BYTES_PER_TOKEN);
+        }
+        usage.output = usage
+            .output
+            .max(progress.text_bytes.div_ceil(BYTES_PER_TOKEN));
+        Metered {
+            usage,
+            model: progress.model,
         }
     }
 }
+
+/// A common rough figure for English text and JSON in current tokenizers.
+const BYTES_PER_TOKEN: u64 = 4;
 
 fn reply_only(reply: LocalReply) -> HeadOutcome {
     HeadOutcome {
@@ -584,10 +699,11 @@ fn log_attribution(record: &Attribution) {
             metered,
             micro_usd,
             priced_as,
+            estimated,
         } => {
             let u = &metered.usage;
             log::info!(
-                "call agent={} budget={} task={} user={} api={} model={} priced_as={} input={} cached_input={} cache_write={} output={} reasoning={} cost_micro_usd={}",
+                "call agent={} budget={} task={} user={} api={} model={} priced_as={} input={} cached_input={} cache_write={} output={} reasoning={} cost_micro_usd={} estimated={}",
                 record.agent,
                 record.budget,
                 task,
@@ -600,7 +716,8 @@ fn log_attribution(record: &Attribution) {
                 u.cache_write_5m.saturating_add(u.cache_write_1h),
                 u.output,
                 u.reasoning,
-                micro_usd
+                micro_usd,
+                estimated
             );
         }
         Outcome::Stopped { .. } => {}

@@ -33,10 +33,12 @@ pub enum AgentCounter {
     CostMicroUsd,
     /// Calls that reached the provider but could not be metered.
     Unmetered,
+    /// Calls charged an estimate because the client left before the usage report.
+    EstimatedRequests,
 }
 
 impl AgentCounter {
-    pub const ALL: [AgentCounter; 9] = [
+    pub const ALL: [AgentCounter; 10] = [
         AgentCounter::Requests,
         AgentCounter::Rejected,
         AgentCounter::InputTokens,
@@ -46,6 +48,7 @@ impl AgentCounter {
         AgentCounter::ReasoningTokens,
         AgentCounter::CostMicroUsd,
         AgentCounter::Unmetered,
+        AgentCounter::EstimatedRequests,
     ];
 
     fn stem(self) -> &'static str {
@@ -59,6 +62,7 @@ impl AgentCounter {
             AgentCounter::ReasoningTokens => "agent_budget_reasoning_tokens",
             AgentCounter::CostMicroUsd => "agent_budget_cost_micro_usd",
             AgentCounter::Unmetered => "agent_budget_unmetered_requests",
+            AgentCounter::EstimatedRequests => "agent_budget_estimated_requests",
         }
     }
 }

@@ -6,7 +6,8 @@
 
 use crate::config::Config;
 use crate::filter::{
-    Attribution, Call, ChunkOutcome, HeadAction, HeaderEdits, Outcome, RequestHead, ResponseHead,
+    Attribution, Call, ChunkOutcome, EndCause, HeadAction, HeaderEdits, Outcome, RequestHead,
+    ResponseHead,
 };
 use crate::host::{Host, HostError, MetricKind, Versioned};
 use crate::root::{Worker, TICK_MILLIS};
@@ -204,6 +205,11 @@ fn request_header(name: &str) -> Option<String> {
         .flatten()
 }
 
+fn property(path: &[&str]) -> Option<String> {
+    let bytes = hostcalls::get_property(path.to_vec()).ok().flatten()?;
+    String::from_utf8(bytes).ok()
+}
+
 fn response_header(name: &str) -> Option<String> {
     hostcalls::get_map_value(MapType::HttpResponseHeaders, name)
         .ok()
@@ -243,7 +249,10 @@ fn attribution_properties(record: &Attribution) -> Vec<(&'static str, String)> {
     ];
     match &record.outcome {
         Outcome::Charged {
-            metered, micro_usd, ..
+            metered,
+            micro_usd,
+            estimated,
+            ..
         } => {
             properties.push((
                 "agent_budget.input_tokens",
@@ -254,6 +263,9 @@ fn attribution_properties(record: &Attribution) -> Vec<(&'static str, String)> {
                 metered.usage.output.to_string(),
             ));
             properties.push(("agent_budget.cost_micro_usd", micro_usd.to_string()));
+            if *estimated {
+                properties.push(("agent_budget.estimated", "true".to_string()));
+            }
         }
         Outcome::Unmetered(reason) => {
             properties.push(("agent_budget.unmetered", reason.reason().to_string()));
@@ -269,13 +281,23 @@ impl Context for AgentBudgetHttp {}
 
 impl HttpContext for AgentBudgetHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let config = &self.call_config();
+        let config = &self.call.worker().config;
+        let (route_name, cluster_name) = if config.overrides_need_route() {
+            (
+                property(&["xds", "route_name"]),
+                property(&["xds", "cluster_name"]),
+            )
+        } else {
+            (None, None)
+        };
         let head = RequestHead {
             path: request_header(":path").unwrap_or_default(),
-            agent: request_header(&config.0),
-            task: request_header(&config.1),
-            user: request_header(&config.2),
+            agent: request_header(&config.agent_header),
+            task: request_header(&config.task_header),
+            user: request_header(&config.user_header),
             has_body: !end_of_stream,
+            route_name,
+            cluster_name,
         };
         let outcome = self.call.on_request_headers(&ProxyHost, head);
         apply(MapType::HttpRequestHeaders, &outcome.edits);
@@ -373,18 +395,17 @@ impl HttpContext for AgentBudgetHttp {
     }
 
     fn on_log(&mut self) {
-        self.call.on_done(&ProxyHost);
+        // Envoy's response code details say who ended a response that did not complete,
+        // e.g. `downstream_remote_disconnect` or `upstream_reset_after_response_started{...}`.
+        let details = property(&["response", "code_details"]).unwrap_or_default();
+        let cause = if details.contains("downstream") {
+            EndCause::ClientAborted
+        } else if details.contains("upstream") {
+            EndCause::UpstreamAborted
+        } else {
+            EndCause::Normal
+        };
+        self.call.on_done(&ProxyHost, cause);
         self.export_attribution();
-    }
-}
-
-impl AgentBudgetHttp {
-    fn call_config(&self) -> (String, String, String) {
-        let config = &self.call.worker().config;
-        (
-            config.agent_header.clone(),
-            config.task_header.clone(),
-            config.user_header.clone(),
-        )
     }
 }

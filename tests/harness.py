@@ -110,7 +110,7 @@ def bootstrap(listen_port: int, admin_port: int, upstream_port: int, plugin_conf
     listener = config["static_resources"]["listeners"][0]
     listener["address"]["socket_address"]["port_value"] = listen_port
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    wasm = hcm["http_filters"][0]["typed_config"]["config"]
+    wasm = _wasm_filter(hcm)["typed_config"]["config"]
     wasm["vm_config"]["code"]["local"]["filename"] = str(WASM)
     if as_string:
         wasm["configuration"] = {
@@ -125,10 +125,14 @@ def bootstrap(listen_port: int, admin_port: int, upstream_port: int, plugin_conf
     return config
 
 
+def _wasm_filter(hcm: dict) -> dict:
+    return next(f for f in hcm["http_filters"] if f["name"] == "agent_budget")
+
+
 def shipped_plugin_config() -> dict:
     config = yaml.safe_load(BOOTSTRAP.read_text())
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    return hcm["http_filters"][0]["typed_config"]["config"]["configuration"]["value"]
+    return _wasm_filter(hcm)["typed_config"]["config"]["configuration"]["value"]
 
 
 @dataclass

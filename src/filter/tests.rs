@@ -76,6 +76,8 @@ struct Exchange<'a> {
     /// The response ends (end_of_stream on the last chunk, or on the headers without
     /// chunks). False: the stream is cut and only `on_done` follows.
     ended: bool,
+    /// What Envoy reports at `on_log` about a response that did not end.
+    cause: EndCause,
 }
 
 impl<'a> Exchange<'a> {
@@ -92,6 +94,7 @@ impl<'a> Exchange<'a> {
             content_encoding: None,
             chunks: vec![body],
             ended: true,
+            cause: EndCause::Normal,
         }
     }
 
@@ -132,6 +135,7 @@ fn run_call(host: &FakeHost, worker: &Rc<Worker>, exchange: &Exchange<'_>) -> Ra
             task: exchange.task.map(str::to_string),
             user: exchange.user.map(str::to_string),
             has_body: !exchange.request.is_empty(),
+            ..RequestHead::default()
         },
     );
     let rewritten = match head.action {
@@ -162,7 +166,7 @@ fn run_call(host: &FakeHost, worker: &Rc<Worker>, exchange: &Exchange<'_>) -> Ra
             outcomes.push(outcome);
         }
     }
-    call.on_done(host);
+    call.on_done(host, exchange.cause);
     Ran {
         call,
         head,
@@ -342,6 +346,7 @@ fn openai_json_call_is_charged_at_list_price() {
             api: "openai_chat",
             model: "gpt-4o-2024-08-06".to_string(),
             outcome: Outcome::Charged {
+                estimated: false,
                 metered: Metered {
                     usage: Usage {
                         input: 507,
@@ -1404,7 +1409,7 @@ fn response_callbacks_after_a_local_reply_do_nothing() {
             assert_eq!(call.on_response_body(&host, chunk, end), ChunkOutcome::Pass);
         }
         call.on_response_complete(&host);
-        call.on_done(&host);
+        call.on_done(&host, EndCause::Normal);
         // Only a budget stop is attributed (to the access log); nothing is charged.
         let want = (status == 429).then_some(Outcome::Stopped { status: 429 });
         assert_eq!(call.attribution.map(|a| a.outcome), want, "{agent:?}");

@@ -6,7 +6,9 @@
 //! input usage in `message_start` and cumulative figures in `message_delta`: the last
 //! `message_delta` is the final count, charged once.
 
-use super::{ErrorKind, EventFate, Metered, PreparedRequest, Unmetered};
+use super::{
+    string_values_len, ErrorKind, EventFate, Metered, PreparedRequest, Progress, Unmetered,
+};
 use crate::sse::SseEvent;
 use crate::usage::Usage;
 use serde::Deserialize;
@@ -132,7 +134,11 @@ pub struct StreamMeter {
     usage: Option<WireUsage>,
     saw_delta: bool,
     malformed: bool,
+    text_bytes: u64,
 }
+
+/// Keys of generated text in `content_block_delta` events: text, thinking, tool input.
+const TEXT_KEYS: [&str; 3] = ["text", "thinking", "partial_json"];
 
 impl StreamMeter {
     pub fn on_event(&mut self, event: &SseEvent) -> EventFate {
@@ -141,6 +147,7 @@ impl StreamMeter {
             // Events without an `event:` line still name their type in the JSON.
             None if contains(&event.data, b"\"message_start\"") => "message_start",
             None if contains(&event.data, b"\"message_delta\"") => "message_delta",
+            None if contains(&event.data, b"\"content_block_delta\"") => "content_block_delta",
             None => return EventFate::Forward,
         };
         match kind {
@@ -166,6 +173,13 @@ impl StreamMeter {
                 }
                 Err(_) => self.malformed = true,
             },
+            "content_block_delta" => {
+                let text: u64 = TEXT_KEYS
+                    .iter()
+                    .map(|key| string_values_len(&event.data, key))
+                    .sum();
+                self.text_bytes = self.text_bytes.saturating_add(text);
+            }
             _ => {}
         }
         EventFate::Forward
@@ -183,13 +197,18 @@ impl StreamMeter {
         }
     }
 
-    /// What was reported before the stream stopped: input from `message_start` and the
-    /// output counted so far, for charging an interrupted stream.
-    pub fn partial(&self) -> Option<Metered> {
-        self.usage.as_ref().map(|usage| Metered {
-            usage: usage.to_usage(),
+    /// Input from `message_start` (exact) and the text streamed so far.
+    pub fn progress(&self) -> Progress {
+        Progress {
+            reported: self
+                .usage
+                .as_ref()
+                .map(WireUsage::to_usage)
+                .unwrap_or_default(),
+            input_reported: self.usage.is_some(),
             model: self.model.clone(),
-        })
+            text_bytes: self.text_bytes,
+        }
     }
 }
 

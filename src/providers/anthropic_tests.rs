@@ -97,7 +97,12 @@ fn interrupted_streams_are_incomplete_with_partial_usage() {
     for event in &events {
         meter.on_event(event);
     }
-    assert_eq!(meter.partial().unwrap().usage.input, 25);
+    let progress = meter.progress();
+    assert_eq!(
+        (progress.reported.input, progress.input_reported),
+        (25, true)
+    );
+    assert_eq!(progress.text_bytes, "Hello!".len() as u64);
     assert_eq!(
         assert_split_invariant(Api::AnthropicMessages, b"event: ping\ndata: {}\n\n").0,
         Err(Unmetered::NoUsage)

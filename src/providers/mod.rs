@@ -3,32 +3,85 @@
 //! One file per API format; this module only dispatches.
 
 pub mod anthropic;
+pub mod embeddings;
+pub mod gemini;
 pub mod openai;
+pub mod responses;
 
 use crate::sse::SseEvent;
 use crate::usage::Usage;
+use serde::Deserialize;
 
 /// The API formats the filter meters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Api {
     /// OpenAI Chat Completions and every server that copies it (Azure, vLLM, Ollama, Groq...).
     OpenAiChat,
+    /// OpenAI legacy Completions (`/v1/completions`): the chat usage format.
+    OpenAiCompletions,
+    /// OpenAI Responses (`/v1/responses`).
+    OpenAiResponses,
+    /// OpenAI Embeddings (`/v1/embeddings`).
+    OpenAiEmbeddings,
     /// Anthropic Messages.
     AnthropicMessages,
+    /// Google Gemini `generateContent` / `streamGenerateContent` (AI Studio and Vertex paths).
+    Gemini,
+}
+
+/// An API recognised from a request path, with the model the path names, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Detected {
+    pub api: Api,
+    /// Gemini names the model in the path; Azure names a deployment.
+    pub path_model: Option<String>,
+    /// An Azure OpenAI deployment name (`/openai/deployments/{name}/...`).
+    pub azure_deployment: Option<String>,
 }
 
 impl Api {
     /// Recognises the API from the request path (query string ignored).
-    pub fn detect(path: &str) -> Option<Api> {
+    pub fn detect(path: &str) -> Option<Detected> {
         let path = path
             .split(['?', '#'])
             .next()
             .unwrap_or(path)
             .trim_end_matches('/');
+        let azure_deployment = path
+            .split_once("/openai/deployments/")
+            .and_then(|(_, rest)| rest.split('/').next())
+            .filter(|name| !name.is_empty())
+            .map(str::to_string);
+        let detected = |api| Detected {
+            api,
+            path_model: None,
+            azure_deployment: azure_deployment.clone(),
+        };
         if path.ends_with("/chat/completions") {
-            Some(Api::OpenAiChat)
+            Some(detected(Api::OpenAiChat))
+        } else if path.ends_with("/completions") {
+            Some(detected(Api::OpenAiCompletions))
+        } else if path.ends_with("/responses") {
+            Some(detected(Api::OpenAiResponses))
+        } else if path.ends_with("/embeddings") {
+            Some(detected(Api::OpenAiEmbeddings))
         } else if path.ends_with("/v1/messages") || path == "/messages" {
-            Some(Api::AnthropicMessages)
+            Some(detected(Api::AnthropicMessages))
+        } else if let Some((head, method)) = path.rsplit_once(':') {
+            if method != "generateContent" && method != "streamGenerateContent" {
+                return None;
+            }
+            let model = head
+                .rsplit('/')
+                .next()
+                .filter(|m| !m.is_empty())
+                .map(str::to_string);
+            Some(Detected {
+                api: Api::Gemini,
+                path_model: model,
+                azure_deployment: None,
+            })
         } else {
             None
         }
@@ -37,38 +90,57 @@ impl Api {
     pub fn name(self) -> &'static str {
         match self {
             Api::OpenAiChat => "openai_chat",
+            Api::OpenAiCompletions => "openai_completions",
+            Api::OpenAiResponses => "openai_responses",
+            Api::OpenAiEmbeddings => "openai_embeddings",
             Api::AnthropicMessages => "anthropic_messages",
+            Api::Gemini => "gemini",
         }
     }
 
     /// Inspects (and if needed rewrites) the request body.
     pub fn prepare_request(self, body: &[u8]) -> PreparedRequest {
         match self {
-            Api::OpenAiChat => openai::prepare_request(body),
+            Api::OpenAiChat | Api::OpenAiCompletions => openai::prepare_request(body),
+            Api::OpenAiResponses => responses::prepare_request(body),
+            Api::OpenAiEmbeddings => embeddings::prepare_request(body),
             Api::AnthropicMessages => anthropic::prepare_request(body),
+            Api::Gemini => gemini::prepare_request(body),
         }
     }
 
     /// Usage from a complete non-streaming response body.
     pub fn usage_from_body(self, body: &[u8]) -> Result<Metered, Unmetered> {
         match self {
-            Api::OpenAiChat => openai::usage_from_body(body),
+            Api::OpenAiChat | Api::OpenAiCompletions => openai::usage_from_body(body),
+            Api::OpenAiResponses => responses::usage_from_body(body),
+            Api::OpenAiEmbeddings => embeddings::usage_from_body(body),
             Api::AnthropicMessages => anthropic::usage_from_body(body),
+            Api::Gemini => gemini::usage_from_body(body),
         }
     }
 
     pub fn stream_meter(self) -> StreamMeter {
         match self {
-            Api::OpenAiChat => StreamMeter::OpenAi(openai::StreamMeter::default()),
+            // Embeddings never stream; the chat meter reads an OpenAI-shaped stream if one comes.
+            Api::OpenAiChat | Api::OpenAiCompletions | Api::OpenAiEmbeddings => {
+                StreamMeter::OpenAi(openai::StreamMeter::default())
+            }
+            Api::OpenAiResponses => StreamMeter::Responses(responses::StreamMeter::default()),
             Api::AnthropicMessages => StreamMeter::Anthropic(anthropic::StreamMeter::default()),
+            Api::Gemini => StreamMeter::Gemini(gemini::StreamMeter::default()),
         }
     }
 
     /// An error body in this API's own shape, so official SDKs raise their usual errors.
     pub fn error_body(self, kind: ErrorKind, message: &str) -> Vec<u8> {
         match self {
-            Api::OpenAiChat => openai::error_body(kind, message),
+            Api::OpenAiChat
+            | Api::OpenAiCompletions
+            | Api::OpenAiResponses
+            | Api::OpenAiEmbeddings => openai::error_body(kind, message),
             Api::AnthropicMessages => anthropic::error_body(kind, message),
+            Api::Gemini => gemini::error_body(kind, message),
         }
     }
 }
@@ -134,14 +206,18 @@ pub enum EventFate {
 #[derive(Debug, Clone)]
 pub enum StreamMeter {
     OpenAi(openai::StreamMeter),
+    Responses(responses::StreamMeter),
     Anthropic(anthropic::StreamMeter),
+    Gemini(gemini::StreamMeter),
 }
 
 impl StreamMeter {
     pub fn on_event(&mut self, event: &SseEvent) -> EventFate {
         match self {
             StreamMeter::OpenAi(meter) => meter.on_event(event),
+            StreamMeter::Responses(meter) => meter.on_event(event),
             StreamMeter::Anthropic(meter) => meter.on_event(event),
+            StreamMeter::Gemini(meter) => meter.on_event(event),
         }
     }
 
@@ -149,9 +225,78 @@ impl StreamMeter {
     pub fn finish(&self) -> Result<Metered, Unmetered> {
         match self {
             StreamMeter::OpenAi(meter) => meter.finish(),
+            StreamMeter::Responses(meter) => meter.finish(),
             StreamMeter::Anthropic(meter) => meter.finish(),
+            StreamMeter::Gemini(meter) => meter.finish(),
         }
     }
+
+    /// What the stream had reported and delivered so far, for a stream cut short.
+    pub fn progress(&self) -> Progress {
+        match self {
+            StreamMeter::OpenAi(meter) => meter.progress(),
+            StreamMeter::Responses(meter) => meter.progress(),
+            StreamMeter::Anthropic(meter) => meter.progress(),
+            StreamMeter::Gemini(meter) => meter.progress(),
+        }
+    }
+}
+
+/// A stream's state when it stopped early (the client left): the basis of an estimate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Usage the provider had already reported (zero where it had not).
+    pub reported: Usage,
+    /// True if `reported` holds the provider's own input figures (Anthropic `message_start`,
+    /// Gemini per-chunk `usageMetadata`); false means input must be estimated.
+    pub input_reported: bool,
+    pub model: Option<String>,
+    /// Bytes of generated text (content, reasoning, tool-call arguments) streamed so far.
+    pub text_bytes: u64,
+}
+
+/// Sums the raw lengths of the JSON string values that follow `"key":` in `data`, without
+/// parsing: how much generated text an event carries, for estimating output tokens.
+pub(crate) fn string_values_len(data: &[u8], key: &str) -> u64 {
+    let needle = format!("\"{key}\"");
+    let needle = needle.as_bytes();
+    let mut total = 0u64;
+    let mut rest = data;
+    while let Some(at) = rest.windows(needle.len()).position(|w| w == needle) {
+        let after = rest.get(at + needle.len()..).unwrap_or_default();
+        let mut bytes = after
+            .iter()
+            .enumerate()
+            .skip_while(|(_, b)| b.is_ascii_whitespace());
+        if bytes.next().map(|(_, b)| *b) != Some(b':') {
+            rest = after;
+            continue;
+        }
+        let mut bytes = bytes.skip_while(|(_, b)| b.is_ascii_whitespace());
+        let Some((open, b'"')) = bytes.next().map(|(i, b)| (i, *b)) else {
+            rest = after;
+            continue;
+        };
+        let mut escaped = false;
+        let mut close = None;
+        for (i, b) in after.iter().enumerate().skip(open + 1) {
+            match (escaped, *b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => {
+                    close = Some(i);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let Some(close) = close else {
+            break;
+        };
+        total = total.saturating_add((close - open - 1) as u64);
+        rest = after.get(close + 1..).unwrap_or_default();
+    }
+    total
 }
 
 /// Errors the filter itself answers with.
@@ -234,24 +379,78 @@ mod tests {
     #[test]
     fn detects_api_from_path() {
         let cases = [
-            ("/v1/chat/completions", Some(Api::OpenAiChat)),
-            ("/v1/chat/completions?x=1", Some(Api::OpenAiChat)),
+            ("/v1/chat/completions", Some(Api::OpenAiChat), None, None),
+            ("/v1/chat/completions?x=1", Some(Api::OpenAiChat), None, None),
             (
-                "/openai/deployments/gpt4o/chat/completions?api-version=2024-10-21",
+                "/openai/deployments/gpt4o-prod/chat/completions?api-version=2024-10-21",
                 Some(Api::OpenAiChat),
+                None,
+                Some("gpt4o-prod"),
             ),
-            ("/api/openai/v1/chat/completions/", Some(Api::OpenAiChat)),
-            ("/v1/messages", Some(Api::AnthropicMessages)),
+            ("/api/openai/v1/chat/completions/", Some(Api::OpenAiChat), None, None),
+            ("/v1/completions", Some(Api::OpenAiCompletions), None, None),
+            ("/v1/responses", Some(Api::OpenAiResponses), None, None),
+            ("/openai/deployments/emb/embeddings", Some(Api::OpenAiEmbeddings), None, Some("emb")),
+            ("/v1/messages", Some(Api::AnthropicMessages), None, None),
+            ("/anthropic/v1/messages?beta=true", Some(Api::AnthropicMessages), None, None),
             (
-                "/anthropic/v1/messages?beta=true",
-                Some(Api::AnthropicMessages),
+                "/v1beta/models/gemini-2.5-flash:generateContent",
+                Some(Api::Gemini),
+                Some("gemini-2.5-flash"),
+                None,
             ),
-            ("/v1/messages/count_tokens", None),
-            ("/v1/models", None),
-            ("", None),
+            (
+                "/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse",
+                Some(Api::Gemini),
+                Some("gemini-2.5-pro"),
+                None,
+            ),
+            (
+                "/v1/projects/p/locations/us-central1/publishers/google/models/gemini-2.0-flash:generateContent",
+                Some(Api::Gemini),
+                Some("gemini-2.0-flash"),
+                None,
+            ),
+            ("/v1beta/models/gemini-2.5-flash:countTokens", None, None, None),
+            ("/v1/messages/count_tokens", None, None, None),
+            ("/v1/models", None, None, None),
+            ("", None, None, None),
         ];
-        for (path, want) in cases {
-            assert_eq!(Api::detect(path), want, "{path}");
+        for (path, api, model, deployment) in cases {
+            let detected = Api::detect(path);
+            assert_eq!(detected.as_ref().map(|d| d.api), api, "{path}");
+            assert_eq!(
+                detected.as_ref().and_then(|d| d.path_model.as_deref()),
+                model,
+                "{path}"
+            );
+            assert_eq!(
+                detected
+                    .as_ref()
+                    .and_then(|d| d.azure_deployment.as_deref()),
+                deployment,
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn measures_string_values_without_parsing() {
+        let cases: [(&[u8], &str, u64); 6] = [
+            (br#"{"delta":{"content":"Hello"}}"#, "content", 5),
+            (br#"{"delta":{"content":"a\"b"}}"#, "content", 4),
+            (br#"{"content":null,"x":{"content" : "abc"}}"#, "content", 3),
+            (br#"{"text":"x","text":"yz"}"#, "text", 3),
+            (br#"{"text":"unterminated"#, "text", 0),
+            (b"", "text", 0),
+        ];
+        for (data, key, want) in cases {
+            assert_eq!(
+                string_values_len(data, key),
+                want,
+                "{}",
+                String::from_utf8_lossy(data)
+            );
         }
     }
 

@@ -9,7 +9,10 @@
 //! `"usage": null`, which every client library reads exactly as an absent field, so they are
 //! passed through untouched rather than rewritten.
 
-use super::{has_usage_object, ErrorKind, EventFate, Metered, PreparedRequest, Unmetered};
+use super::{
+    has_usage_object, string_values_len, ErrorKind, EventFate, Metered, PreparedRequest, Progress,
+    Unmetered,
+};
 use crate::sse::SseEvent;
 use crate::usage::Usage;
 use serde::Deserialize;
@@ -137,11 +140,40 @@ pub fn usage_from_body(body: &[u8]) -> Result<Metered, Unmetered> {
 pub struct StreamMeter {
     metered: Option<Metered>,
     malformed: bool,
+    model: Option<String>,
+    text_bytes: u64,
 }
+
+#[derive(Debug, Deserialize)]
+struct ChunkModel {
+    #[serde(default)]
+    model: Option<String>,
+}
+
+/// Keys whose string values are generated text in chat (`content`, `refusal`, tool-call
+/// `arguments`, compatible servers' `reasoning_content`) and legacy completion (`text`) chunks.
+const TEXT_KEYS: [&str; 5] = [
+    "content",
+    "refusal",
+    "arguments",
+    "reasoning_content",
+    "text",
+];
 
 impl StreamMeter {
     pub fn on_event(&mut self, event: &SseEvent) -> EventFate {
         if !has_usage_object(&event.data) {
+            if self.model.is_none() && event.data.first() == Some(&b'{') {
+                // Once per stream: the model, for pricing a stream that never reports usage.
+                self.model = serde_json::from_slice::<ChunkModel>(&event.data)
+                    .ok()
+                    .and_then(|c| c.model);
+            }
+            let text: u64 = TEXT_KEYS
+                .iter()
+                .map(|key| string_values_len(&event.data, key))
+                .sum();
+            self.text_bytes = self.text_bytes.saturating_add(text);
             return EventFate::Forward;
         }
         match serde_json::from_slice::<StreamChunk>(&event.data) {
@@ -173,6 +205,16 @@ impl StreamMeter {
             Some(metered) => Ok(metered.clone()),
             None if self.malformed => Err(Unmetered::Malformed),
             None => Err(Unmetered::NoUsage),
+        }
+    }
+
+    /// OpenAI reports nothing before the final usage chunk: input must be estimated.
+    pub fn progress(&self) -> Progress {
+        Progress {
+            reported: Usage::default(),
+            input_reported: false,
+            model: self.model.clone(),
+            text_bytes: self.text_bytes,
         }
     }
 }
