@@ -1,5 +1,6 @@
 use super::*;
 use crate::pbstruct::tests::enc as encode_struct;
+use crate::providers::Api;
 use serde_json::json;
 
 const FULL: &str = r#"{
@@ -167,4 +168,58 @@ fn malformed_documents_say_where() {
     assert!(error.reason.contains("neither JSON"), "{error}");
     let error = Config::from_bytes(&[0x0a, 0xff]).unwrap_err();
     assert!(error.reason.contains("protobuf"), "{error}");
+}
+
+#[test]
+fn api_overrides_and_azure_deployments() {
+    let config = Config::from_bytes(
+        br#"{"agents":{"a":{"daily_usd":1}},
+            "api_overrides":[{"path_prefix":"/llm/internal/","api":"anthropic_messages"},
+                             {"cluster_name":"vllm","api":"openai_chat"}],
+            "azure_deployments":{"prod-4o":"gpt-4o"}}"#,
+    )
+    .unwrap();
+    assert!(config.overrides_need_route());
+    let api = |path, route, cluster| config.detect_api(path, route, cluster).map(|d| d.api);
+    assert_eq!(
+        api("/llm/internal/generate", None, None),
+        Some(Api::AnthropicMessages)
+    );
+    assert_eq!(
+        api("/custom/generate", None, Some("vllm")),
+        Some(Api::OpenAiChat)
+    );
+    assert_eq!(api("/custom/generate", None, Some("other")), None);
+    assert_eq!(
+        api("/v1/messages", None, None),
+        Some(Api::AnthropicMessages)
+    );
+    assert_eq!(
+        config.azure_deployments.get("prod-4o").map(String::as_str),
+        Some("gpt-4o")
+    );
+
+    let cases = [
+        (
+            json!([{"api": "openai_chat"}]),
+            "api_overrides[0]",
+            "at least one",
+        ),
+        (
+            json!([{"path_prefix": "llm", "api": "openai_chat"}]),
+            "api_overrides[0].path_prefix",
+            "start with",
+        ),
+        (
+            json!([{"path_prefix": "/x", "api": "cohere"}]),
+            "api_overrides[0].api",
+            "unknown variant",
+        ),
+    ];
+    for (overrides, field, reason) in cases {
+        let value = json!({"agents": {"a": {"daily_usd": 1}}, "api_overrides": overrides});
+        let error = Config::from_bytes(&serde_json::to_vec(&value).unwrap()).unwrap_err();
+        assert_eq!(error.field, field, "{error}");
+        assert!(error.reason.contains(reason), "{error}");
+    }
 }

@@ -1710,3 +1710,85 @@ fn charging_a_period_no_tick_prepared_is_reported() {
     );
     assert_eq!(spent(&host, &worker, "bot").0, CHAT_COST);
 }
+
+// ---------------------------------------------------------------------------------------
+// Model resolution from the path: Azure deployments and Gemini
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn azure_deployment_and_path_models_price_calls_without_a_model() {
+    let (host, worker) =
+        setup(r#"{"agents":{"bot":{"daily_usd":100}},"azure_deployments":{"prod-4o":"gpt-4o"}}"#);
+    // Neither the request nor the response names a model.
+    let body = br#"{"usage":{"prompt_tokens":1000,"completion_tokens":0}}"#;
+    let cases: [(&str, &[u8], u64); 4] = [
+        // Configured deployment -> gpt-4o ($2.50/M).
+        (
+            "/openai/deployments/prod-4o/chat/completions?api-version=2024-10-21",
+            b"{}",
+            2_500,
+        ),
+        // The configured mapping wins over a model in the body.
+        (
+            "/openai/deployments/prod-4o/chat/completions",
+            br#"{"model":"gpt-4o-mini"}"#,
+            2_500,
+        ),
+        // Unmapped deployment named like a model -> that model (gpt-4o-mini, $0.15/M).
+        (
+            "/openai/deployments/gpt-4o-mini/chat/completions",
+            b"{}",
+            150,
+        ),
+        // Unknown deployment name -> fallback price ($15/M).
+        (
+            "/openai/deployments/mystery/chat/completions",
+            b"{}",
+            15_000,
+        ),
+    ];
+    for (path, request, want) in cases {
+        let ran = run_call(&host, &worker, &Exchange::json(path, "bot", request, body));
+        assert_eq!(charged(&ran.call).0, want, "{path}");
+    }
+}
+
+#[test]
+fn client_abort_is_charged_an_estimate_upstream_abort_is_not() {
+    let (host, worker) = setup(CONFIG);
+    let request =
+        br#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hello there"}]}"#;
+    let chunk: &[u8] =
+        b"data: {\"model\":\"gpt-4o\",\"choices\":[{\"delta\":{\"content\":\"abcdefgh\"}}]}\n\n";
+    for (cause, want_estimate) in [
+        (EndCause::ClientAborted, true),
+        (EndCause::UpstreamAborted, false),
+    ] {
+        let exchange = Exchange {
+            ended: false,
+            cause,
+            ..Exchange::sse(CHAT_PATH, "bot", request, vec![chunk, chunk])
+        };
+        let ran = run_call(&host, &worker, &exchange);
+        let outcome = ran.call.attribution.unwrap().outcome;
+        if want_estimate {
+            // Input: the request bytes / 4; output: 16 bytes of text / 4.
+            let input = (request.len() as u64).div_ceil(4);
+            match outcome {
+                Outcome::Charged {
+                    metered, estimated, ..
+                } => {
+                    assert!(estimated);
+                    assert_eq!((metered.usage.input, metered.usage.output), (input, 4));
+                }
+                other => panic!("{other:?}"),
+            }
+        } else {
+            assert_eq!(outcome, Outcome::Unmetered(Unmetered::Incomplete));
+        }
+    }
+    assert_eq!(
+        metric(&host, "agent_budget_estimated_requests.agent.bot"),
+        1
+    );
+}

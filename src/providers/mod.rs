@@ -17,12 +17,16 @@ use serde::Deserialize;
 #[serde(rename_all = "snake_case")]
 pub enum Api {
     /// OpenAI Chat Completions and every server that copies it (Azure, vLLM, Ollama, Groq...).
+    #[serde(rename = "openai_chat")]
     OpenAiChat,
     /// OpenAI legacy Completions (`/v1/completions`): the chat usage format.
+    #[serde(rename = "openai_completions")]
     OpenAiCompletions,
     /// OpenAI Responses (`/v1/responses`).
+    #[serde(rename = "openai_responses")]
     OpenAiResponses,
     /// OpenAI Embeddings (`/v1/embeddings`).
+    #[serde(rename = "openai_embeddings")]
     OpenAiEmbeddings,
     /// Anthropic Messages.
     AnthropicMessages,
@@ -431,6 +435,22 @@ mod tests {
                 deployment,
                 "{path}"
             );
+        }
+    }
+
+    #[test]
+    fn config_names_are_the_metric_names() {
+        let all = [
+            Api::OpenAiChat,
+            Api::OpenAiCompletions,
+            Api::OpenAiResponses,
+            Api::OpenAiEmbeddings,
+            Api::AnthropicMessages,
+            Api::Gemini,
+        ];
+        for api in all {
+            let parsed: Api = serde_json::from_value(serde_json::Value::from(api.name())).unwrap();
+            assert_eq!(parsed, api);
         }
     }
 
