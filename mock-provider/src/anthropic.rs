@@ -42,7 +42,11 @@ pub fn respond(k: &Knobs, body: &[u8], id: u64) -> Result<Reply, String> {
     });
     if req.stream == Some(true) {
         let script = stream_script(id, model, usage.as_ref(), k.content_chunks(output));
-        return Ok(Reply::Sse { script, usage });
+        return Ok(Reply::Sse {
+            script,
+            usage,
+            json: false,
+        });
     }
     Ok(Reply::Json {
         status: StatusCode::OK,
@@ -212,7 +216,7 @@ mod tests {
         let h = headers(&[("x-mock-input-tokens", "11"), ("x-mock-output-tokens", "3")]);
         let k = Knobs::from_headers(&h).unwrap();
         let body = br#"{"model":"claude-x","messages":[],"max_tokens":100,"stream":true}"#;
-        let Reply::Sse { script, usage } = respond(&k, body, 4).unwrap() else {
+        let Reply::Sse { script, usage, .. } = respond(&k, body, 4).unwrap() else {
             panic!("expected sse");
         };
         assert_eq!(usage.unwrap().output_tokens, 3);
@@ -253,7 +257,7 @@ mod tests {
         let h = headers(&[("x-mock-no-usage", "1")]);
         let k = Knobs::from_headers(&h).unwrap();
         let body = br#"{"model":"c","messages":[],"max_tokens":1,"stream":true}"#;
-        let Reply::Sse { script, usage } = respond(&k, body, 1).unwrap() else {
+        let Reply::Sse { script, usage, .. } = respond(&k, body, 1).unwrap() else {
             panic!("expected sse");
         };
         assert!(usage.is_none());

@@ -16,6 +16,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use hyper::StatusCode;
 use tokio::time::{Instant, Sleep};
 
+use crate::json::JsonBuf;
 use crate::stats::{Report, Usage};
 
 /// What a provider handler decided to send, before transport knobs
@@ -26,18 +27,77 @@ pub enum Reply {
         body: Vec<u8>,
         usage: Option<Usage>,
     },
+    /// A paced stream of events; `json` selects `application/json` (Gemini's
+    /// streamed JSON array) instead of `text/event-stream`.
     Sse {
         script: SseScript,
         usage: Option<Usage>,
+        json: bool,
     },
 }
 
-/// An SSE stream as runs of identical events, so K content deltas cost one
+/// Writes event number `i` (0-based within its run) onto the buffer.
+pub type Render = Box<dyn Fn(u64, &mut JsonBuf) + Send + Sync>;
+
+/// Events of a generated run are rendered this many at a time into one
+/// buffer and handed out as slices of it: one allocation per block, and
+/// memory bounded whatever the event count.
+const BLOCK_EVENTS: u64 = 32;
+
+/// Events that differ only by a counter (a sequence number, a cumulative
+/// token count), produced on demand.
+struct Generated {
+    render: Render,
+    next: u64,
+    end: u64,
+    block: Bytes,
+    // End offsets in `block` of its events not yet handed out, reversed.
+    ends: Vec<usize>,
+    start: usize,
+}
+
+impl Generated {
+    fn next_event(&mut self) -> Option<Bytes> {
+        if self.ends.is_empty() {
+            if self.next >= self.end {
+                return None;
+            }
+            let stop = self.end.min(self.next.saturating_add(BLOCK_EVENTS));
+            let mut buf = JsonBuf::with_capacity(self.block.len().max(256));
+            self.ends.clear();
+            for i in self.next..stop {
+                (self.render)(i, &mut buf);
+                self.ends.push(buf.len());
+            }
+            self.ends.reverse();
+            self.next = stop;
+            self.block = buf.into_bytes();
+            self.start = 0;
+        }
+        let end = self.ends.pop()?;
+        let event = self.block.slice(self.start..end);
+        self.start = end;
+        Some(event)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ends.is_empty() && self.next >= self.end
+    }
+}
+
+enum Run {
+    /// One event sent `n` times, one buffer shared by reference count.
+    Repeat(Bytes, u64),
+    Generated(Box<Generated>),
+}
+
+/// An SSE stream as runs of events, so K identical content deltas cost one
 /// buffer shared by reference count rather than K copies.
 #[derive(Default)]
 pub struct SseScript {
-    // Stored in reverse so the next event is popped off the end.
-    runs: Vec<(Bytes, u64)>,
+    runs: Vec<Run>,
+    // Index of the run the next event comes from.
+    pos: usize,
 }
 
 impl SseScript {
@@ -47,22 +107,56 @@ impl SseScript {
 
     pub fn push_repeated(&mut self, event: Bytes, n: u64) {
         if n > 0 {
-            self.runs.insert(0, (event, n));
+            self.runs.push(Run::Repeat(event, n));
+        }
+    }
+
+    /// `n` events, the i-th (from 0) written by `render(i, buf)`.
+    pub fn push_generated(&mut self, n: u64, render: Render) {
+        if n > 0 {
+            self.runs.push(Run::Generated(Box::new(Generated {
+                render,
+                next: 0,
+                end: n,
+                block: Bytes::new(),
+                ends: Vec::new(),
+                start: 0,
+            })));
         }
     }
 
     fn next_event(&mut self) -> Option<Bytes> {
-        let (event, left) = self.runs.last_mut()?;
-        *left -= 1;
-        if *left == 0 {
-            self.runs.pop().map(|(e, _)| e)
-        } else {
-            Some(event.clone())
+        loop {
+            let run = self.runs.get_mut(self.pos)?;
+            let event = match run {
+                Run::Repeat(event, left) => {
+                    *left = left.saturating_sub(1);
+                    if *left == 0 {
+                        self.pos += 1;
+                        // The run is spent: hand over its buffer itself.
+                        Some(std::mem::take(event))
+                    } else {
+                        Some(event.clone())
+                    }
+                }
+                Run::Generated(g) => {
+                    let e = g.next_event();
+                    if g.is_empty() {
+                        self.pos += 1;
+                    }
+                    e
+                }
+            };
+            if event.is_some() {
+                return event;
+            }
         }
     }
 
+    // Runs are never empty when pushed and `pos` moves past a run as soon as
+    // it is spent, so every run from `pos` on still has events.
     fn is_empty(&self) -> bool {
-        self.runs.is_empty()
+        self.pos >= self.runs.len()
     }
 
     /// All events in order; for tests and debugging only.
@@ -267,5 +361,27 @@ mod tests {
         s.push(Bytes::from_static(b"c"));
         let got: Vec<_> = s.events().into_iter().collect();
         assert_eq!(got, ["a", "b", "b", "b", "c"]);
+    }
+
+    #[test]
+    fn generated_runs_render_in_blocks_and_in_order() {
+        let mut s = SseScript::default();
+        s.push(Bytes::from_static(b"<"));
+        s.push_generated(0, Box::new(|_, _| unreachable!()));
+        s.push_generated(
+            BLOCK_EVENTS * 2 + 3,
+            Box::new(|i, out| {
+                out.raw("e").num(i).raw(";");
+            }),
+        );
+        s.push(Bytes::from_static(b">"));
+        assert!(!s.is_empty());
+        let got = s.events();
+        assert_eq!(got.len() as u64, BLOCK_EVENTS * 2 + 5);
+        assert_eq!(got[0], "<");
+        for (i, e) in got[1..got.len() - 1].iter().enumerate() {
+            assert_eq!(e, format!("e{i};").as_bytes());
+        }
+        assert_eq!(got.last().unwrap(), ">");
     }
 }

@@ -21,6 +21,12 @@ impl JsonBuf {
         self
     }
 
+    /// `raw` for bytes already known to be valid (UTF-8) JSON text.
+    pub fn bytes(&mut self, b: &[u8]) -> &mut Self {
+        self.0.extend_from_slice(b);
+        self
+    }
+
     pub fn num(&mut self, n: u64) -> &mut Self {
         let mut b = itoa::Buffer::new();
         self.0.extend_from_slice(b.format(n).as_bytes());
@@ -65,6 +71,10 @@ impl JsonBuf {
         self
     }
 
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
     pub fn into_bytes(self) -> Bytes {
         Bytes::from(self.0)
     }
@@ -78,16 +88,31 @@ impl JsonBuf {
 /// bounding what a huge `x-mock-output-tokens` can make the mock allocate.
 pub const MAX_TEXT_BYTES: usize = 16 * 1024;
 
+/// `"tok "` repeated up to MAX_TEXT_BYTES, shared by every request.
+fn shared_text() -> &'static str {
+    static TEXT: OnceLock<String> = OnceLock::new();
+    TEXT.get_or_init(|| "tok ".repeat(MAX_TEXT_BYTES / 4))
+}
+
+fn text_len(words: u64) -> usize {
+    usize::try_from(words.saturating_mul(4))
+        .unwrap_or(MAX_TEXT_BYTES)
+        .min(MAX_TEXT_BYTES)
+}
+
 /// Completion text of about 4 bytes per output token ("tok tok tok"),
 /// sliced from one shared string so no request has to build it.
 pub fn mock_text(output_tokens: u64) -> &'static str {
-    static TEXT: OnceLock<String> = OnceLock::new();
-    let text = TEXT.get_or_init(|| "tok ".repeat(MAX_TEXT_BYTES / 4));
-    let len = usize::try_from(output_tokens.saturating_mul(4))
-        .unwrap_or(MAX_TEXT_BYTES)
-        .min(MAX_TEXT_BYTES);
     // Drop the trailing space of the last word.
-    text.get(..len.saturating_sub(1)).unwrap_or("")
+    shared_text()
+        .get(..text_len(output_tokens).saturating_sub(1))
+        .unwrap_or("")
+}
+
+/// What K streamed `"tok "` deltas add up to (capped like `mock_text`), for
+/// the events that repeat the whole streamed text.
+pub fn streamed_text(deltas: u64) -> &'static str {
+    shared_text().get(..text_len(deltas)).unwrap_or("")
 }
 
 #[cfg(test)]
@@ -118,5 +143,8 @@ mod tests {
         assert_eq!(mock_text(1), "tok");
         assert_eq!(mock_text(3), "tok tok tok");
         assert_eq!(mock_text(u64::MAX).len(), MAX_TEXT_BYTES - 1);
+        assert_eq!(streamed_text(0), "");
+        assert_eq!(streamed_text(2), "tok tok ");
+        assert_eq!(streamed_text(u64::MAX).len(), MAX_TEXT_BYTES);
     }
 }

@@ -1,11 +1,16 @@
-//! Deterministic mock of the OpenAI and Anthropic APIs for agent-budget's
-//! integration tests and benchmarks. See README.md for the knobs.
+//! Deterministic mock of the OpenAI, Anthropic and Gemini APIs for
+//! agent-budget's integration tests and benchmarks. See README.md for the knobs.
 
 mod anthropic;
 mod body;
+mod call;
+mod completions;
+mod embeddings;
+mod gemini;
 mod json;
 mod knobs;
 mod openai;
+mod responses;
 mod server;
 mod stats;
 

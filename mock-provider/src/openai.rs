@@ -9,6 +9,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use crate::body::{Reply, SseScript};
+use crate::call::Call;
 use crate::json::{mock_text, JsonBuf};
 use crate::knobs::Knobs;
 use crate::stats::Usage;
@@ -20,8 +21,14 @@ use crate::stats::Usage;
 pub struct Name<'a>(#[serde(borrow)] pub Cow<'a, str>);
 
 #[derive(Deserialize)]
-struct StreamOptions {
+pub struct StreamOptions {
     include_usage: Option<bool>,
+}
+
+/// Whether a streamed OpenAI response carries usage: only when the client
+/// asked for `stream_options.include_usage`.
+pub fn include_usage(o: Option<StreamOptions>) -> bool {
+    o.and_then(|o| o.include_usage).unwrap_or(false)
 }
 
 #[derive(Deserialize)]
@@ -38,8 +45,9 @@ struct ChatRequest<'a> {
     max_completion_tokens: Option<u64>,
 }
 
-/// The figures one response reports, clamped so the subsets hold.
-fn usage_for(k: &Knobs, input: u64, output: u64) -> Usage {
+/// The figures one response reports, clamped so the subsets hold: OpenAI's
+/// input includes the cached tokens and its output the reasoning tokens.
+pub fn usage_for(k: &Knobs, input: u64, output: u64) -> Usage {
     Usage {
         input_tokens: input,
         output_tokens: output,
@@ -49,24 +57,22 @@ fn usage_for(k: &Knobs, input: u64, output: u64) -> Usage {
     }
 }
 
-pub fn respond(k: &Knobs, body: &[u8], id: u64, created: u64) -> Result<Reply, String> {
+pub fn respond(k: &Knobs, body: &[u8], call: &Call) -> Result<Reply, String> {
     let req: ChatRequest =
         serde_json::from_slice(body).map_err(|e| format!("invalid request body: {e}"))?;
-    let model = k
-        .model
-        .or(req.model.as_ref().map(|m| m.0.as_ref()))
-        .unwrap_or("mock-model");
+    let model = call.model(k.model, req.model.as_ref().map(|m| m.0.as_ref()));
     let output = k.output_tokens(req.max_completion_tokens.or(req.max_tokens));
     let usage = usage_for(k, k.input_tokens(body.len()), output);
+    let (id, created) = (call.id, call.created);
 
     if req.stream == Some(true) {
-        let include = req
-            .stream_options
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false);
-        let usage = (include && !k.no_usage).then_some(usage);
+        let usage = (include_usage(req.stream_options) && !k.no_usage).then_some(usage);
         let script = stream_script(id, created, model, usage.as_ref(), k.content_chunks(output));
-        return Ok(Reply::Sse { script, usage });
+        return Ok(Reply::Sse {
+            script,
+            usage,
+            json: false,
+        });
     }
     let usage = (!k.no_usage).then_some(usage);
     Ok(Reply::Json {
@@ -196,6 +202,18 @@ mod tests {
         Knobs::from_headers(h).unwrap()
     }
 
+    fn respond(k: &Knobs, body: &[u8], id: u64, created: u64) -> Result<Reply, String> {
+        super::respond(
+            k,
+            body,
+            &Call {
+                id,
+                created,
+                path_model: None,
+            },
+        )
+    }
+
     fn data_json(ev: &Bytes) -> Value {
         let s = std::str::from_utf8(ev).unwrap();
         let payload = s
@@ -272,7 +290,7 @@ mod tests {
         h.insert("x-mock-input-tokens", HeaderValue::from_static("9"));
         let body =
             br#"{"model":"m","messages":[],"stream":true,"stream_options":{"include_usage":true}}"#;
-        let Reply::Sse { script, usage } = respond(&knobs(&h), body, 3, 5).unwrap() else {
+        let Reply::Sse { script, usage, .. } = respond(&knobs(&h), body, 3, 5).unwrap() else {
             panic!("expected sse");
         };
         assert_eq!(usage.unwrap().output_tokens, 4);
@@ -306,7 +324,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-mock-chunks", HeaderValue::from_static("2"));
         let body = br#"{"model":"m","messages":[],"stream":true}"#;
-        let Reply::Sse { script, usage } = respond(&knobs(&h), body, 3, 5).unwrap() else {
+        let Reply::Sse { script, usage, .. } = respond(&knobs(&h), body, 3, 5).unwrap() else {
             panic!("expected sse");
         };
         assert!(usage.is_none());
@@ -315,6 +333,30 @@ mod tests {
         for ev in &events[..4] {
             assert!(!data_json(ev).as_object().unwrap().contains_key("usage"));
         }
+    }
+
+    #[test]
+    fn azure_deployment_is_the_default_model() {
+        let h = HeaderMap::new();
+        let call = Call {
+            id: 1,
+            created: 1,
+            path_model: Some("my-deployment"),
+        };
+        let Reply::Json { body, .. } =
+            super::respond(&knobs(&h), br#"{"messages":[]}"#, &call).unwrap()
+        else {
+            panic!("expected json");
+        };
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["model"], "my-deployment");
+        let Reply::Json { body, .. } =
+            super::respond(&knobs(&h), br#"{"model":"gpt-4o","messages":[]}"#, &call).unwrap()
+        else {
+            panic!("expected json");
+        };
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["model"], "gpt-4o");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Accept loop, routing and the transport knobs shared by both providers.
+//! Accept loop, routing and the transport knobs shared by every API.
 
 use std::convert::Infallible;
 use std::io::Write;
@@ -18,9 +18,11 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::body::{MockBody, Reply};
+use crate::call::{azure_deployment, gemini_model, Call};
+use crate::gemini::Mode;
 use crate::knobs::Knobs;
 use crate::stats::{Report, Stats};
-use crate::{anthropic, openai};
+use crate::{anthropic, completions, embeddings, gemini, openai, responses};
 
 /// Request bodies past this are refused: far beyond any real prompt a test
 /// sends, small enough that a runaway client cannot exhaust memory.
@@ -73,52 +75,112 @@ pub async fn handle(
                 None,
             )
         }
-        Method::POST if path.ends_with("/chat/completions") => {
-            provider(req, Provider::OpenAi, stats).await
-        }
-        Method::POST if path.ends_with("/v1/messages") => {
-            provider(req, Provider::Anthropic, stats).await
-        }
-        _ => {
-            let msg = format!("no mock route for {} {}", req.method(), path);
-            json(
-                StatusCode::NOT_FOUND,
-                openai::error_json("not_found_error", &msg).into(),
-                None,
-            )
-        }
+        Method::POST => match Api::route(path, req.uri().query()) {
+            Some(api) => provider(req, api, stats).await,
+            None => not_found(&req),
+        },
+        _ => not_found(&req),
     };
     Ok(resp)
 }
 
-#[derive(Clone, Copy)]
-enum Provider {
-    OpenAi,
-    Anthropic,
+fn not_found(req: &Request<Incoming>) -> Response<MockBody> {
+    let msg = format!("no mock route for {} {}", req.method(), req.uri().path());
+    json(
+        StatusCode::NOT_FOUND,
+        openai::error_json("not_found_error", &msg).into(),
+        None,
+    )
 }
 
-impl Provider {
-    fn error_body(self, kind_openai: &str, kind_anthropic: &str, msg: &str) -> Vec<u8> {
+/// Which API a request speaks, from its path (any prefix, so Azure's
+/// `/openai/deployments/{d}/…` and proxies' own prefixes route too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Api {
+    Chat,
+    Completions,
+    Responses,
+    Embeddings,
+    Anthropic,
+    Gemini(Mode),
+}
+
+impl Api {
+    fn route(path: &str, query: Option<&str>) -> Option<Api> {
+        // Order matters: `/chat/completions` also ends with `/completions`.
+        let api = if path.ends_with("/chat/completions") {
+            Api::Chat
+        } else if path.ends_with("/completions") {
+            Api::Completions
+        } else if path.ends_with("/responses") {
+            Api::Responses
+        } else if path.ends_with("/embeddings") {
+            Api::Embeddings
+        } else if path.ends_with("/v1/messages") {
+            Api::Anthropic
+        } else if path.ends_with(":generateContent") {
+            Api::Gemini(Mode::Unary)
+        } else if path.ends_with(":streamGenerateContent") {
+            let sse = query.is_some_and(|q| q.split('&').any(|p| p == "alt=sse"));
+            Api::Gemini(if sse { Mode::Sse } else { Mode::JsonArray })
+        } else {
+            return None;
+        };
+        Some(api)
+    }
+
+    /// The model the path names, used when the body names none.
+    fn path_model(self, path: &str) -> Option<&str> {
         match self {
-            Provider::OpenAi => openai::error_json(kind_openai, msg),
-            Provider::Anthropic => anthropic::error_json(kind_anthropic, msg),
+            Api::Anthropic => None,
+            Api::Gemini(_) => gemini_model(path),
+            _ => azure_deployment(path),
         }
     }
 
-    fn bad_request(self, msg: &str) -> Vec<u8> {
-        self.error_body("invalid_request_error", "invalid_request_error", msg)
+    /// An error body in the API's own shape. `bad_request` picks the
+    /// invalid-request flavour over the generic server failure.
+    fn error_body(self, status: StatusCode, bad_request: bool, msg: &str) -> Vec<u8> {
+        match self {
+            Api::Anthropic => anthropic::error_json(
+                if bad_request {
+                    "invalid_request_error"
+                } else {
+                    "api_error"
+                },
+                msg,
+            ),
+            Api::Gemini(_) => gemini::error_json(status, msg),
+            _ => openai::error_json(
+                if bad_request {
+                    "invalid_request_error"
+                } else {
+                    "server_error"
+                },
+                msg,
+            ),
+        }
+    }
+
+    fn respond(self, k: &Knobs, body: &[u8], call: &Call) -> Result<Reply, String> {
+        match self {
+            Api::Chat => openai::respond(k, body, call),
+            Api::Completions => completions::respond(k, body, call),
+            Api::Responses => responses::respond(k, body, call),
+            Api::Embeddings => embeddings::respond(k, body, call),
+            Api::Anthropic => anthropic::respond(k, body, call.id),
+            Api::Gemini(mode) => gemini::respond(k, body, call, mode),
+        }
     }
 }
 
-async fn provider(
-    req: Request<Incoming>,
-    provider: Provider,
-    stats: &'static Stats,
-) -> Response<MockBody> {
+async fn provider(req: Request<Incoming>, api: Api, stats: &'static Stats) -> Response<MockBody> {
     let (parts, body) = req.into_parts();
     // Created first so a call abandoned at any later point still counts
     // (as unreported) when this is dropped.
     let mut report = Report::new(stats, parts.headers.get("x-agent-id").cloned());
+    let bad_request =
+        |status: StatusCode, msg: &str| -> Bytes { api.error_body(status, true, msg).into() };
 
     // Always read the whole body, even for bad knobs or failures, so the connection stays
     // usable for the next keep-alive request.
@@ -131,7 +193,7 @@ async fn provider(
                 StatusCode::BAD_REQUEST
             };
             let msg = format!("could not read request body: {e}");
-            return json(status, provider.bad_request(&msg).into(), Some(report));
+            return json(status, bad_request(status, &msg), Some(report));
         }
     };
 
@@ -140,32 +202,30 @@ async fn provider(
         Err(msg) => {
             return json(
                 StatusCode::BAD_REQUEST,
-                provider.bad_request(&msg).into(),
+                bad_request(StatusCode::BAD_REQUEST, &msg),
                 Some(report),
             );
         }
     };
-    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let call = Call {
+        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        created: unix_now(),
+        path_model: api.path_model(parts.uri.path()),
+    };
     let reply = match knobs.status {
         Some(status) => Reply::Json {
             status,
-            body: provider.error_body("server_error", "api_error", "mock failure"),
+            body: api.error_body(status, false, "mock failure"),
             usage: None,
         },
-        None => {
-            let r = match provider {
-                Provider::OpenAi => openai::respond(&knobs, &body, id, unix_now()),
-                Provider::Anthropic => anthropic::respond(&knobs, &body, id),
-            };
-            match r {
-                Ok(r) => r,
-                Err(msg) => Reply::Json {
-                    status: StatusCode::BAD_REQUEST,
-                    body: provider.bad_request(&msg),
-                    usage: None,
-                },
-            }
-        }
+        None => match api.respond(&knobs, &body, &call) {
+            Ok(r) => r,
+            Err(msg) => Reply::Json {
+                status: StatusCode::BAD_REQUEST,
+                body: api.error_body(StatusCode::BAD_REQUEST, true, &msg),
+                usage: None,
+            },
+        },
     };
 
     if !knobs.delay.is_zero() {
@@ -202,12 +262,21 @@ async fn provider(
             }
             resp
         }
-        Reply::Sse { script, usage } => {
+        Reply::Sse {
+            script,
+            usage,
+            json,
+        } => {
             report.set_usage(usage);
             let body = MockBody::sse(script, knobs.truncate_after, knobs.chunk_delay, report);
             let mut resp = Response::new(body);
             let h = resp.headers_mut();
-            h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+            let content_type = if json {
+                JSON
+            } else {
+                HeaderValue::from_static("text/event-stream")
+            };
+            h.insert(CONTENT_TYPE, content_type);
             h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             resp
         }
@@ -266,12 +335,16 @@ mod tests {
     }
 
     /// Sends raw bytes and reads until the server closes the connection.
-    async fn exchange(addr: SocketAddr, req: &str) -> String {
+    async fn exchange_raw(addr: SocketAddr, req: &str) -> Vec<u8> {
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(req.as_bytes()).await.unwrap();
         let mut out = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-        String::from_utf8(out).unwrap()
+        out
+    }
+
+    async fn exchange(addr: SocketAddr, req: &str) -> String {
+        String::from_utf8(exchange_raw(addr, req).await).unwrap()
     }
 
     /// Aborted responses are counted when hyper drops the body, which can be
@@ -411,5 +484,427 @@ mod tests {
         assert!(out.starts_with("HTTP/1.1 404"));
         assert_eq!(stats.totals().1, 2);
         assert_eq!(stats.totals().0.calls, 0);
+    }
+
+    /// Splits one complete response into its lower-cased head and its body,
+    /// undoing chunked transfer encoding.
+    fn split(out: &str) -> (String, String) {
+        let (head, body) = out.split_once("\r\n\r\n").unwrap();
+        let head = head.to_ascii_lowercase();
+        if !head.contains("transfer-encoding: chunked") {
+            return (head, body.to_owned());
+        }
+        let (mut rest, mut data) = (body, String::new());
+        loop {
+            let (size, after) = rest.split_once("\r\n").unwrap();
+            let size = usize::from_str_radix(size, 16).unwrap();
+            if size == 0 {
+                assert_eq!(after, "\r\n", "message must be terminated");
+                return (head, data);
+            }
+            data.push_str(&after[..size]);
+            rest = after[size..].strip_prefix("\r\n").unwrap();
+        }
+    }
+
+    async fn call_json(addr: SocketAddr, path: &str, headers: &str, body: &str) -> Value {
+        let out = exchange(addr, &post(path, headers, body, true)).await;
+        assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+        let (head, body) = split(&out);
+        assert!(head.contains("content-type: application/json"), "{head}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    fn counters(stats: &Stats, agent: &str) -> (u64, u64, u64, u64, u64) {
+        let c = stats.agent(agent).unwrap();
+        let u = c.usage;
+        (
+            c.calls,
+            u.input_tokens,
+            u.output_tokens,
+            u.cached_tokens,
+            u.reasoning_tokens,
+        )
+    }
+
+    use serde_json::{json, Value};
+
+    #[test]
+    fn routes() {
+        use Api::*;
+        for (path, query, api) in [
+            ("/v1/chat/completions", None, Some(Chat)),
+            (
+                "/openai/deployments/d/chat/completions",
+                Some("api-version=2024-10-21"),
+                Some(Chat),
+            ),
+            ("/v1/completions", None, Some(Completions)),
+            ("/openai/deployments/d/completions", None, Some(Completions)),
+            ("/v1/responses", None, Some(Responses)),
+            (
+                "/openai/responses",
+                Some("api-version=preview"),
+                Some(Responses),
+            ),
+            ("/v1/embeddings", None, Some(Embeddings)),
+            ("/v1/messages", None, Some(Anthropic)),
+            (
+                "/v1beta/models/g:generateContent",
+                None,
+                Some(Gemini(Mode::Unary)),
+            ),
+            (
+                "/v1beta/models/g:streamGenerateContent",
+                Some("alt=sse"),
+                Some(Gemini(Mode::Sse)),
+            ),
+            (
+                "/v1beta/models/g:streamGenerateContent",
+                Some("key=k&alt=sse"),
+                Some(Gemini(Mode::Sse)),
+            ),
+            (
+                "/v1beta/models/g:streamGenerateContent",
+                None,
+                Some(Gemini(Mode::JsonArray)),
+            ),
+            (
+                "/v1beta/models/g:streamGenerateContent",
+                Some("alt=json"),
+                Some(Gemini(Mode::JsonArray)),
+            ),
+            ("/v1/models", None, None),
+            ("/v1/responses/resp_1", None, None),
+        ] {
+            assert_eq!(Api::route(path, query), api, "{path}");
+        }
+        assert_eq!(
+            Chat.path_model("/openai/deployments/dep/chat/completions"),
+            Some("dep")
+        );
+        assert_eq!(
+            Anthropic.path_model("/openai/deployments/dep/v1/messages"),
+            None
+        );
+        assert_eq!(
+            Gemini(Mode::Unary).path_model("/v1beta/models/gemini-2.5-pro:generateContent"),
+            Some("gemini-2.5-pro")
+        );
+    }
+
+    #[tokio::test]
+    async fn non_streaming_formats_report_what_stats_count() {
+        let (addr, stats) = start().await;
+        let knobs = "x-mock-input-tokens: 100\r\nx-mock-output-tokens: 10\r\n\
+                     x-mock-cached-tokens: 30\r\nx-mock-reasoning-tokens: 4\r\n";
+
+        let v = call_json(
+            addr,
+            "/v1/completions",
+            &format!("x-agent-id: legacy\r\n{knobs}"),
+            r#"{"model":"gpt-3.5-turbo-instruct","prompt":"hi"}"#,
+        )
+        .await;
+        assert_eq!(v["object"], "text_completion");
+        assert_eq!(
+            v["usage"],
+            json!({"prompt_tokens":100,"completion_tokens":10,"total_tokens":110})
+        );
+        // Legacy usage has no cached/reasoning details, so they count as 0.
+        assert_eq!(counters(stats, "legacy"), (1, 100, 10, 0, 0));
+
+        let v = call_json(
+            addr,
+            "/v1/responses",
+            &format!("x-agent-id: resp\r\n{knobs}"),
+            r#"{"model":"gpt-5","input":"hi"}"#,
+        )
+        .await;
+        assert_eq!(v["object"], "response");
+        assert_eq!(v["status"], "completed");
+        let u = &v["usage"];
+        assert_eq!(u["input_tokens"], 100);
+        assert_eq!(u["input_tokens_details"]["cached_tokens"], 30);
+        assert_eq!(u["output_tokens"], 10);
+        assert_eq!(u["output_tokens_details"]["reasoning_tokens"], 4);
+        assert_eq!(counters(stats, "resp"), (1, 100, 10, 30, 4));
+
+        let v = call_json(
+            addr,
+            "/v1/embeddings",
+            &format!("x-agent-id: emb\r\n{knobs}"),
+            r#"{"model":"text-embedding-3-small","input":["a","b"]}"#,
+        )
+        .await;
+        assert_eq!(v["data"].as_array().unwrap().len(), 2);
+        assert_eq!(v["usage"], json!({"prompt_tokens":100,"total_tokens":100}));
+        assert_eq!(counters(stats, "emb"), (1, 100, 0, 0, 0));
+
+        let v = call_json(
+            addr,
+            "/v1beta/models/gemini-2.5-flash:generateContent",
+            &format!("x-agent-id: gem\r\n{knobs}"),
+            r#"{"contents":[{"parts":[{"text":"hi"}]}]}"#,
+        )
+        .await;
+        assert_eq!(v["modelVersion"], "gemini-2.5-flash");
+        assert_eq!(
+            v["usageMetadata"],
+            json!({"promptTokenCount":100,"candidatesTokenCount":6,"totalTokenCount":110,
+                   "cachedContentTokenCount":30,"thoughtsTokenCount":4})
+        );
+        assert_eq!(counters(stats, "gem"), (1, 100, 10, 30, 4));
+
+        let v = call_json(
+            addr,
+            "/v1/projects/p/locations/us-central1/publishers/google/models/gemini-2.0-flash:generateContent",
+            "x-agent-id: gem\r\nx-mock-input-tokens: 1\r\n",
+            r#"{"contents":[],"generationConfig":{"maxOutputTokens":2}}"#,
+        )
+        .await;
+        assert_eq!(v["modelVersion"], "gemini-2.0-flash");
+        assert_eq!(counters(stats, "gem"), (2, 101, 12, 30, 4));
+        assert_eq!(stats.totals().0.calls, 5);
+        assert_eq!(stats.totals().1, 0);
+    }
+
+    #[tokio::test]
+    async fn azure_deployment_names_the_model() {
+        let (addr, stats) = start().await;
+        let q = "?api-version=2024-10-21";
+        let base = "/openai/deployments/prod-4o";
+        let v = call_json(
+            addr,
+            &format!("{base}/chat/completions{q}"),
+            "",
+            r#"{"messages":[]}"#,
+        )
+        .await;
+        assert_eq!(v["model"], "prod-4o");
+        assert_eq!(v["object"], "chat.completion");
+        let v = call_json(
+            addr,
+            &format!("{base}/completions{q}"),
+            "",
+            r#"{"prompt":"x"}"#,
+        )
+        .await;
+        assert_eq!(v["model"], "prod-4o");
+        let v = call_json(
+            addr,
+            &format!("{base}/embeddings{q}"),
+            "",
+            r#"{"input":"x"}"#,
+        )
+        .await;
+        assert_eq!(v["model"], "prod-4o");
+        let v = call_json(
+            addr,
+            &format!("{base}/embeddings{q}"),
+            "x-mock-model: override\r\n",
+            r#"{"input":"x"}"#,
+        )
+        .await;
+        assert_eq!(v["model"], "override");
+        let v = call_json(
+            addr,
+            &format!("{base}/responses{q}"),
+            "",
+            r#"{"model":"from-body","input":"x"}"#,
+        )
+        .await;
+        assert_eq!(v["model"], "from-body");
+        assert_eq!(stats.totals().0.calls, 5);
+    }
+
+    #[tokio::test]
+    async fn legacy_completion_stream_over_the_socket() {
+        let (addr, stats) = start().await;
+        let body = r#"{"prompt":"x","stream":true,"stream_options":{"include_usage":true}}"#;
+        let out = exchange(
+            addr,
+            &post("/v1/completions", "x-mock-output-tokens: 3\r\n", body, true),
+        )
+        .await;
+        let (head, data) = split(&out);
+        assert!(head.contains("content-type: text/event-stream"));
+        let events: Vec<&str> = data.split_terminator("\n\n").collect();
+        assert_eq!(events.len(), 6, "{data}");
+        assert_eq!(events[5], "data: [DONE]");
+        let usage: Value = serde_json::from_str(events[4].strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(usage["choices"], json!([]));
+        assert_eq!(usage["usage"]["completion_tokens"], 3);
+        assert_eq!(stats.totals().0.usage.output_tokens, 3);
+    }
+
+    #[tokio::test]
+    async fn responses_stream_over_the_socket_and_truncated() {
+        let (addr, stats) = start().await;
+        let body = r#"{"input":"x","stream":true}"#;
+        let out = exchange(
+            addr,
+            &post(
+                "/v1/responses",
+                "x-mock-output-tokens: 40\r\nx-mock-input-tokens: 9\r\n",
+                body,
+                true,
+            ),
+        )
+        .await;
+        let (head, data) = split(&out);
+        assert!(head.contains("content-type: text/event-stream"));
+        let events: Vec<&str> = data.split_terminator("\n\n").collect();
+        assert_eq!(events.len(), 48);
+        for (i, e) in events.iter().enumerate() {
+            let (name, payload) = e.split_once('\n').unwrap();
+            let v: Value = serde_json::from_str(payload.strip_prefix("data: ").unwrap()).unwrap();
+            assert_eq!(v["sequence_number"], i as u64);
+            assert_eq!(name.strip_prefix("event: ").unwrap(), v["type"]);
+        }
+        let last = events[47].split_once("data: ").unwrap().1;
+        let last: Value = serde_json::from_str(last).unwrap();
+        assert_eq!(last["type"], "response.completed");
+        assert_eq!(last["response"]["usage"]["total_tokens"], 49);
+        assert_eq!(counters(stats, "-"), (1, 9, 40, 0, 0));
+
+        let out = exchange(
+            addr,
+            &post("/v1/responses", "x-mock-truncate-after: 5\r\n", body, false),
+        )
+        .await;
+        assert_eq!(out.matches("event: ").count(), 5, "{out}");
+        assert!(!out.contains("response.completed"));
+        wait_unreported(stats, 1).await;
+        assert_eq!(stats.totals().0.calls, 1);
+    }
+
+    #[tokio::test]
+    async fn gemini_streams_over_the_socket() {
+        let (addr, stats) = start().await;
+        let path = "/v1beta/models/gemini-2.5-flash:streamGenerateContent";
+        let knobs = "x-mock-input-tokens: 50\r\nx-mock-output-tokens: 9\r\n\
+                     x-mock-reasoning-tokens: 3\r\nx-mock-chunks: 3\r\n";
+        let body = r#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#;
+
+        let out = exchange(addr, &post(&format!("{path}?alt=sse"), knobs, body, true)).await;
+        let (head, data) = split(&out);
+        assert!(head.contains("content-type: text/event-stream"), "{head}");
+        let events: Vec<&str> = data.split_terminator("\r\n\r\n").collect();
+        assert_eq!(events.len(), 3, "{data}");
+        let cands: Vec<u64> = events
+            .iter()
+            .map(|e| {
+                let v: Value = serde_json::from_str(e.strip_prefix("data: ").unwrap()).unwrap();
+                assert_eq!(v["usageMetadata"]["promptTokenCount"], 50);
+                assert_eq!(v["usageMetadata"]["thoughtsTokenCount"], 3);
+                v["usageMetadata"]["candidatesTokenCount"].as_u64().unwrap()
+            })
+            .collect();
+        assert_eq!(cands, [2, 4, 6]);
+        assert_eq!(counters(stats, "-"), (1, 50, 9, 0, 3));
+
+        let out = exchange(addr, &post(path, knobs, body, true)).await;
+        let (head, data) = split(&out);
+        assert!(head.contains("content-type: application/json"), "{head}");
+        let v: Value = serde_json::from_str(&data).unwrap();
+        let chunks = v.as_array().unwrap();
+        assert_eq!(chunks.len(), 3);
+        assert_eq!(chunks[2]["candidates"][0]["finishReason"], "STOP");
+        assert_eq!(chunks[2]["usageMetadata"]["totalTokenCount"], 59);
+        assert_eq!(counters(stats, "-"), (2, 100, 18, 0, 6));
+
+        let out = exchange(
+            addr,
+            &post(
+                path,
+                &format!("{knobs}x-mock-truncate-after: 2\r\n"),
+                body,
+                false,
+            ),
+        )
+        .await;
+        assert_eq!(out.matches("{\"candidates\"").count(), 2, "{out}");
+        wait_unreported(stats, 1).await;
+        assert_eq!(stats.totals().0.calls, 2);
+    }
+
+    #[tokio::test]
+    async fn new_formats_errors_gzip_and_no_usage() {
+        let (addr, stats) = start().await;
+        let gem = "/v1beta/models/g:generateContent";
+        let out = exchange(addr, &post(gem, "x-mock-status: 429\r\n", "{}", true)).await;
+        assert!(out.starts_with("HTTP/1.1 429"), "{out}");
+        let (_, body) = split(&out);
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap(),
+            json!({"error":{"code":429,"message":"mock failure","status":"RESOURCE_EXHAUSTED"}})
+        );
+        let out = exchange(addr, &post(gem, "", r#"{"contents":{}}"#, true)).await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+        assert!(out.contains("\"status\":\"INVALID_ARGUMENT\""));
+        let out = exchange(
+            addr,
+            &post("/v1/responses", "x-mock-bogus: 1\r\n", "{}", true),
+        )
+        .await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+        assert!(out.contains("invalid_request_error"));
+        let out = exchange(
+            addr,
+            &post("/v1/embeddings", "x-mock-status: 503\r\n", "{}", true),
+        )
+        .await;
+        assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+        assert!(out.contains("\"type\":\"server_error\""));
+        assert_eq!(stats.totals().1, 4);
+
+        for (path, body) in [
+            (gem, r#"{"contents":[]}"#),
+            ("/v1/responses", r#"{"input":"x"}"#),
+            ("/v1/embeddings", r#"{"input":"x"}"#),
+            ("/v1/completions", r#"{"prompt":"x"}"#),
+        ] {
+            let out = exchange_raw(
+                addr,
+                &post(
+                    path,
+                    "x-mock-content-encoding: gzip\r\nx-mock-input-tokens: 7\r\n",
+                    body,
+                    true,
+                ),
+            )
+            .await;
+            let at = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+            let head = String::from_utf8_lossy(&out[..at]).to_ascii_lowercase();
+            assert!(head.contains("content-encoding: gzip"), "{head}");
+            let mut plain = String::new();
+            std::io::Read::read_to_string(
+                &mut flate2::read::GzDecoder::new(&out[at + 4..]),
+                &mut plain,
+            )
+            .unwrap();
+            let v: Value = serde_json::from_str(&plain).unwrap();
+            assert!(
+                v.get("usage").or(v.get("usageMetadata")).is_some(),
+                "{plain}"
+            );
+        }
+        assert_eq!(stats.totals().0.calls, 4);
+        assert_eq!(stats.totals().0.usage.input_tokens, 28);
+
+        let out = exchange(
+            addr,
+            &post(
+                "/v1beta/models/g:streamGenerateContent?alt=sse",
+                "x-mock-no-usage: 1\r\n",
+                r#"{"contents":[]}"#,
+                true,
+            ),
+        )
+        .await;
+        assert!(!out.contains("usageMetadata"));
+        assert_eq!(stats.totals().1, 5);
+        assert_eq!(stats.totals().0.calls, 4);
     }
 }
