@@ -5,6 +5,7 @@
 //! [`RawConfig`]. Every rejection names the field (`agents.research-bot.daily_usd`) so the
 //! operator can fix it; `on_configure` then returns false and Envoy keeps the last good one.
 
+use crate::degrade::ModelMap;
 use crate::identity::{is_valid_agent_id, DEFAULT_BUDGET};
 use crate::pbstruct;
 use crate::period::TimeZone;
@@ -73,6 +74,51 @@ pub struct RawConfig {
     api_overrides: Vec<RawApiOverride>,
     #[serde(default)]
     azure_deployments: BTreeMap<String, String>,
+    #[serde(default)]
+    soft_threshold: Option<f64>,
+    #[serde(default)]
+    reservations: Option<bool>,
+    #[serde(default)]
+    default_max_output_tokens: Option<u32>,
+    #[serde(default)]
+    alerts: Option<RawAlerts>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlerts {
+    cluster: String,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    authority: Option<String>,
+    #[serde(default)]
+    format: Option<AlertFormat>,
+    #[serde(default)]
+    timeout_ms: Option<u32>,
+    #[serde(default)]
+    max_attempts: Option<u32>,
+}
+
+/// Body shape of alert webhooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertFormat {
+    /// Prometheus Alertmanager API v2 (`POST /api/v2/alerts`).
+    Alertmanager,
+    /// One plain JSON object per alert (chat webhooks: carries a `text` field).
+    Json,
+}
+
+/// Where and how alerts are delivered: an Envoy cluster called with `dispatch_http_call`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertsConfig {
+    pub cluster: String,
+    pub path: String,
+    pub authority: String,
+    pub format: AlertFormat,
+    pub timeout_ms: u32,
+    pub max_attempts: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,6 +152,16 @@ struct RawAgent {
     monthly_usd: Option<f64>,
     #[serde(default)]
     action: Option<LimitAction>,
+    #[serde(default)]
+    soft_threshold: Option<f64>,
+    #[serde(default)]
+    degrade_to: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "optional_amount")]
+    degrade_usd: Option<f64>,
+    #[serde(default, deserialize_with = "optional_amount")]
+    task_daily_usd: Option<f64>,
+    #[serde(default, deserialize_with = "optional_amount")]
+    user_daily_usd: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,6 +228,21 @@ pub enum Unidentified {
 pub enum LimitAction {
     /// Reject further calls with 429 until the period resets.
     Stop,
+    /// Rewrite the requested model to the cheaper one in `degrade_to` for the rest of the
+    /// period; stop once `degrade_usd` more has been spent, if given.
+    Degrade,
+    /// Let calls through, raise a P1 alert at the crossing, book the excess as overage.
+    Alert,
+}
+
+impl LimitAction {
+    pub fn name(self) -> &'static str {
+        match self {
+            LimitAction::Stop => "stop",
+            LimitAction::Degrade => "degrade",
+            LimitAction::Alert => "alert",
+        }
+    }
 }
 
 /// One agent's budgets in micro-USD.
@@ -180,6 +251,24 @@ pub struct AgentBudget {
     pub daily: Option<u64>,
     pub monthly: Option<u64>,
     pub action: LimitAction,
+    /// Soft alert when spend reaches this share of a period's budget, in parts per million.
+    pub soft_threshold_ppm: u64,
+    /// `degrade` only: requested model → cheaper model.
+    pub degrade_to: Option<ModelMap>,
+    /// `degrade` only: spend allowed past the budget while degraded, before stopping.
+    pub degrade_allowance: Option<u64>,
+    /// Daily cap per task id / per user id of this agent's calls.
+    pub task_daily: Option<u64>,
+    pub user_daily: Option<u64>,
+}
+
+impl AgentBudget {
+    pub fn limit(&self, kind: crate::period::PeriodKind) -> Option<u64> {
+        match kind {
+            crate::period::PeriodKind::Daily => self.daily,
+            crate::period::PeriodKind::Monthly => self.monthly,
+        }
+    }
 }
 
 /// The validated configuration.
@@ -201,7 +290,16 @@ pub struct Config {
     pub api_overrides: Vec<ApiOverride>,
     /// Azure OpenAI deployment name → model, for pricing when a response names no model.
     pub azure_deployments: BTreeMap<String, String>,
+    /// Reserve each call's worst-case cost before forwarding it (bounds overspend under
+    /// concurrency to one call's worst case).
+    pub reservations: bool,
+    /// Output tokens assumed for a call whose request sets no maximum.
+    pub default_max_output_tokens: u64,
+    pub alerts: Option<AlertsConfig>,
 }
+
+pub const DEFAULT_SOFT_THRESHOLD: f64 = 0.8;
+pub const DEFAULT_MAX_OUTPUT_TOKENS: u32 = 4096;
 
 pub const DEFAULT_MAX_RESPONSE_BODY_BYTES: u32 = 8 * 1024 * 1024;
 /// Deliberately expensive (an opus-class price): an unknown model must not drain budgets
@@ -305,6 +403,54 @@ fn strip_position(message: &str) -> String {
     }
 }
 
+/// A fraction in (0, 1) as parts per million, so spend comparisons stay in integers.
+fn threshold_ppm(field: &str, fraction: f64) -> Result<u64, ConfigError> {
+    if !(fraction > 0.0 && fraction < 1.0) {
+        return Err(ConfigError::new(
+            field,
+            format!("{fraction} is not a fraction between 0 and 1 (e.g. 0.8)"),
+        ));
+    }
+    // In (0, 1) by the check above.
+    Ok((fraction * 1e6).round() as u64)
+}
+
+fn alerts_config(raw: RawAlerts) -> Result<AlertsConfig, ConfigError> {
+    if raw.cluster.trim().is_empty() {
+        return Err(ConfigError::new(
+            "alerts.cluster",
+            "name the Envoy cluster that receives alert webhooks",
+        ));
+    }
+    let format = raw.format.unwrap_or(AlertFormat::Alertmanager);
+    let path = raw.path.unwrap_or_else(|| match format {
+        AlertFormat::Alertmanager => "/api/v2/alerts".to_string(),
+        AlertFormat::Json => "/".to_string(),
+    });
+    if !path.starts_with('/') {
+        return Err(ConfigError::new("alerts.path", "must start with `/`"));
+    }
+    let timeout_ms = raw.timeout_ms.unwrap_or(5_000);
+    if timeout_ms == 0 {
+        return Err(ConfigError::new("alerts.timeout_ms", "must be at least 1"));
+    }
+    let max_attempts = raw.max_attempts.unwrap_or(5);
+    if !(1..=100).contains(&max_attempts) {
+        return Err(ConfigError::new(
+            "alerts.max_attempts",
+            "must be between 1 and 100",
+        ));
+    }
+    Ok(AlertsConfig {
+        authority: raw.authority.unwrap_or_else(|| raw.cluster.clone()),
+        cluster: raw.cluster,
+        path,
+        format,
+        timeout_ms,
+        max_attempts,
+    })
+}
+
 fn header_name(field: &str, value: Option<String>, default: &str) -> Result<String, ConfigError> {
     let name = value
         .unwrap_or_else(|| default.to_string())
@@ -358,6 +504,8 @@ impl TryFrom<RawConfig> for Config {
             }
         };
 
+        let default_soft_threshold = raw.soft_threshold.unwrap_or(DEFAULT_SOFT_THRESHOLD);
+        threshold_ppm("soft_threshold", default_soft_threshold)?;
         if raw.agents.is_empty() {
             return Err(ConfigError::new(
                 "agents",
@@ -388,12 +536,57 @@ impl TryFrom<RawConfig> for Config {
                 ));
             }
             let action = agent.action.unwrap_or(LimitAction::Stop);
+            let soft_threshold = agent.soft_threshold.unwrap_or(default_soft_threshold);
+            let soft_threshold_ppm =
+                threshold_ppm(&format!("{field}.soft_threshold"), soft_threshold)?;
+            let optional_money = |key: &str, usd: Option<f64>| {
+                usd.map(|usd| money(&format!("{field}.{key}"), usd))
+                    .transpose()
+            };
+            let degrade_allowance = optional_money("degrade_usd", agent.degrade_usd)?;
+            let task_daily = optional_money("task_daily_usd", agent.task_daily_usd)?;
+            let user_daily = optional_money("user_daily_usd", agent.user_daily_usd)?;
+            // Struct maps reach the filter in no reliable order: most specific patterns first.
+            let mut pairs: Vec<(String, String)> = agent.degrade_to.into_iter().collect();
+            pairs.sort_by_key(|(pattern, _)| {
+                std::cmp::Reverse(pattern.chars().filter(|c| *c != '*').count())
+            });
+            let degrade_to =
+                if pairs.is_empty() {
+                    None
+                } else {
+                    Some(ModelMap::new(pairs).map_err(|reason| {
+                        ConfigError::new(format!("{field}.degrade_to"), reason)
+                    })?)
+                };
+            match action {
+                LimitAction::Degrade if degrade_to.is_none() => {
+                    return Err(ConfigError::new(
+                        format!("{field}.degrade_to"),
+                        "`action: degrade` needs a model mapping, e.g. {\"claude-sonnet-*\": \"claude-haiku-4-5\"}",
+                    ));
+                }
+                LimitAction::Stop | LimitAction::Alert
+                    if degrade_to.is_some() || degrade_allowance.is_some() =>
+                {
+                    return Err(ConfigError::new(
+                        format!("{field}.action"),
+                        "`degrade_to` / `degrade_usd` are only used with `action: degrade`",
+                    ));
+                }
+                _ => {}
+            }
             agents.insert(
                 name,
                 AgentBudget {
                     daily,
                     monthly,
                     action,
+                    soft_threshold_ppm,
+                    degrade_to,
+                    degrade_allowance,
+                    task_daily,
+                    user_daily,
                 },
             );
         }
@@ -461,6 +654,17 @@ impl TryFrom<RawConfig> for Config {
             });
         }
 
+        let default_max_output_tokens = raw
+            .default_max_output_tokens
+            .unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS);
+        if default_max_output_tokens == 0 {
+            return Err(ConfigError::new(
+                "default_max_output_tokens",
+                "must be at least 1",
+            ));
+        }
+        let alerts = raw.alerts.map(alerts_config).transpose()?;
+
         Ok(Config {
             agent_header,
             task_header,
@@ -474,6 +678,9 @@ impl TryFrom<RawConfig> for Config {
             max_response_body_bytes,
             api_overrides,
             azure_deployments: raw.azure_deployments,
+            reservations: raw.reservations.unwrap_or(true),
+            default_max_output_tokens: u64::from(default_max_output_tokens),
+            alerts,
         })
     }
 }

@@ -4,17 +4,23 @@
 //! [`Call`] as plain values and applies what comes back (header edits, a body replacement,
 //! a local reply). Nothing here touches the host except through [`Host`].
 
+use crate::alerts::{Alert, AlertKind};
+use crate::booking::{Booking, Settled};
+use crate::config::{AgentBudget, LimitAction};
+use crate::degrade::{self, Rewrite};
 use crate::host::Host;
 use crate::identity::{identify, Identity};
-use crate::ledger::{Ledger, Updated};
+use crate::ledger::{Account, Ledger};
+use crate::metrics;
 use crate::metrics::{AgentCounter, AgentGauge, ReasonCounter, UNPRICED_CALLS};
-use crate::policy::{self, Decision, PeriodStatus};
+use crate::policy::{self, Crossing, Decision, Line, Scope, StopReason};
 use crate::pricing::format_usd;
 use crate::providers::{
     string_values_len, Api, ErrorKind, EventFate, Metered, Progress, StreamMeter, Unmetered,
 };
-use crate::root::{account_of, PendingCharge, Worker};
+use crate::root::Worker;
 use crate::sse::{SseEvent, SseParser};
+use crate::usage::Usage;
 use std::rc::Rc;
 
 /// Cap on one SSE event's data and on the bytes held back while stripping a usage chunk.
@@ -85,6 +91,15 @@ pub enum ChunkOutcome {
     Replace(Vec<u8>),
 }
 
+/// Result of the request-body step.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BodyOutcome {
+    /// Send this body upstream instead of the client's.
+    pub body: Option<Vec<u8>>,
+    /// Refuse the call with this reply after all (its worst case does not fit the budget).
+    pub reply: Option<LocalReply>,
+}
+
 /// What the adapter read from the response headers.
 #[derive(Debug, Clone, Default)]
 pub struct ResponseHead {
@@ -103,6 +118,8 @@ pub struct Attribution {
     pub user: Option<String>,
     pub api: &'static str,
     pub model: String,
+    /// The model the agent asked for, when `degrade` served a cheaper one.
+    pub degraded_from: Option<String>,
     pub outcome: Outcome,
 }
 
@@ -161,6 +178,13 @@ pub struct Call {
     request_bytes: u64,
     strip_usage: bool,
     budget_headers: Vec<(String, String)>,
+    /// The ledger accounts this call is checked against and charged to.
+    booking: Booking,
+    /// `degrade` applies to this call (its budget is used up).
+    degrading: bool,
+    /// The model rewrite made: (requested, served instead).
+    degraded: Option<(String, String)>,
+    path: String,
     response: ResponseMode,
     events: Vec<SseEvent>,
     /// The last attribution record, for the adapter's access-log properties.
@@ -178,6 +202,10 @@ impl Call {
             request_bytes: 0,
             strip_usage: false,
             budget_headers: Vec::new(),
+            booking: Booking::default(),
+            degrading: false,
+            degraded: None,
+            path: String::new(),
             response: ResponseMode::Pending,
             events: Vec::new(),
             attribution: None,
@@ -242,63 +270,52 @@ impl Call {
                 edits: HeaderEdits::default(),
             };
         };
-        let ledger = Ledger::new(host);
-        let account = account_of(&identity.budget);
-        let mut spent = Vec::new();
-        for period in worker.current_periods(now) {
-            match ledger.read(&period, &account) {
-                Ok(state) => {
-                    worker.metrics.gauge(
-                        host,
-                        AgentGauge::SpendMicroUsd,
-                        &identity.budget,
-                        period.kind,
-                        state.spent,
-                    );
-                    spent.push((period, state.spent));
-                }
-                // Fail open but loudly: one bad ledger key must not stop every agent.
-                Err(error) => worker.ledger_error(host, &error),
-            }
+        let (booking, lines) = Booking::open(host, &worker, &identity, budget, now);
+        for line in lines.iter().filter(|l| l.scope == Scope::Agent) {
+            worker.metrics.gauge(
+                host,
+                AgentGauge::SpendMicroUsd,
+                &identity.budget,
+                line.period.kind,
+                line.state.spent,
+            );
         }
-        let statuses = policy::statuses(budget, &spent);
-        self.budget_headers = policy::headline(&statuses)
-            .map(|status| policy::budget_headers(status, now))
+        self.booking = booking;
+        self.budget_headers = policy::headline(&lines)
+            .map(|line| policy::budget_headers(line, now))
             .unwrap_or_default();
 
-        if let Decision::Stop { exhausted } = policy::decide(budget, &statuses) {
-            worker
-                .metrics
-                .agent(host, AgentCounter::Rejected, &identity.budget, 1);
-            log::info!(
-                "stopped agent={} budget={} period={} spent_micro_usd={} limit_micro_usd={}",
-                identity.agent,
-                identity.budget,
-                exhausted.kind.name(),
-                exhausted.spent,
-                exhausted.limit
-            );
-            let reply = budget_exceeded_reply(error_api, &identity, &exhausted, now);
-            self.attribution = Some(Attribution {
-                agent: identity.agent,
-                budget: identity.budget,
-                task: identity.task,
-                user: identity.user,
-                api: error_api.name(),
-                model: "-".to_string(),
-                outcome: Outcome::Stopped {
-                    status: reply.status,
-                },
-            });
-            self.stage = Stage::Replied;
-            return reply_only(reply);
+        let mut edits = HeaderEdits::default();
+        match policy::decide(budget, &lines) {
+            Decision::Stop { line, reason } => {
+                let reply = self.stop(host, error_api, identity, &line, reason, None, now);
+                return reply_only(reply);
+            }
+            Decision::Degrade => {
+                self.degrading = true;
+                // Gemini names the model in the path, which can only change before the
+                // headers leave; bodies of the other APIs are rewritten when they arrive.
+                if self.api == Some(Api::Gemini) {
+                    let rewrite = budget
+                        .degrade_to
+                        .as_ref()
+                        .and_then(|map| degrade::rewrite_path(&head.path, map));
+                    if let Some((from, to, path)) = rewrite {
+                        edits.set.push((":path".to_string(), path));
+                        self.requested_model = Some(to.clone());
+                        self.degraded = Some((from, to));
+                    }
+                }
+            }
+            Decision::Allow => {}
         }
+        self.path = head.path;
 
         self.identity = Some(identity);
         self.stage = Stage::Forwarded;
         let mut outcome = HeadOutcome {
             action: HeadAction::Continue,
-            edits: HeaderEdits::default(),
+            edits,
         };
         if self.api.is_some() {
             // The filter must read what it meters: ask for an uncompressed response (Envoy can
@@ -316,24 +333,180 @@ impl Call {
         outcome
     }
 
-    /// The complete request body (only after [`HeadAction::WaitForBody`]); returns a
-    /// replacement body if the request had to change.
-    pub fn on_request_body(&mut self, body: &[u8]) -> Option<Vec<u8>> {
-        let api = self.api?;
+    /// The complete request body (only after [`HeadAction::WaitForBody`]): learns the model
+    /// and limits, applies `degrade`, reserves the call's worst-case cost, and says whether
+    /// the body changes or the call is refused after all.
+    pub fn on_request_body(&mut self, host: &dyn Host, body: &[u8]) -> BodyOutcome {
+        let Some(api) = self.api else {
+            return BodyOutcome::default();
+        };
+        if !matches!(self.stage, Stage::Forwarded) {
+            return BodyOutcome::default();
+        }
+        let worker = Rc::clone(&self.worker);
+        let config = &worker.config;
         let prepared = api.prepare_request(body);
         self.request_bytes = body.len() as u64;
         let azure_mapped = self.requested_model.is_some()
-            && self
-                .worker
-                .config
+            && config
                 .azure_deployments
                 .values()
                 .any(|m| Some(m) == self.requested_model.as_ref());
-        if !azure_mapped {
+        if !azure_mapped && self.degraded.is_none() {
             self.requested_model = prepared.model.or(self.requested_model.take());
         }
         self.strip_usage = prepared.strip_usage_from_client;
-        prepared.rewritten
+        let mut outcome = BodyOutcome {
+            body: prepared.rewritten,
+            reply: None,
+        };
+        let Some(budget) = self
+            .identity
+            .as_ref()
+            .and_then(|i| config.budget(&i.budget))
+        else {
+            return outcome;
+        };
+        if self.degrading && self.degraded.is_none() {
+            self.degrade_body(api, body, budget, &mut outcome);
+        }
+        if !config.reservations {
+            return outcome;
+        }
+        let max_output = prepared
+            .max_output_tokens
+            .unwrap_or(config.default_max_output_tokens);
+        let allowance = match budget.action {
+            LimitAction::Alert => u64::MAX,
+            LimitAction::Degrade if self.degrading => budget.degrade_allowance.unwrap_or(u64::MAX),
+            LimitAction::Degrade | LimitAction::Stop => 0,
+        };
+        let estimate = self.worst_case(max_output);
+        let Err(line) = self.booking.reserve(host, &worker, estimate, allowance) else {
+            return outcome;
+        };
+        // The call's worst case does not fit what is left: the agent's limit action applies.
+        let reason = match (&line.scope, budget.action) {
+            (Scope::Agent, LimitAction::Degrade)
+                if !self.degrading && self.api != Some(Api::Gemini) =>
+            {
+                self.degrading = true;
+                self.degrade_body(api, body, budget, &mut outcome);
+                let allowance = budget.degrade_allowance.unwrap_or(u64::MAX);
+                let estimate = self.worst_case(max_output);
+                match self.booking.reserve(host, &worker, estimate, allowance) {
+                    Ok(()) => return outcome,
+                    Err(_) => StopReason::DegradeExhausted,
+                }
+            }
+            (Scope::Agent, LimitAction::Degrade) => StopReason::DegradeExhausted,
+            (Scope::Agent, _) => StopReason::Budget,
+            (Scope::Task(_) | Scope::User(_), _) => StopReason::Cap,
+        };
+        let Some(identity) = self.identity.take() else {
+            return outcome;
+        };
+        let now = host.now_unix_secs();
+        let estimate = self.worst_case(max_output);
+        outcome.reply = Some(self.stop(
+            host,
+            api,
+            identity,
+            &line,
+            reason,
+            Some((estimate, max_output)),
+            now,
+        ));
+        outcome.body = None;
+        outcome
+    }
+
+    /// Rewrites the request body's model to the agent's cheaper one (when it has a mapping
+    /// for it), on top of any rewrite already made.
+    fn degrade_body(
+        &mut self,
+        api: Api,
+        original: &[u8],
+        budget: &AgentBudget,
+        outcome: &mut BodyOutcome,
+    ) {
+        if !degrade::degradable(&self.path) {
+            return;
+        }
+        let Some(map) = &budget.degrade_to else {
+            return;
+        };
+        let current = outcome.body.as_deref().unwrap_or(original);
+        if let Rewrite::Body { from, to, body } = degrade::rewrite_body(api, current, map) {
+            self.requested_model = Some(to.clone());
+            self.degraded = Some((from, to));
+            outcome.body = Some(body);
+        }
+    }
+
+    /// The most this call can cost: its input (request bytes at a conservative 3 bytes a
+    /// token, all uncached) and its maximum output, at the requested model's price.
+    fn worst_case(&self, max_output_tokens: u64) -> u64 {
+        let config = &self.worker.config;
+        let price = self
+            .requested_model
+            .as_deref()
+            .and_then(|model| config.prices.resolve(model))
+            .map(|resolved| *resolved.price)
+            .unwrap_or(config.fallback_price);
+        let usage = Usage {
+            input: self.request_bytes.div_ceil(WORST_CASE_BYTES_PER_TOKEN),
+            output: max_output_tokens,
+            ..Usage::default()
+        };
+        price.cost_micro_usd(&usage)
+    }
+
+    /// Refuses the call: counts it, logs it, attributes it and builds the 429. `worst_case`
+    /// is (cost, max output tokens) when the call was refused because it would not fit.
+    #[allow(clippy::too_many_arguments)] // one call site each; a struct would only rename them
+    fn stop(
+        &mut self,
+        host: &dyn Host,
+        api: Api,
+        identity: Identity,
+        line: &Line,
+        reason: StopReason,
+        worst_case: Option<(u64, u64)>,
+        now: i64,
+    ) -> LocalReply {
+        self.worker
+            .metrics
+            .agent(host, AgentCounter::Rejected, &identity.budget, 1);
+        log::info!(
+            "stopped agent={} budget={} scope={} period={} reason={:?} committed_micro_usd={} limit_micro_usd={}",
+            identity.agent,
+            identity.budget,
+            line.scope.describe(),
+            line.period.kind.name(),
+            reason,
+            line.committed(),
+            line.limit
+        );
+        let reply = budget_exceeded_reply(api, &identity, line, reason, worst_case, now);
+        self.attribution = Some(Attribution {
+            agent: identity.agent,
+            budget: identity.budget,
+            task: identity.task,
+            user: identity.user,
+            api: api.name(),
+            model: self
+                .requested_model
+                .clone()
+                .unwrap_or_else(|| "-".to_string()),
+            degraded_from: None,
+            outcome: Outcome::Stopped {
+                status: reply.status,
+            },
+        });
+        self.booking.release(host, &self.worker);
+        self.stage = Stage::Replied;
+        reply
     }
 
     pub fn on_response_headers(&mut self, head: &ResponseHead) -> HeaderEdits {
@@ -344,6 +517,14 @@ impl Call {
             set: self.budget_headers.clone(),
             remove: Vec::new(),
         };
+        if let Some((from, to)) = &self.degraded {
+            edits
+                .set
+                .push(("x-agent-budget-degraded-from".to_string(), from.clone()));
+            edits
+                .set
+                .push(("x-agent-budget-degraded-to".to_string(), to.clone()));
+        }
         let Some(api) = self.api else {
             return edits;
         };
@@ -518,6 +699,7 @@ impl Call {
                 self.worker
                     .metrics
                     .agent(host, AgentCounter::Unmetered, &identity.budget, 1);
+                self.booking.release(host, &self.worker);
                 Outcome::Unmetered(reason)
             }
         };
@@ -532,6 +714,7 @@ impl Call {
                 Outcome::Unmetered(_) | Outcome::Stopped { .. } => model,
             }
             .unwrap_or_else(|| "-".to_string()),
+            degraded_from: self.degraded.as_ref().map(|(from, _)| from.clone()),
             outcome,
         };
         log_attribution(&attribution);
@@ -539,13 +722,14 @@ impl Call {
     }
 
     fn charge(
-        &self,
+        &mut self,
         host: &dyn Host,
         identity: &Identity,
         metered: Metered,
         estimated: bool,
     ) -> Outcome {
-        let worker = &self.worker;
+        let worker = Rc::clone(&self.worker);
+        let worker = &worker;
         let config = &worker.config;
         // The model that served the call wins over the one requested.
         let model = metered
@@ -584,35 +768,12 @@ impl Call {
         metrics.agent(host, AgentCounter::ReasoningTokens, budget, usage.reasoning);
         metrics.agent(host, AgentCounter::CostMicroUsd, budget, micro_usd);
 
-        let ledger = Ledger::new(host);
-        let account = account_of(budget);
-        for period in worker.current_periods(host.now_unix_secs()) {
-            match ledger.add_spend(&period, &account, micro_usd) {
-                Ok(Updated {
-                    account: state,
-                    created_shard,
-                }) => {
-                    if created_shard {
-                        metrics.reason(host, ReasonCounter::LedgerErrors, "late_create");
-                        log::warn!("ledger period {} was created on the hot path", period.id);
-                    }
-                    metrics.gauge(
-                        host,
-                        AgentGauge::SpendMicroUsd,
-                        budget,
-                        period.kind,
-                        state.spent,
-                    );
-                }
-                Err(error) => {
-                    worker.ledger_error(host, &error);
-                    worker.defer(PendingCharge {
-                        period,
-                        account: account.clone(),
-                        micro_usd,
-                    });
-                }
-            }
+        let settled = self.booking.settle(host, worker, micro_usd);
+        if let Some(agent_budget) = config.budget(budget) {
+            self.after_settle(host, identity, agent_budget, &settled);
+        }
+        if self.degraded.is_some() {
+            metrics.agent(host, AgentCounter::DegradedRequests, budget, 1);
         }
         if estimated {
             metrics.agent(host, AgentCounter::EstimatedRequests, budget, 1);
@@ -622,6 +783,62 @@ impl Call {
             micro_usd,
             priced_as,
             estimated,
+        }
+    }
+
+    /// What a settled charge set off: live-view gauges, threshold crossings (each alerted
+    /// once per agent and period across all workers) and, for `alert`, the overage.
+    fn after_settle(
+        &self,
+        host: &dyn Host,
+        identity: &Identity,
+        budget: &AgentBudget,
+        settled: &[Settled],
+    ) {
+        let worker = &self.worker;
+        let ledger = Ledger::new(host);
+        let now = host.now_unix_secs();
+        for entry in settled.iter().filter(|s| s.scope == Scope::Agent) {
+            let kind = entry.period.kind;
+            worker.metrics.gauge(
+                host,
+                AgentGauge::SpendMicroUsd,
+                &identity.budget,
+                kind,
+                entry.after.spent,
+            );
+            let Some(limit) = budget.limit(kind) else {
+                continue;
+            };
+            for crossing in policy::crossings(budget, kind, entry.before.spent, entry.after.spent) {
+                // The first worker to flip this flag in the shared ledger raises the alert.
+                let flag = format!("alerted:{}:{}", identity.budget, crossing_name(crossing));
+                let won = ledger.try_update(&entry.period, &flag, |a| {
+                    (a.spent == 0).then_some(Account { spent: 1, ..a })
+                });
+                match won {
+                    Ok(Some(_)) => worker.raise_alert(
+                        host,
+                        alert_for(crossing, identity, budget, entry, limit, now),
+                    ),
+                    Ok(None) => {}
+                    Err(error) => worker.ledger_error(host, &error),
+                }
+            }
+            if budget.action == LimitAction::Alert {
+                let overage = policy::overage(limit, entry.before.spent, entry.after.spent);
+                if overage > 0 {
+                    let account = format!("overage:{}", identity.budget);
+                    if let Err(error) = ledger.add_spend(&entry.period, &account, overage) {
+                        worker.ledger_error(host, &error);
+                    }
+                    worker.metrics.add(
+                        host,
+                        metrics::agent_period_name(metrics::OVERAGE, &identity.budget, kind),
+                        overage,
+                    );
+                }
+            }
         }
     }
 
@@ -645,6 +862,8 @@ impl Call {
 
 /// A common rough figure for English text and JSON in current tokenizers.
 const BYTES_PER_TOKEN: u64 = 4;
+/// Fewer bytes per token than any common text needs: the worst case for reservations.
+const WORST_CASE_BYTES_PER_TOKEN: u64 = 3;
 
 fn reply_only(reply: LocalReply) -> HeadOutcome {
     HeadOutcome {
@@ -672,23 +891,93 @@ fn error_reply(
 fn budget_exceeded_reply(
     api: Api,
     identity: &Identity,
-    exhausted: &PeriodStatus,
+    line: &Line,
+    reason: StopReason,
+    worst_case: Option<(u64, u64)>,
     now: i64,
 ) -> LocalReply {
-    let wait = exhausted.period.seconds_until_reset(now);
-    let message = format!(
-        "Agent `{}` has used its {} budget of ${} (spent ${}). The budget resets at {} (in {} s).",
-        identity.budget,
-        exhausted.kind.name(),
-        format_usd(exhausted.limit),
-        format_usd(exhausted.spent),
-        crate::period::format_utc(exhausted.period.end),
-        wait
+    let wait = line.period.seconds_until_reset(now);
+    let what = match reason {
+        StopReason::Budget => format!(
+            "its {} budget of ${}",
+            line.period.kind.name(),
+            format_usd(line.limit)
+        ),
+        StopReason::DegradeExhausted => format!(
+            "its {} budget of ${} and the spend allowed after degrading to a cheaper model",
+            line.period.kind.name(),
+            format_usd(line.limit)
+        ),
+        StopReason::Cap => format!(
+            "its daily {} of ${}",
+            line.scope.describe(),
+            format_usd(line.limit)
+        ),
+    };
+    let resets = format!(
+        "It resets at {} (in {wait} s).",
+        crate::period::format_utc(line.period.end)
     );
-    // The headers describe the period that stopped the call, consistently with the message.
-    let mut headers = policy::budget_headers(exhausted, now);
+    let message = match worst_case {
+        None => format!(
+            "Agent `{}` has used {what} (committed ${}). {resets}",
+            identity.budget,
+            format_usd(line.committed())
+        ),
+        Some((cost, max_output)) => format!(
+            "Agent `{}`: this call may cost up to ${} (its input plus up to {max_output} output tokens), \
+             more than is left of {what} (${} left). Ask for fewer output tokens, or wait. {resets}",
+            identity.budget,
+            format_usd(cost),
+            format_usd(line.remaining())
+        ),
+    };
+    // The headers describe the line that stopped the call, consistently with the message.
+    let mut headers = policy::budget_headers(line, now);
     headers.push(("retry-after".to_string(), wait.to_string()));
     error_reply(api, ErrorKind::BudgetExceeded, &message, headers)
+}
+
+fn crossing_name(crossing: Crossing) -> &'static str {
+    match crossing {
+        Crossing::Soft => "soft",
+        Crossing::Limit => "limit",
+        Crossing::DegradeExhausted => "degrade_exhausted",
+    }
+}
+
+fn alert_for(
+    crossing: Crossing,
+    identity: &Identity,
+    budget: &AgentBudget,
+    entry: &Settled,
+    limit: u64,
+    now: i64,
+) -> Alert {
+    let (kind, threshold_ppm) = match crossing {
+        Crossing::Soft => (AlertKind::Soft, budget.soft_threshold_ppm),
+        Crossing::Limit => (
+            match budget.action {
+                LimitAction::Stop => AlertKind::LimitStop,
+                LimitAction::Degrade => AlertKind::LimitDegrade,
+                LimitAction::Alert => AlertKind::LimitAlert,
+            },
+            1_000_000,
+        ),
+        Crossing::DegradeExhausted => (AlertKind::DegradeExhausted, 1_000_000),
+    };
+    Alert {
+        kind,
+        agent: identity.budget.clone(),
+        period: entry.period.kind,
+        period_id: entry.period.id.clone(),
+        spend_micro_usd: entry.after.spent,
+        budget_micro_usd: limit,
+        threshold: threshold_ppm as f64 / 1e6,
+        action: budget.action.name().to_string(),
+        at_unix_secs: now,
+        period_end_unix_secs: entry.period.end,
+    }
 }
 
 fn log_attribution(record: &Attribution) {

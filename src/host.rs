@@ -45,6 +45,15 @@ pub trait Host {
     /// Writes a shared-data key. `cas` 0 is unconditional, and so is any write of a key that
     /// does not exist yet (that is how Envoy's host behaves: see `ledger` for why it matters).
     fn shared_set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), HostError>;
+    /// Sends an HTTP request to an Envoy cluster; the reply comes to the root context with
+    /// the returned token.
+    fn dispatch_http(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout_ms: u32,
+    ) -> Result<u32, HostError>;
     fn define_metric(&self, kind: MetricKind, name: &str) -> Result<u32, HostError>;
     fn increment_metric(&self, id: u32, delta: i64) -> Result<(), HostError>;
     fn record_metric(&self, id: u32, value: u64) -> Result<(), HostError>;
@@ -71,6 +80,17 @@ pub mod fake {
         metric_values: RefCell<Vec<i64>>,
         /// Makes the next N `shared_set` calls with a cas fail, to exercise retry paths.
         forced_cas_failures: Cell<u32>,
+        dispatched: RefCell<Vec<Dispatched>>,
+        refuse_dispatch: Cell<bool>,
+    }
+
+    /// One `dispatch_http` call the fake received.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Dispatched {
+        pub token: u32,
+        pub cluster: String,
+        pub headers: Vec<(String, String)>,
+        pub body: Vec<u8>,
     }
 
     impl FakeHost {
@@ -95,6 +115,16 @@ pub mod fake {
 
         pub fn fail_next_cas_writes(&self, count: u32) {
             self.forced_cas_failures.set(count);
+        }
+
+        /// Every `dispatch_http` so far.
+        pub fn dispatched(&self) -> Vec<Dispatched> {
+            self.dispatched.borrow().clone()
+        }
+
+        /// Makes `dispatch_http` fail (the cluster is unknown, say).
+        pub fn refuse_dispatch(&self, refuse: bool) {
+            self.refuse_dispatch.set(refuse);
         }
 
         /// Current value of a metric by full name (counters summed over duplicate ids).
@@ -159,6 +189,30 @@ pub mod fake {
                 },
             );
             Ok(())
+        }
+
+        fn dispatch_http(
+            &self,
+            cluster: &str,
+            headers: &[(&str, &str)],
+            body: &[u8],
+            _timeout_ms: u32,
+        ) -> Result<u32, HostError> {
+            if self.refuse_dispatch.get() {
+                return Err(HostError::Status(2));
+            }
+            let mut dispatched = self.dispatched.borrow_mut();
+            let token = u32::try_from(dispatched.len() + 1).map_err(|_| HostError::Status(1))?;
+            dispatched.push(Dispatched {
+                token,
+                cluster: cluster.to_string(),
+                headers: headers
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect(),
+                body: body.to_vec(),
+            });
+            Ok(token)
         }
 
         fn define_metric(&self, kind: MetricKind, name: &str) -> Result<u32, HostError> {

@@ -47,6 +47,10 @@ pub enum LedgerError {
     },
     /// Account names are at most 255 bytes.
     NameTooLong,
+    /// A period's shards were missing and created on the hot path (an unchecked write).
+    LateCreate {
+        period: String,
+    },
 }
 
 impl fmt::Display for LedgerError {
@@ -61,6 +65,12 @@ impl fmt::Display for LedgerError {
             LedgerError::Corrupt { key } => write!(f, "{key}: stored value is not a ledger blob"),
             LedgerError::Host { key, error } => write!(f, "{key}: {error}"),
             LedgerError::NameTooLong => f.write_str("account name longer than 255 bytes"),
+            LedgerError::LateCreate { period } => {
+                write!(
+                    f,
+                    "period {period} was created on the hot path (no tick prepared it)"
+                )
+            }
         }
     }
 }
@@ -69,6 +79,8 @@ impl fmt::Display for LedgerError {
 /// on the spot (an unchecked write: see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Updated {
+    /// The account as the winning CAS found it, and as it left it.
+    pub before: Account,
     pub account: Account,
     pub created_shard: bool,
 }
@@ -142,6 +154,21 @@ impl<'h> Ledger<'h> {
         account: &str,
         change: impl Fn(Account) -> Account,
     ) -> Result<Updated, LedgerError> {
+        // A change that never refuses always yields an update; None cannot come back.
+        self.try_update(period, account, |a| Some(change(a)))?
+            .ok_or_else(|| LedgerError::Contended {
+                key: Ledger::key_for(period, account),
+            })
+    }
+
+    /// Like [`Ledger::update`], but `change` may refuse (None) after seeing the current
+    /// state, atomically: `Ok(None)` means it refused and nothing was written.
+    pub fn try_update(
+        &self,
+        period: &Period,
+        account: &str,
+        change: impl Fn(Account) -> Option<Account>,
+    ) -> Result<Option<Updated>, LedgerError> {
         if account.len() > usize::from(u8::MAX) {
             return Err(LedgerError::NameTooLong);
         }
@@ -155,14 +182,18 @@ impl<'h> Ledger<'h> {
                 }
                 None => (Blob::default(), 0),
             };
-            let after = change(blob.get(account));
+            let before = blob.get(account);
+            let Some(after) = change(before) else {
+                return Ok(None);
+            };
             blob.put(account, after);
             match self.set(&key, &blob.encode(), cas) {
                 Ok(()) => {
-                    return Ok(Updated {
+                    return Ok(Some(Updated {
+                        before,
                         account: after,
                         created_shard: cas == 0,
-                    });
+                    }));
                 }
                 Err(LedgerError::Host {
                     error: HostError::CasMismatch,

@@ -10,7 +10,10 @@
 //! Layout: everything but [`proxy`] is plain Rust over the [`host::Host`] trait and is
 //! unit-tested natively; [`proxy`] is the only module that talks to the proxy-wasm ABI.
 
+pub mod alerts;
+pub mod booking;
 pub mod config;
+pub mod degrade;
 pub mod filter;
 pub mod host;
 pub mod identity;

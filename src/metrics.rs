@@ -35,10 +35,12 @@ pub enum AgentCounter {
     Unmetered,
     /// Calls charged an estimate because the client left before the usage report.
     EstimatedRequests,
+    /// Calls served by the cheaper model of `degrade`.
+    DegradedRequests,
 }
 
 impl AgentCounter {
-    pub const ALL: [AgentCounter; 10] = [
+    pub const ALL: [AgentCounter; 11] = [
         AgentCounter::Requests,
         AgentCounter::Rejected,
         AgentCounter::InputTokens,
@@ -49,6 +51,7 @@ impl AgentCounter {
         AgentCounter::CostMicroUsd,
         AgentCounter::Unmetered,
         AgentCounter::EstimatedRequests,
+        AgentCounter::DegradedRequests,
     ];
 
     fn stem(self) -> &'static str {
@@ -63,6 +66,7 @@ impl AgentCounter {
             AgentCounter::CostMicroUsd => "agent_budget_cost_micro_usd",
             AgentCounter::Unmetered => "agent_budget_unmetered_requests",
             AgentCounter::EstimatedRequests => "agent_budget_estimated_requests",
+            AgentCounter::DegradedRequests => "agent_budget_degraded_requests",
         }
     }
 }
@@ -94,6 +98,8 @@ pub enum ReasonCounter {
     Unattributed,
     /// Ledger trouble (`contended`, `corrupt`, `host`, `late_create`).
     LedgerErrors,
+    /// Alert webhook deliveries (`delivered`, `failed`, `given_up`, `dropped`).
+    AlertDeliveries,
 }
 
 impl ReasonCounter {
@@ -102,19 +108,34 @@ impl ReasonCounter {
             ReasonCounter::Unmetered => "agent_budget_unmetered",
             ReasonCounter::Unattributed => "agent_budget_unattributed",
             ReasonCounter::LedgerErrors => "agent_budget_ledger_errors",
+            ReasonCounter::AlertDeliveries => "agent_budget_alert_deliveries",
         }
     }
 }
 
 /// Calls charged at the fallback price because their model has no price.
 pub const UNPRICED_CALLS: &str = "agent_budget_unpriced_calls";
+/// `alert` action: spend past the budget, per agent and period (counter).
+pub const OVERAGE: &str = "agent_budget_overage_micro_usd";
+/// Alerts raised, per agent and kind (`soft`, `limit_stop`, `limit_alert`...).
+pub const ALERTS: &str = "agent_budget_alerts";
+
+/// `{stem}.agent.{budget}.period.{period}` for per-period counters.
+pub fn agent_period_name(stem: &str, budget: &str, period: PeriodKind) -> String {
+    format!("{stem}.agent.{budget}.period.{}", period.name())
+}
+
+/// `{stem}.agent.{budget}.reason.{reason}`.
+pub fn agent_reason_name(stem: &str, budget: &str, reason: &str) -> String {
+    format!("{stem}.agent.{budget}.reason.{reason}")
+}
 
 pub fn agent_counter_name(counter: AgentCounter, budget: &str) -> String {
     format!("{}.agent.{budget}", counter.stem())
 }
 
 pub fn agent_gauge_name(gauge: AgentGauge, budget: &str, period: PeriodKind) -> String {
-    format!("{}.agent.{budget}.period.{}", gauge.stem(), period.name())
+    agent_period_name(gauge.stem(), budget, period)
 }
 
 pub fn reason_counter_name(counter: ReasonCounter, reason: &str) -> String {

@@ -1,172 +1,211 @@
-//! The budget decision for one call: pure arithmetic over what the ledger says.
+//! Budget decisions for one call: pure arithmetic over what the ledger says.
+//!
+//! A call is checked against *lines*: the agent's daily and monthly budgets and, when
+//! configured, the daily caps of its task and of its user. Each line's ledger account holds
+//! `spent` (settled) and `reserved` (worst-case cost of calls in flight).
 
 use crate::config::{AgentBudget, LimitAction};
+use crate::ledger::Account;
 use crate::period::{Period, PeriodKind};
 use crate::pricing::format_usd;
 
-/// One period's budget as of now.
+/// What a line caps.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeriodStatus {
-    pub kind: PeriodKind,
-    pub limit: u64,
-    pub spent: u64,
-    pub period: Period,
+pub enum Scope {
+    Agent,
+    Task(String),
+    User(String),
 }
 
-impl PeriodStatus {
+impl Scope {
+    pub fn describe(&self) -> String {
+        match self {
+            Scope::Agent => "budget".to_string(),
+            Scope::Task(task) => format!("cap for task `{task}`"),
+            Scope::User(user) => format!("cap for user `{user}`"),
+        }
+    }
+}
+
+/// One budget line as of now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    pub scope: Scope,
+    pub period: Period,
+    /// Ledger account name.
+    pub account: String,
+    pub limit: u64,
+    pub state: Account,
+}
+
+impl Line {
+    /// Spend plus what calls in flight may still spend.
+    pub fn committed(&self) -> u64 {
+        self.state.spent.saturating_add(self.state.reserved)
+    }
+
     pub fn remaining(&self) -> u64 {
-        self.limit.saturating_sub(self.spent)
+        self.limit.saturating_sub(self.committed())
     }
 
     pub fn exhausted(&self) -> bool {
-        self.spent >= self.limit
+        self.committed() >= self.limit
     }
+
+    /// Whether `estimate` more still fits under the limit plus `allowance`.
+    pub fn fits(&self, estimate: u64, allowance: u64) -> bool {
+        self.committed().saturating_add(estimate) <= self.limit.saturating_add(allowance)
+    }
+}
+
+/// Why a call is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The agent's budget is used up and its action is `stop`.
+    Budget,
+    /// `degrade`: the allowance after degrading is used up too.
+    DegradeExhausted,
+    /// A task or user cap is reached (always stops, whatever the agent's action).
+    Cap,
 }
 
 /// What to do with a call before it reaches the provider.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Allow,
-    /// The agent's action at the limit is `stop` and `exhausted` is used up.
+    /// Forward it with the cheaper model.
+    Degrade,
     Stop {
-        exhausted: PeriodStatus,
+        line: Line,
+        reason: StopReason,
     },
 }
 
-/// The configured limits of `budget` paired with the spend read for each period.
-pub fn statuses(budget: &AgentBudget, spent: &[(Period, u64)]) -> Vec<PeriodStatus> {
-    spent
+/// The decision given each line's committed spend, before the call's own cost is known.
+pub fn decide(budget: &AgentBudget, lines: &[Line]) -> Decision {
+    if let Some(cap) = lines
         .iter()
-        .filter_map(|(period, spent)| {
-            let limit = match period.kind {
-                PeriodKind::Daily => budget.daily?,
-                PeriodKind::Monthly => budget.monthly?,
-            };
-            Some(PeriodStatus {
-                kind: period.kind,
-                limit,
-                spent: *spent,
-                period: period.clone(),
-            })
-        })
-        .collect()
-}
-
-pub fn decide(budget: &AgentBudget, statuses: &[PeriodStatus]) -> Decision {
-    // When several periods are used up, the call may resume only when all have reset.
-    let exhausted = statuses
+        .find(|l| l.scope != Scope::Agent && l.exhausted())
+    {
+        return Decision::Stop {
+            line: cap.clone(),
+            reason: StopReason::Cap,
+        };
+    }
+    // When several periods are used up, a stopped call may resume only when all have reset.
+    let exhausted = lines
         .iter()
-        .filter(|s| s.exhausted())
-        .max_by_key(|s| s.period.end);
-    match (exhausted, budget.action) {
-        (None, _) => Decision::Allow,
-        (Some(status), LimitAction::Stop) => Decision::Stop {
-            exhausted: status.clone(),
+        .filter(|l| l.scope == Scope::Agent && l.exhausted())
+        .max_by_key(|l| l.period.end);
+    let Some(line) = exhausted else {
+        return Decision::Allow;
+    };
+    match budget.action {
+        LimitAction::Stop => Decision::Stop {
+            line: line.clone(),
+            reason: StopReason::Budget,
         },
+        LimitAction::Alert => Decision::Allow,
+        LimitAction::Degrade => {
+            let allowance = budget.degrade_allowance.unwrap_or(u64::MAX);
+            let past_allowance = lines
+                .iter()
+                .filter(|l| l.scope == Scope::Agent && !l.fits(0, allowance.saturating_sub(1)))
+                .max_by_key(|l| l.period.end);
+            match past_allowance {
+                Some(line) => Decision::Stop {
+                    line: line.clone(),
+                    reason: StopReason::DegradeExhausted,
+                },
+                None => Decision::Degrade,
+            }
+        }
     }
 }
 
-/// The period that constrains the agent most (least remaining), for the budget headers.
-pub fn headline(statuses: &[PeriodStatus]) -> Option<&PeriodStatus> {
-    statuses
-        .iter()
-        .min_by_key(|s| (s.remaining(), std::cmp::Reverse(s.period.end)))
+/// The first line that `estimate` more does not fit under (`allowance` extra on agent lines).
+pub fn first_misfit(lines: &[Line], estimate: u64, agent_allowance: u64) -> Option<&Line> {
+    lines.iter().find(|l| {
+        let allowance = if l.scope == Scope::Agent {
+            agent_allowance
+        } else {
+            0
+        };
+        !l.fits(estimate, allowance)
+    })
 }
 
-/// `x-agent-budget-*` response headers describing `status` as of `now`.
-pub fn budget_headers(status: &PeriodStatus, now: i64) -> Vec<(String, String)> {
+/// The agent line that constrains the agent most (least remaining), for the budget headers.
+pub fn headline(lines: &[Line]) -> Option<&Line> {
+    lines
+        .iter()
+        .filter(|l| l.scope == Scope::Agent)
+        .min_by_key(|l| (l.remaining(), std::cmp::Reverse(l.period.end)))
+}
+
+/// `x-agent-budget-*` response headers describing `line` as of `now`.
+pub fn budget_headers(line: &Line, now: i64) -> Vec<(String, String)> {
     vec![
         (
             "x-agent-budget-period".to_string(),
-            status.kind.name().to_string(),
+            line.period.kind.name().to_string(),
         ),
         (
             "x-agent-budget-limit-usd".to_string(),
-            format_usd(status.limit),
+            format_usd(line.limit),
         ),
         (
             "x-agent-budget-remaining-usd".to_string(),
-            format_usd(status.remaining()),
+            format_usd(line.remaining()),
         ),
         (
             "x-agent-budget-reset".to_string(),
-            status.period.seconds_until_reset(now).to_string(),
+            line.period.seconds_until_reset(now).to_string(),
         ),
     ]
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::period::TimeZone;
-
-    const NOW: i64 = 1_795_900_000;
-
-    fn periods() -> (Period, Period) {
-        (
-            Period::containing(PeriodKind::Daily, TimeZone::UTC, NOW),
-            Period::containing(PeriodKind::Monthly, TimeZone::UTC, NOW),
-        )
-    }
-
-    fn budget(daily: Option<u64>, monthly: Option<u64>) -> AgentBudget {
-        AgentBudget {
-            daily,
-            monthly,
-            action: LimitAction::Stop,
-        }
-    }
-
-    #[test]
-    fn stops_at_the_limit_not_before() {
-        let (day, month) = periods();
-        let cases = [
-            (budget(Some(100), None), 99, 0, None),
-            (budget(Some(100), None), 100, 0, Some(PeriodKind::Daily)),
-            (budget(Some(100), None), 150, 0, Some(PeriodKind::Daily)),
-            (budget(None, Some(1000)), 5000, 999, None),
-            (budget(None, Some(1000)), 0, 1000, Some(PeriodKind::Monthly)),
-            // Both used up: the later reset (the month) is what the client must wait for.
-            (
-                budget(Some(100), Some(1000)),
-                100,
-                1000,
-                Some(PeriodKind::Monthly),
-            ),
-            (
-                budget(Some(100), Some(1000)),
-                100,
-                10,
-                Some(PeriodKind::Daily),
-            ),
-            (budget(Some(0), None), 0, 0, Some(PeriodKind::Daily)),
-        ];
-        for (budget, day_spent, month_spent, want) in cases {
-            let s = statuses(
-                &budget,
-                &[(day.clone(), day_spent), (month.clone(), month_spent)],
-            );
-            let got = match decide(&budget, &s) {
-                Decision::Allow => None,
-                Decision::Stop { exhausted } => Some(exhausted.kind),
-            };
-            assert_eq!(got, want, "{budget:?} {day_spent} {month_spent}");
-        }
-    }
-
-    #[test]
-    fn headline_is_the_tightest_period() {
-        let (day, month) = periods();
-        let b = budget(Some(100), Some(1000));
-        let s = statuses(&b, &[(day.clone(), 10), (month.clone(), 950)]);
-        assert_eq!(headline(&s).map(|s| s.kind), Some(PeriodKind::Monthly));
-        let s = statuses(&b, &[(day, 90), (month, 100)]);
-        let top = headline(&s).unwrap();
-        assert_eq!(top.kind, PeriodKind::Daily);
-        let headers = budget_headers(top, NOW);
-        assert_eq!(headers[0], ("x-agent-budget-period".into(), "daily".into()));
-        assert_eq!(headers[1].1, "0.000100");
-        assert_eq!(headers[2].1, "0.000010");
-        assert_eq!(headers[3].1, (top.period.end - NOW).to_string());
-    }
+/// A threshold crossing found when a charge settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Crossing {
+    /// Spend reached the soft threshold (default 80 %).
+    Soft,
+    /// Spend reached the budget.
+    Limit,
+    /// `degrade`: spend reached budget + allowance.
+    DegradeExhausted,
 }
+
+/// The crossings between `before` and `after` spend on an agent line, lowest first.
+pub fn crossings(budget: &AgentBudget, kind: PeriodKind, before: u64, after: u64) -> Vec<Crossing> {
+    let Some(limit) = budget.limit(kind) else {
+        return Vec::new();
+    };
+    let soft = u64::try_from(u128::from(limit) * u128::from(budget.soft_threshold_ppm) / 1_000_000)
+        .unwrap_or(limit);
+    let mut found = Vec::new();
+    let crossed = |mark: u64| before < mark && after >= mark;
+    if crossed(soft) {
+        found.push(Crossing::Soft);
+    }
+    if crossed(limit) {
+        found.push(Crossing::Limit);
+    }
+    if budget.action == LimitAction::Degrade {
+        if let Some(allowance) = budget.degrade_allowance {
+            if crossed(limit.saturating_add(allowance)) {
+                found.push(Crossing::DegradeExhausted);
+            }
+        }
+    }
+    found
+}
+
+/// Spend beyond the budget that this charge added (the `alert` action's overage).
+pub fn overage(limit: u64, before: u64, after: u64) -> u64 {
+    after.saturating_sub(before.max(limit))
+}
+
+#[cfg(test)]
+#[path = "policy/tests.rs"]
+mod tests;

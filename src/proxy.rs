@@ -6,8 +6,8 @@
 
 use crate::config::Config;
 use crate::filter::{
-    Attribution, Call, ChunkOutcome, EndCause, HeadAction, HeaderEdits, Outcome, RequestHead,
-    ResponseHead,
+    Attribution, Call, ChunkOutcome, EndCause, HeadAction, HeaderEdits, LocalReply, Outcome,
+    RequestHead, ResponseHead,
 };
 use crate::host::{Host, HostError, MetricKind, Versioned};
 use crate::root::{Worker, TICK_MILLIS};
@@ -109,6 +109,24 @@ impl Host for ProxyHost {
         })
     }
 
+    fn dispatch_http(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout_ms: u32,
+    ) -> Result<u32, HostError> {
+        // The SDK wrapper registers the callout so the reply reaches this root context.
+        hostcalls::dispatch_http_call(
+            cluster,
+            headers.to_vec(),
+            Some(body),
+            Vec::new(),
+            Duration::from_millis(u64::from(timeout_ms)),
+        )
+        .map_err(|status| HostError::Status(status as u32))
+    }
+
     fn define_metric(&self, kind: MetricKind, name: &str) -> Result<u32, HostError> {
         let kind = match kind {
             MetricKind::Counter => MetricType::Counter,
@@ -135,7 +153,24 @@ struct AgentBudgetRoot {
     worker: Option<Rc<Worker>>,
 }
 
-impl Context for AgentBudgetRoot {}
+impl Context for AgentBudgetRoot {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        _body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        if let Some(worker) = &self.worker {
+            worker.on_alert_reply(&ProxyHost, token_id, status);
+        }
+    }
+}
 
 impl RootContext for AgentBudgetRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
@@ -196,6 +231,17 @@ fn apply(map: MapType, edits: &HeaderEdits) {
     }
     for name in &edits.remove {
         let _ = hostcalls::set_map_value(map, name, None);
+    }
+}
+
+fn send_reply(reply: &LocalReply) {
+    let headers: Vec<(&str, &str)> = reply
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    if let Err(status) = hostcalls::send_http_response(reply.status, headers, Some(&reply.body)) {
+        log::error!("cannot send local reply: {status:?}");
     }
 }
 
@@ -274,6 +320,9 @@ fn attribution_properties(record: &Attribution) -> Vec<(&'static str, String)> {
             properties.push(("agent_budget.stopped", status.to_string()));
         }
     }
+    if let Some(from) = &record.degraded_from {
+        properties.push(("agent_budget.degraded_from", from.clone()));
+    }
     properties
 }
 
@@ -307,16 +356,7 @@ impl HttpContext for AgentBudgetHttp {
             // (see on_http_request_body).
             HeadAction::Continue | HeadAction::WaitForBody => Action::Continue,
             HeadAction::Reply(reply) => {
-                let headers: Vec<(&str, &str)> = reply
-                    .headers
-                    .iter()
-                    .map(|(n, v)| (n.as_str(), v.as_str()))
-                    .collect();
-                if let Err(status) =
-                    hostcalls::send_http_response(reply.status, headers, Some(&reply.body))
-                {
-                    log::error!("cannot send local reply: {status:?}");
-                }
+                send_reply(&reply);
                 self.export_attribution();
                 Action::Pause
             }
@@ -333,7 +373,15 @@ impl HttpContext for AgentBudgetHttp {
             .ok()
             .flatten()
             .unwrap_or_default();
-        if let Some(replacement) = self.call.on_request_body(&body) {
+        let outcome = self.call.on_request_body(&ProxyHost, &body);
+        if let Some(reply) = outcome.reply {
+            // The call's worst case does not fit its budget: refuse it now. Its headers went
+            // upstream already; Envoy resets that request, which never got its body.
+            send_reply(&reply);
+            self.export_attribution();
+            return Action::Pause;
+        }
+        if let Some(replacement) = outcome.body {
             if let Err(status) =
                 hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body_size, &replacement)
             {

@@ -12,7 +12,9 @@ MESSAGES = "/v1/messages"
 
 
 def chat(model="gpt-4o", stream=False, **extra):
-    body = {"model": model, "messages": [{"role": "user", "content": "hello"}], **extra}
+    # max_tokens keeps each call's reservation (its worst case) near its real cost, so the
+    # small budgets below admit the calls they are meant to admit.
+    body = {"model": model, "max_tokens": 1000, "messages": [{"role": "user", "content": "hello"}], **extra}
     if stream:
         body["stream"] = True
     return body
@@ -116,12 +118,12 @@ def test_agent_is_stopped_exactly_when_its_budget_is_reached(gateway_factory, mo
                                      "other": {"daily_usd": 1}}})
     remaining = []
     for _ in range(3):
-        resp = gw.post(CHAT, chat(), tokens("batch", 1000, 50))
+        resp = gw.post(CHAT, chat(max_tokens=50), tokens("batch", 1000, 50))
         assert resp.status == 200, resp.body
         remaining.append(resp.headers["x-agent-budget-remaining-usd"])
     assert remaining == ["0.009000", "0.006000", "0.003000"]
 
-    stopped = gw.post(CHAT, chat(), tokens("batch", 1000, 50))
+    stopped = gw.post(CHAT, chat(max_tokens=50), tokens("batch", 1000, 50))
     assert stopped.status == 429
     assert stopped.headers["content-type"] == "application/json"
     assert stopped.headers["x-should-retry"] == "false"
@@ -150,7 +152,8 @@ def test_agent_is_stopped_exactly_when_its_budget_is_reached(gateway_factory, mo
 
 
 def test_monthly_budget_stop_waits_for_the_month(gateway_factory):
-    gw = gateway_factory({"agents": {"m": {"monthly_usd": 0.000001}}})
+    # Without reservations: the first call is allowed on settled spend alone, then the month is used up.
+    gw = gateway_factory({"agents": {"m": {"monthly_usd": 0.000001}}, "reservations": False})
     assert gw.post(CHAT, chat(), tokens("m", 10, 10)).status == 200
     stopped = gw.post(CHAT, chat(), tokens("m", 10, 10))
     assert stopped.status == 429

@@ -6,6 +6,7 @@ use super::*;
 use crate::config::Config;
 use crate::host::fake::FakeHost;
 use crate::ledger::{Ledger, MAX_CAS_ATTEMPTS};
+use crate::root::account_of;
 use crate::usage::Usage;
 use serde_json::Value;
 
@@ -50,9 +51,18 @@ const STREAM_COST: u64 = 9;
 // Harness
 // ---------------------------------------------------------------------------------------
 
+/// A worker for `config`. Reservations are off unless the config says otherwise: most
+/// tests here are about metering and the stop decision on settled spend; the reservation
+/// tests turn them on.
 fn setup(config: &str) -> (FakeHost, Rc<Worker>) {
     let host = FakeHost::new().at_unix_secs(NOW);
-    let worker = Rc::new(Worker::new(Config::from_bytes(config.as_bytes()).unwrap()));
+    let mut value: Value = serde_json::from_str(config).unwrap();
+    if value.get("reservations").is_none() {
+        value["reservations"] = Value::Bool(false);
+    }
+    let worker = Rc::new(Worker::new(
+        Config::from_bytes(value.to_string().as_bytes()).unwrap(),
+    ));
     // What on_configure does before any call.
     worker.tick(&host);
     (host, worker)
@@ -119,6 +129,8 @@ struct Ran {
     call: Call,
     head: HeadOutcome,
     rewritten: Option<Vec<u8>>,
+    /// A refusal at the body step (the worst case did not fit).
+    body_reply: Option<LocalReply>,
     edits: HeaderEdits,
     outcomes: Vec<ChunkOutcome>,
     /// What the client received: each chunk, or its replacement.
@@ -138,10 +150,12 @@ fn run_call(host: &FakeHost, worker: &Rc<Worker>, exchange: &Exchange<'_>) -> Ra
             ..RequestHead::default()
         },
     );
-    let rewritten = match head.action {
-        HeadAction::WaitForBody => call.on_request_body(exchange.request),
-        HeadAction::Continue | HeadAction::Reply(_) => None,
+    let body = match head.action {
+        HeadAction::WaitForBody => call.on_request_body(host, exchange.request),
+        HeadAction::Continue | HeadAction::Reply(_) => BodyOutcome::default(),
     };
+    let rewritten = body.body;
+    let body_reply = body.reply;
     let mut edits = HeaderEdits::default();
     let mut outcomes = Vec::new();
     let mut client = Vec::new();
@@ -171,6 +185,7 @@ fn run_call(host: &FakeHost, worker: &Rc<Worker>, exchange: &Exchange<'_>) -> Ra
         call,
         head,
         rewritten,
+        body_reply,
         edits,
         outcomes,
         client,
@@ -345,6 +360,7 @@ fn openai_json_call_is_charged_at_list_price() {
             user: Some("u-1".to_string()),
             api: "openai_chat",
             model: "gpt-4o-2024-08-06".to_string(),
+            degraded_from: None,
             outcome: Outcome::Charged {
                 estimated: false,
                 metered: Metered {
@@ -1791,4 +1807,96 @@ fn client_abort_is_charged_an_estimate_upstream_abort_is_not() {
         metric(&host, "agent_budget_estimated_requests.agent.bot"),
         1
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Reservations: a call whose worst case does not fit is refused before it costs anything
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn reservations_refuse_a_call_whose_worst_case_does_not_fit() {
+    // $0.01 a day; gpt-4o output is $10/M, so 1000 max output tokens alone is $0.01.
+    let (host, worker) = setup(r#"{"agents":{"bot":{"daily_usd":0.01}},"reservations":true}"#);
+    let fits = br#"{"model":"gpt-4o","max_tokens":100,"messages":[]}"#;
+    let too_big = br#"{"model":"gpt-4o","max_tokens":1000,"messages":[]}"#;
+    let ran = run_call(
+        &host,
+        &worker,
+        &Exchange::json(CHAT_PATH, "bot", too_big, OPENAI_CHAT),
+    );
+    let reply = ran.body_reply.expect("refused at the body step");
+    assert_eq!(reply.status, 429);
+    let message = json(&reply.body)["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(message.contains("may cost up to $0.010"), "{message}");
+    assert!(message.contains("1000 output tokens"), "{message}");
+    assert_eq!(
+        ran.call.attribution.map(|a| a.outcome),
+        Some(Outcome::Stopped { status: 429 })
+    );
+    assert_eq!(
+        spent(&host, &worker, "bot"),
+        (0, 0),
+        "nothing charged, nothing held"
+    );
+
+    // A call that fits is reserved, then settled to its real cost; nothing stays reserved.
+    let ran = run_call(
+        &host,
+        &worker,
+        &Exchange::json(CHAT_PATH, "bot", fits, OPENAI_CHAT),
+    );
+    assert!(ran.body_reply.is_none());
+    assert_eq!(charged(&ran.call).0, CHAT_COST);
+    let [day, _] = worker.current_periods(NOW);
+    let account = Ledger::new(&host).read(&day, &account_of("bot")).unwrap();
+    assert_eq!((account.spent, account.reserved), (CHAT_COST, 0));
+}
+
+#[test]
+fn reservations_are_held_while_calls_are_in_flight() {
+    let (host, worker) = setup(r#"{"agents":{"bot":{"daily_usd":0.01}},"reservations":true}"#);
+    let request: &[u8] = br#"{"model":"gpt-4o","max_tokens":400,"messages":[]}"#;
+    // Two calls in flight at once: each holds ~$0.004; a third does not fit.
+    let mut in_flight = Vec::new();
+    for _ in 0..2 {
+        let mut call = Call::new(Rc::clone(&worker));
+        let head = call.on_request_headers(
+            &host,
+            RequestHead {
+                path: CHAT_PATH.into(),
+                agent: Some("bot".into()),
+                has_body: true,
+                ..RequestHead::default()
+            },
+        );
+        assert_eq!(head.action, HeadAction::WaitForBody);
+        assert_eq!(call.on_request_body(&host, request).reply, None);
+        in_flight.push(call);
+    }
+    let third = run_call(
+        &host,
+        &worker,
+        &Exchange::json(CHAT_PATH, "bot", request, OPENAI_CHAT),
+    );
+    assert_eq!(third.body_reply.map(|r| r.status), Some(429));
+    // The two finish with an upstream error: their reservations return, nothing is spent.
+    for mut call in in_flight {
+        call.on_response_headers(&ResponseHead {
+            status: 500,
+            ..ResponseHead::default()
+        });
+        call.on_response_body(&host, b"{}", true);
+    }
+    let [day, _] = worker.current_periods(NOW);
+    let account = Ledger::new(&host).read(&day, &account_of("bot")).unwrap();
+    assert_eq!((account.spent, account.reserved), (0, 0));
+    let again = run_call(
+        &host,
+        &worker,
+        &Exchange::json(CHAT_PATH, "bot", request, OPENAI_CHAT),
+    );
+    assert!(again.body_reply.is_none());
 }

@@ -87,6 +87,8 @@ struct RequestFields {
     model: Option<String>,
     #[serde(default)]
     stream: Option<bool>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
 }
 
 pub fn prepare_request(body: &[u8]) -> PreparedRequest {
@@ -94,6 +96,7 @@ pub fn prepare_request(body: &[u8]) -> PreparedRequest {
         Ok(fields) => PreparedRequest {
             model: fields.model,
             stream: fields.stream.unwrap_or(false),
+            max_output_tokens: fields.max_tokens,
             ..PreparedRequest::default()
         },
         Err(_) => PreparedRequest::default(),

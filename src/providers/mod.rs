@@ -154,6 +154,9 @@ impl Api {
 pub struct PreparedRequest {
     pub model: Option<String>,
     pub stream: bool,
+    /// The most output tokens the request allows (`max_tokens`, `max_completion_tokens`,
+    /// `max_output_tokens`, `generationConfig.maxOutputTokens`), for reservations.
+    pub max_output_tokens: Option<u64>,
     /// The body to send upstream instead of the original, if it had to change.
     pub rewritten: Option<Vec<u8>>,
     /// The filter asked the provider for a usage report the client did not ask for, so

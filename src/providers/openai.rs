@@ -95,9 +95,14 @@ pub fn prepare_request(body: &[u8]) -> PreparedRequest {
         .get("stream")
         .and_then(Value::as_bool)
         .unwrap_or(false);
+    // Chat: max_completion_tokens (current) or max_tokens (older); legacy completions: max_tokens.
+    let max_output_tokens = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|key| request.get(*key).and_then(Value::as_u64));
     let mut prepared = PreparedRequest {
         model,
         stream,
+        max_output_tokens,
         ..PreparedRequest::default()
     };
     if !stream {
