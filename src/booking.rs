@@ -169,9 +169,26 @@ impl Booking {
         Ok(())
     }
 
-    /// Returns the reservations (the call failed before costing anything).
+    /// Returns the reservations held (the call failed before costing anything, or is about
+    /// to reserve again); the accounts stay booked for a later settlement.
     pub fn release(&mut self, host: &dyn Host, worker: &Worker) {
-        self.settle(host, worker, 0);
+        let ledger = Ledger::new(host);
+        for target in self.targets.iter_mut().filter(|t| t.reserved > 0) {
+            let reserved = std::mem::take(&mut target.reserved);
+            let result = ledger.update(&target.period, &target.account, |a| Account {
+                reserved: a.reserved.saturating_sub(reserved),
+                ..a
+            });
+            if let Err(error) = result {
+                worker.ledger_error(host, &error);
+                worker.defer(PendingCharge {
+                    period: target.period.clone(),
+                    account: target.account.clone(),
+                    micro_usd: 0,
+                    release: reserved,
+                });
+            }
+        }
     }
 
     /// Books `micro_usd` on every account and returns the reservations; reports each

@@ -74,7 +74,7 @@ pub struct RawConfig {
     api_overrides: Vec<RawApiOverride>,
     #[serde(default)]
     azure_deployments: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_amount")]
     soft_threshold: Option<f64>,
     #[serde(default)]
     reservations: Option<bool>,
@@ -152,7 +152,7 @@ struct RawAgent {
     monthly_usd: Option<f64>,
     #[serde(default)]
     action: Option<LimitAction>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_amount")]
     soft_threshold: Option<f64>,
     #[serde(default)]
     degrade_to: BTreeMap<String, String>,
@@ -180,13 +180,14 @@ struct RawPrice {
 }
 
 /// A number, or a string holding one: Envoy's YAML loader turns `daily_usd: 0.5` into the
-/// string "0.5" inside the Struct it hands over, so both spellings must mean the same.
+/// string "0.5" inside the Struct it hands over, so both spellings must mean the same
+/// (USD amounts and fractions alike).
 fn amount<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
     struct AmountVisitor;
     impl serde::de::Visitor<'_> for AmountVisitor {
         type Value = f64;
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a number (USD)")
+            f.write_str("a number")
         }
         fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<f64, E> {
             Ok(v)

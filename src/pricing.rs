@@ -34,6 +34,15 @@ impl Price {
         }
     }
 
+    /// The same price with the 5-minute cache-write rate given explicitly (where a provider
+    /// does not bill exactly 1.25x input).
+    pub const fn with_cache_write(self, cache_write_5m: u64) -> Price {
+        Price {
+            cache_write_5m,
+            ..self
+        }
+    }
+
     /// Cost of `usage` at this price, in micro-USD, rounded up to the next micro-USD.
     pub fn cost_micro_usd(&self, usage: &Usage) -> u64 {
         let classes = [

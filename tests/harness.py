@@ -119,7 +119,7 @@ def bootstrap(listen_port: int, admin_port: int, upstream_port: int, plugin_conf
         }
     else:
         wasm["configuration"]["value"] = plugin_config
-    cluster = config["static_resources"]["clusters"][0]
+    cluster = next(c for c in config["static_resources"]["clusters"] if c["name"] == "llm_provider")
     endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
     endpoint["address"]["socket_address"]["port_value"] = upstream_port
     return config
@@ -183,7 +183,8 @@ class Gateway:
             return False
 
     def log_text(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def access_records(self) -> list[dict]:

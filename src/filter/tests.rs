@@ -1900,3 +1900,39 @@ fn reservations_are_held_while_calls_are_in_flight() {
     );
     assert!(again.body_reply.is_none());
 }
+
+#[test]
+fn degrade_when_the_worst_case_does_not_fit_charges_the_cheaper_call() {
+    let (host, worker) = setup(
+        r#"{"agents":{"bot":{"daily_usd":0.02,"action":"degrade","degrade_to":{"gpt-4o*":"gpt-4o-mini"}}},"reservations":true}"#,
+    );
+    seed(&host, &worker, "bot", 15_000, 15_000);
+    // gpt-4o with 1000 max output tokens may cost $0.01: more than the $0.005 left.
+    let request = br#"{"model":"gpt-4o","max_tokens":1000,"messages":[]}"#;
+    let response =
+        br#"{"model":"gpt-4o-mini","usage":{"prompt_tokens":1000,"completion_tokens":100}}"#;
+    let ran = run_call(
+        &host,
+        &worker,
+        &Exchange::json(CHAT_PATH, "bot", request, response),
+    );
+    assert!(ran.body_reply.is_none(), "degraded, not refused");
+    let sent = json(ran.rewritten.as_deref().expect("model rewritten"));
+    assert_eq!(sent["model"], "gpt-4o-mini");
+    assert_eq!(
+        header(&ran.edits.set, "x-agent-budget-degraded-to"),
+        Some("gpt-4o-mini")
+    );
+    // 1000 x $0.15/M + 100 x $0.60/M = 150 + 60 micro-USD, booked in the ledger.
+    assert_eq!(charged(&ran.call).0, 210);
+    assert_eq!(spent(&host, &worker, "bot"), (15_210, 15_210));
+    let [day, _] = worker.current_periods(NOW);
+    assert_eq!(
+        Ledger::new(&host)
+            .read(&day, &account_of("bot"))
+            .unwrap()
+            .reserved,
+        0
+    );
+    assert_eq!(metric(&host, "agent_budget_degraded_requests.agent.bot"), 1);
+}
