@@ -81,26 +81,8 @@ impl WireUsage {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct RequestFields {
-    #[serde(default)]
-    model: Option<String>,
-    #[serde(default)]
-    stream: Option<bool>,
-    #[serde(default)]
-    max_tokens: Option<u64>,
-}
-
 pub fn prepare_request(body: &[u8]) -> PreparedRequest {
-    match serde_json::from_slice::<RequestFields>(body) {
-        Ok(fields) => PreparedRequest {
-            model: fields.model,
-            stream: fields.stream.unwrap_or(false),
-            max_output_tokens: fields.max_tokens,
-            ..PreparedRequest::default()
-        },
-        Err(_) => PreparedRequest::default(),
-    }
+    super::common_request(body)
 }
 
 pub fn usage_from_body(body: &[u8]) -> Result<Metered, Unmetered> {
@@ -148,9 +130,11 @@ impl StreamMeter {
         let kind = match event.event.as_deref() {
             Some(name) => name,
             // Events without an `event:` line still name their type in the JSON.
-            None if contains(&event.data, b"\"message_start\"") => "message_start",
-            None if contains(&event.data, b"\"message_delta\"") => "message_delta",
-            None if contains(&event.data, b"\"content_block_delta\"") => "content_block_delta",
+            None if super::contains(&event.data, b"\"message_start\"") => "message_start",
+            None if super::contains(&event.data, b"\"message_delta\"") => "message_delta",
+            None if super::contains(&event.data, b"\"content_block_delta\"") => {
+                "content_block_delta"
+            }
             None => return EventFate::Forward,
         };
         match kind {
@@ -213,10 +197,6 @@ impl StreamMeter {
             text_bytes: self.text_bytes,
         }
     }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 pub fn error_body(kind: ErrorKind, message: &str) -> Vec<u8> {

@@ -24,21 +24,9 @@ struct WireUsage {
     prompt_tokens: u64,
 }
 
-#[derive(Debug, Deserialize)]
-struct RequestFields {
-    #[serde(default)]
-    model: Option<String>,
-}
-
 /// The model; embeddings requests have no stream flag and need no rewrite.
 pub fn prepare_request(body: &[u8]) -> PreparedRequest {
-    match serde_json::from_slice::<RequestFields>(body) {
-        Ok(fields) => PreparedRequest {
-            model: fields.model,
-            ..PreparedRequest::default()
-        },
-        Err(_) => PreparedRequest::default(),
-    }
+    super::common_request(body)
 }
 
 pub fn usage_from_body(body: &[u8]) -> Result<Metered, Unmetered> {

@@ -151,11 +151,11 @@ impl StreamMeter {
             .saturating_add(string_values_len(&event.data, "text"));
         if event.truncated {
             self.too_large = true;
-        } else if contains(&event.data, b"\"usageMetadata\"") {
+        } else if super::contains(&event.data, b"\"usageMetadata\"") {
             match serde_json::from_slice::<Chunk>(&event.data) {
                 Ok(chunk) => {
                     // Gemini's last chunk carries both the finish reason and the final report.
-                    self.finished |= contains(&event.data, b"\"finishReason\"");
+                    self.finished |= super::contains(&event.data, b"\"finishReason\"");
                     self.model = chunk.model_version.or(self.model.take());
                     if let Some(usage) = chunk.usage_metadata.filter(WireUsage::is_report) {
                         self.usage = Some(usage);
@@ -163,7 +163,7 @@ impl StreamMeter {
                 }
                 Err(_) => self.malformed = true,
             }
-        } else if self.model.is_none() && contains(&event.data, b"\"modelVersion\"") {
+        } else if self.model.is_none() && super::contains(&event.data, b"\"modelVersion\"") {
             // Until found: the model, for pricing a stream that never reports usage.
             self.model = serde_json::from_slice::<Chunk>(&event.data)
                 .ok()
@@ -202,10 +202,6 @@ impl StreamMeter {
             text_bytes: self.text_bytes,
         }
     }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Google's error shape (`google.rpc.Status` as JSON), as the Gemini SDKs parse it.

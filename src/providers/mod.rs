@@ -262,6 +262,34 @@ pub struct Progress {
     pub text_bytes: u64,
 }
 
+/// The request fields every non-rewriting format shares: `model`, `stream` and the output
+/// limit (`max_tokens` in Anthropic Messages, `max_output_tokens` in Responses). A body
+/// that is not such an object gives the defaults: the provider judges malformed requests.
+pub(crate) fn common_request(body: &[u8]) -> PreparedRequest {
+    #[derive(Deserialize)]
+    struct Fields {
+        #[serde(default)]
+        model: Option<String>,
+        #[serde(default)]
+        stream: Option<bool>,
+        #[serde(default, alias = "max_output_tokens")]
+        max_tokens: Option<u64>,
+    }
+    match serde_json::from_slice::<Fields>(body) {
+        Ok(fields) => PreparedRequest {
+            model: fields.model,
+            stream: fields.stream.unwrap_or(false),
+            max_output_tokens: fields.max_tokens,
+            ..PreparedRequest::default()
+        },
+        Err(_) => PreparedRequest::default(),
+    }
+}
+
+pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 /// Sums the raw lengths of the JSON string values that follow `"key":` in `data`, without
 /// parsing: how much generated text an event carries, for estimating output tokens.
 pub(crate) fn string_values_len(data: &[u8], key: &str) -> u64 {

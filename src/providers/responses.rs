@@ -71,28 +71,10 @@ impl WireUsage {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct RequestFields {
-    #[serde(default)]
-    model: Option<String>,
-    #[serde(default)]
-    stream: Option<bool>,
-    #[serde(default)]
-    max_output_tokens: Option<u64>,
-}
-
 /// The model and stream flag; the body is never rewritten, since every stream ends with a
 /// usage report anyway.
 pub fn prepare_request(body: &[u8]) -> PreparedRequest {
-    match serde_json::from_slice::<RequestFields>(body) {
-        Ok(fields) => PreparedRequest {
-            model: fields.model,
-            stream: fields.stream.unwrap_or(false),
-            max_output_tokens: fields.max_output_tokens,
-            ..PreparedRequest::default()
-        },
-        Err(_) => PreparedRequest::default(),
-    }
+    super::common_request(body)
 }
 
 pub fn usage_from_body(body: &[u8]) -> Result<Metered, Unmetered> {
