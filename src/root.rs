@@ -124,6 +124,8 @@ impl Worker {
         if let Some(outbox) = self.outbox.borrow_mut().as_mut() {
             outbox.push(alert);
         }
+        // A full queue drops its oldest alert.
+        self.sync_delivery_metrics(host);
     }
 
     fn deliver_alerts(&self, host: &dyn Host, now: i64) {
@@ -134,6 +136,8 @@ impl Worker {
             Some(outbox) => outbox.due(now),
             None => return,
         };
+        // `due` times out unanswered attempts and gives up on exhausted alerts.
+        self.sync_delivery_metrics(host);
         for delivery in due {
             let headers = [
                 (":method", "POST"),
@@ -175,12 +179,19 @@ impl Worker {
     }
 
     fn record_delivery(&self, host: &dyn Host, id: u64, ok: bool, now: i64) {
+        if let Some(outbox) = self.outbox.borrow_mut().as_mut() {
+            outbox.sent(id, ok, now);
+        }
+        self.sync_delivery_metrics(host);
+    }
+
+    /// Moves the outbox's running totals into the delivery counters.
+    fn sync_delivery_metrics(&self, host: &dyn Host) {
         let counts = {
-            let mut outbox = self.outbox.borrow_mut();
-            let Some(outbox) = outbox.as_mut() else {
+            let outbox = self.outbox.borrow();
+            let Some(outbox) = outbox.as_ref() else {
                 return;
             };
-            outbox.sent(id, ok, now);
             [
                 outbox.delivered(),
                 outbox.failed_attempts(),
@@ -379,5 +390,61 @@ mod tests {
             host.metric("agent_budget_spend_micro_usd.agent.bot.period.daily"),
             Some(42)
         );
+    }
+
+    #[test]
+    fn alerts_are_delivered_retried_and_counted() {
+        let host = FakeHost::new().at_unix_secs(NOW);
+        let config =
+            br#"{"agents":{"bot":{"daily_usd":1}},"alerts":{"cluster":"hooks","format":"json"}}"#;
+        let worker = Worker::new(Config::from_bytes(config).unwrap());
+        worker.tick(&host);
+        let alert = Alert {
+            kind: crate::alerts::AlertKind::Soft,
+            agent: "bot".into(),
+            period: PeriodKind::Daily,
+            period_id: "2026-11-28".into(),
+            spend_micro_usd: 800_000,
+            budget_micro_usd: 1_000_000,
+            threshold: 0.8,
+            action: "stop".into(),
+            at_unix_secs: NOW,
+            period_end_unix_secs: NOW + 3_600,
+        };
+        worker.raise_alert(&host, alert.clone());
+        worker.raise_alert(&host, alert); // the same crossing again: queued once
+        assert_eq!(
+            host.metric("agent_budget_alerts.agent.bot.reason.soft"),
+            Some(2)
+        );
+        worker.tick(&host);
+        let sent = host.dispatched();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].cluster, "hooks");
+        assert!(sent[0]
+            .headers
+            .contains(&(":path".to_string(), "/".to_string())));
+        let body: serde_json::Value = serde_json::from_slice(&sent[0].body).unwrap();
+        assert_eq!(body["agent"], "bot");
+        // The receiver fails: retried after the backoff, not before.
+        worker.on_alert_reply(&host, sent[0].token, 500);
+        assert_eq!(
+            host.metric("agent_budget_alert_deliveries.reason.failed"),
+            Some(1)
+        );
+        worker.tick(&host);
+        assert_eq!(host.dispatched().len(), 1, "backing off");
+        host.set_unix_secs(NOW + 2);
+        worker.tick(&host);
+        let sent = host.dispatched();
+        assert_eq!(sent.len(), 2);
+        worker.on_alert_reply(&host, sent[1].token, 200);
+        assert_eq!(
+            host.metric("agent_budget_alert_deliveries.reason.delivered"),
+            Some(1)
+        );
+        host.set_unix_secs(NOW + 120);
+        worker.tick(&host);
+        assert_eq!(host.dispatched().len(), 2, "never sent again");
     }
 }
