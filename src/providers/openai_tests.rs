@@ -146,3 +146,44 @@ fn error_shape_matches_the_sdk() {
     assert_eq!(body["error"]["code"], "budget_exceeded");
     assert!(body["error"]["param"].is_null());
 }
+
+const COMPLETIONS: &[u8] = include_bytes!("../../tests/fixtures/openai/completions.json");
+const COMPLETIONS_STREAM: &[u8] =
+    include_bytes!("../../tests/fixtures/openai/completions_stream.sse");
+
+#[test]
+fn meters_legacy_completions_like_chat() {
+    let metered = usage_from_body(COMPLETIONS).unwrap();
+    assert_eq!(metered.model.as_deref(), Some("gpt-3.5-turbo-instruct"));
+    assert_eq!(
+        metered.usage,
+        Usage {
+            input: 5,
+            output: 7,
+            ..Usage::default()
+        }
+    );
+
+    let (metered, fates) = assert_split_invariant(Api::OpenAiCompletions, COMPLETIONS_STREAM);
+    assert_eq!(
+        metered.unwrap().usage,
+        Usage {
+            input: 5,
+            output: 4,
+            ..Usage::default()
+        }
+    );
+    assert_eq!(
+        fates.iter().filter(|f| **f == EventFate::UsageOnly).count(),
+        1
+    );
+
+    // Cut before its usage chunk: nothing reported.
+    let (cut, _) = assert_split_invariant(Api::OpenAiCompletions, &COMPLETIONS_STREAM[..300]);
+    assert_eq!(cut, Err(Unmetered::NoUsage));
+    let prepared = prepare_request(
+        br#"{"model":"gpt-3.5-turbo-instruct","prompt":"x","stream":true,"max_tokens":7}"#,
+    );
+    assert!(prepared.strip_usage_from_client);
+    assert_eq!(prepared.max_output_tokens, Some(7));
+}
