@@ -82,40 +82,51 @@ impl WireUsage {
     }
 }
 
+#[derive(Debug, Deserialize)]
+struct RequestFields {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    /// Chat: `max_completion_tokens` (current) or `max_tokens` (older); completions: `max_tokens`.
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
 pub fn prepare_request(body: &[u8]) -> PreparedRequest {
-    let Ok(Value::Object(mut request)) = serde_json::from_slice::<Value>(body) else {
+    // The typed read skips everything else (messages) without building it; only a stream
+    // that needs `include_usage` is parsed into a tree and written back.
+    let Ok(fields) = serde_json::from_slice::<RequestFields>(body) else {
         // Not ours to judge: the provider answers malformed requests itself.
         return PreparedRequest::default();
     };
-    let model = request
-        .get("model")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    let stream = request
-        .get("stream")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    // Chat: max_completion_tokens (current) or max_tokens (older); legacy completions: max_tokens.
-    let max_output_tokens = ["max_completion_tokens", "max_tokens"]
-        .iter()
-        .find_map(|key| request.get(*key).and_then(Value::as_u64));
+    let stream = fields.stream.unwrap_or(false);
     let mut prepared = PreparedRequest {
-        model,
+        model: fields.model,
         stream,
-        max_output_tokens,
+        max_output_tokens: fields.max_completion_tokens.or(fields.max_tokens),
         ..PreparedRequest::default()
     };
-    if !stream {
-        return prepared;
-    }
-    let asked = request
-        .get("stream_options")
-        .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
+    let asked = fields
+        .stream_options
+        .and_then(|o| o.include_usage)
         .unwrap_or(false);
-    if asked {
+    if !stream || asked {
         return prepared;
     }
+    let Ok(Value::Object(mut request)) = serde_json::from_slice::<Value>(body) else {
+        return prepared;
+    };
     let options = request
         .entry("stream_options")
         .or_insert_with(|| Value::Object(Map::new()));
