@@ -249,3 +249,163 @@ class Stats:
     def value(self, name: str, **labels) -> int:
         v = self.get(name, **labels)
         return 0 if v is None else int(v)
+
+
+# ---------------------------------------------------------------------------------------
+# Extra clusters (alert webhooks) and file-based dynamic listeners (reload tests).
+# ---------------------------------------------------------------------------------------
+
+DYNAMIC_BOOTSTRAP = REPO / "envoy/agent-budget-dynamic.yaml"
+LDS = REPO / "envoy/lds.yaml"
+
+
+def static_cluster(name: str, port: int, host: str = "127.0.0.1") -> dict:
+    """A plain HTTP/1.1 STATIC cluster on host:port, e.g. for the alert webhook."""
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "socket_address": {"address": host, "port_value": port}}}}]}],
+        },
+    }
+
+
+def add_static_cluster(config: dict, name: str, port: int) -> dict:
+    """Points the bootstrap's cluster `name` at 127.0.0.1:port, adding a STATIC cluster of
+    that name if there is none (the shipped config already names `alert_webhook`)."""
+    clusters = config["static_resources"].setdefault("clusters", [])
+    clusters[:] = [c for c in clusters if c.get("name") != name]
+    clusters.append(static_cluster(name, port))
+    return config
+
+
+def _launch(gw: "Gateway", config: dict, expect_failure: bool = False, ready=None,
+            extra_args: list[str] | None = None) -> None:
+    """Gateway.start with a given bootstrap dict (written to gw.dir): the same process
+    handling, log files and readiness wait, so Gateway's other methods work unchanged."""
+    require_built()
+    if not hasattr(gw, "dir"):
+        gw.dir = tempfile.TemporaryDirectory(prefix="envoy-")
+    path = Path(gw.dir.name) / "envoy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    gw.log_path = Path(gw.dir.name) / "envoy.log"
+    gw.access_log_path = Path(gw.dir.name) / "access.log"
+    gw.log = open(gw.log_path, "wb")
+    gw.access_log = open(gw.access_log_path, "wb")
+    gw.proc = subprocess.Popen(
+        [str(ENVOY), "-c", str(path), "--disable-hot-restart", "--concurrency", str(gw.concurrency),
+         "-l", "info", "--log-path", str(gw.log_path), *(extra_args or [])],
+        stdout=gw.access_log, stderr=subprocess.STDOUT, cwd=REPO)
+    if expect_failure:
+        try:
+            gw.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            gw.stop()
+            raise AssertionError("Envoy started although its configuration should be refused")
+        return
+    try:
+        wait_until(ready or gw._ready, 30, "Envoy to become ready")
+    except Exception:
+        gw.stop()
+        raise AssertionError("Envoy did not start:\n" + gw.log_text()[-4000:])
+
+
+@dataclass
+class ClusterGateway(Gateway):
+    """A Gateway whose bootstrap carries extra STATIC clusters: {name: port}."""
+
+    extra_clusters: dict = field(default_factory=dict)
+
+    def start(self, expect_failure: bool = False) -> "ClusterGateway":
+        self.dir = tempfile.TemporaryDirectory(prefix="envoy-")
+        config = bootstrap(self.port, self.admin_port, self.upstream_port, self.plugin_config,
+                           self.as_string)
+        for name, port in self.extra_clusters.items():
+            add_static_cluster(config, name, port)
+        _launch(self, config, expect_failure)
+        return self
+
+    def admin_stats(self) -> dict[str, int]:
+        """Envoy's own counters and gauges from /stats (not Prometheus): {name: value}."""
+        return admin_stats(self.admin_port)
+
+
+def admin_stats(admin_port: int, filter_regex: str | None = None) -> dict[str, int]:
+    path = "/stats" + (f"?filter={filter_regex}" if filter_regex else "")
+    out = {}
+    for line in request(admin_port, "GET", path, timeout=5).body.decode().splitlines():
+        name, sep, value = line.partition(": ")
+        if sep and value.strip().lstrip("-").isdigit():
+            out[name.strip()] = int(value)
+    return out
+
+
+def dynamic_listener(listen_port: int, plugin_config, wasm: Path = WASM) -> dict:
+    """The listener of envoy/lds.yaml with a test port, the built .wasm and a plugin config
+    (None keeps the file's own)."""
+    response = yaml.safe_load(LDS.read_text())
+    listener = copy.deepcopy(response["resources"][0])
+    listener["address"]["socket_address"]["port_value"] = listen_port
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    config = _wasm_filter(hcm)["typed_config"]["config"]
+    config["vm_config"]["code"]["local"]["filename"] = str(wasm)
+    if plugin_config is not None:  # None: the plugin configuration shipped in envoy/lds.yaml
+        config["configuration"]["value"] = plugin_config
+    return listener
+
+
+@dataclass
+class DynamicGateway(Gateway):
+    """Envoy from envoy/agent-budget-dynamic.yaml: static clusters, and the listener (with the
+    plugin configuration) read from an lds.yaml in the test's temp dir, reloaded by Envoy when
+    a new file is renamed over it (write_listener)."""
+
+    version: int = 0
+    # Extra Envoy command-line arguments, e.g. ["--drain-strategy", "immediate"].
+    envoy_args: list = field(default_factory=list)
+    # Static clusters to add or re-point: {name: port} (e.g. the alert webhook).
+    extra_clusters: dict = field(default_factory=dict)
+
+    def start(self, expect_failure: bool = False) -> "DynamicGateway":
+        self.dir = tempfile.TemporaryDirectory(prefix="envoy-dyn-")
+        self.lds_path = Path(self.dir.name) / "lds.yaml"
+        self.write_listener(self.plugin_config)
+        config = copy.deepcopy(yaml.safe_load(DYNAMIC_BOOTSTRAP.read_text()))
+        config["admin"]["address"]["socket_address"]["port_value"] = self.admin_port
+        source = config["dynamic_resources"]["lds_config"]["path_config_source"]
+        source["path"] = str(self.lds_path)
+        source["watched_directory"] = {"path": self.dir.name}
+        cluster = next(c for c in config["static_resources"]["clusters"] if c["name"] == "llm_provider")
+        endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        endpoint["address"]["socket_address"]["port_value"] = self.upstream_port
+        for name, port in self.extra_clusters.items():
+            add_static_cluster(config, name, port)
+        _launch(self, config, expect_failure, ready=self._listening, extra_args=self.envoy_args)
+        return self
+
+    def _listening(self) -> bool:
+        if not self._ready():
+            return False
+        try:  # the listener comes from LDS: wait until it accepts connections
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    def write_listener(self, plugin_config, listener: dict | None = None) -> None:
+        """Atomically replaces lds.yaml (temp file + rename in the same directory)."""
+        self.version += 1
+        listener = listener or dynamic_listener(self.port, plugin_config)
+        response = {"version_info": str(self.version), "resources": [
+            {"@type": "type.googleapis.com/envoy.config.listener.v3.Listener", **listener}]}
+        tmp = self.lds_path.with_name(f".lds.{self.version}.tmp")
+        tmp.write_text(yaml.safe_dump(response))
+        os.rename(tmp, self.lds_path)
+
+    def lds_stats(self) -> dict[str, int]:
+        """listener_manager.lds.* counters: update_success, update_rejected, update_attempt..."""
+        return {k.rsplit(".", 1)[1]: v for k, v in
+                admin_stats(self.admin_port, r"^listener_manager\.lds\.").items()}
