@@ -13,6 +13,7 @@ use crate::identity::{identify, Identity};
 use crate::ledger::{Account, Ledger};
 use crate::metrics;
 use crate::metrics::{AgentCounter, AgentGauge, ReasonCounter, UNPRICED_CALLS};
+use crate::period::Period;
 use crate::policy::{self, Crossing, Decision, Line, Scope, StopReason};
 use crate::pricing::format_usd;
 use crate::providers::{
@@ -35,6 +36,8 @@ pub struct RequestHead {
     pub user: Option<String>,
     /// False when the headers ended the request (no body follows).
     pub has_body: bool,
+    /// The request's declared body size, if any (for Gemini's header-time degrade).
+    pub content_length: Option<u64>,
     /// Envoy's route and cluster names, read only when `api_overrides` match on them.
     pub route_name: Option<String>,
     pub cluster_name: Option<String>,
@@ -291,23 +294,25 @@ impl Call {
                 let reply = self.stop(host, error_api, identity, &line, reason, None, now);
                 return reply_only(reply);
             }
-            Decision::Degrade => {
-                self.degrading = true;
-                // Gemini names the model in the path, which can only change before the
-                // headers leave; bodies of the other APIs are rewritten when they arrive.
-                if self.api == Some(Api::Gemini) {
-                    let rewrite = budget
-                        .degrade_to
-                        .as_ref()
-                        .and_then(|map| degrade::rewrite_path(&head.path, map));
-                    if let Some((from, to, path)) = rewrite {
-                        edits.set.push((":path".to_string(), path));
-                        self.requested_model = Some(to.clone());
-                        self.degraded = Some((from, to));
+            Decision::Degrade => self.degrade_path(&head.path, budget, &mut edits),
+            Decision::Allow => {
+                // Gemini's model can only change now, before the headers leave: degrade now if
+                // the call's worst case (its declared size, the default output limit) would not
+                // fit, as the body step does for the other APIs.
+                if self.api == Some(Api::Gemini)
+                    && budget.action == LimitAction::Degrade
+                    && config.reservations
+                {
+                    self.request_bytes = head.content_length.unwrap_or(0);
+                    let estimate = self.worst_case(config.default_max_output_tokens);
+                    if lines
+                        .iter()
+                        .any(|l| l.scope == Scope::Agent && !l.fits(estimate, 0))
+                    {
+                        self.degrade_path(&head.path, budget, &mut edits);
                     }
                 }
             }
-            Decision::Allow => {}
         }
         self.path = head.path;
 
@@ -399,7 +404,7 @@ impl Call {
                     Err(_) => StopReason::DegradeExhausted,
                 }
             }
-            (Scope::Agent, LimitAction::Degrade) => StopReason::DegradeExhausted,
+            (Scope::Agent, LimitAction::Degrade) if self.degrading => StopReason::DegradeExhausted,
             (Scope::Agent, _) => StopReason::Budget,
             (Scope::Task(_) | Scope::User(_), _) => StopReason::Cap,
         };
@@ -419,6 +424,24 @@ impl Call {
         ));
         outcome.body = None;
         outcome
+    }
+
+    /// Degrades the call from its headers: Gemini names the model in the path, which can only
+    /// change before the headers leave; the other APIs' bodies are rewritten when they arrive.
+    fn degrade_path(&mut self, path: &str, budget: &AgentBudget, edits: &mut HeaderEdits) {
+        self.degrading = true;
+        if self.api != Some(Api::Gemini) {
+            return;
+        }
+        let rewrite = budget
+            .degrade_to
+            .as_ref()
+            .and_then(|map| degrade::rewrite_path(path, map));
+        if let Some((from, to, new_path)) = rewrite {
+            edits.set.push((":path".to_string(), new_path));
+            self.requested_model = Some(to.clone());
+            self.degraded = Some((from, to));
+        }
     }
 
     /// Rewrites the request body's model to the agent's cheaper one (when it has a mapping
@@ -488,6 +511,20 @@ impl Call {
             line.committed(),
             line.limit
         );
+        if line.scope == Scope::Agent {
+            // A budget lowered below today's spend (by a reload) is only noticed here.
+            if let Some(budget) = self.worker.config.budget(&identity.budget) {
+                raise_levels(
+                    host,
+                    &self.worker,
+                    &identity,
+                    budget,
+                    &line.period,
+                    line.state.spent,
+                    now,
+                );
+            }
+        }
         let reply = budget_exceeded_reply(api, &identity, line, reason, worst_case, now);
         self.attribution = Some(Attribution {
             agent: identity.agent,
@@ -810,21 +847,15 @@ impl Call {
             let Some(limit) = budget.limit(kind) else {
                 continue;
             };
-            for crossing in policy::crossings(budget, kind, entry.before.spent, entry.after.spent) {
-                // The first worker to flip this flag in the shared ledger raises the alert.
-                let flag = format!("alerted:{}:{}", identity.budget, crossing_name(crossing));
-                let won = ledger.try_update(&entry.period, &flag, |a| {
-                    (a.spent == 0).then_some(Account { spent: 1, ..a })
-                });
-                match won {
-                    Ok(Some(_)) => worker.raise_alert(
-                        host,
-                        alert_for(crossing, identity, budget, entry, limit, now),
-                    ),
-                    Ok(None) => {}
-                    Err(error) => worker.ledger_error(host, &error),
-                }
-            }
+            raise_levels(
+                host,
+                worker,
+                identity,
+                budget,
+                &entry.period,
+                entry.after.spent,
+                now,
+            );
             if budget.action == LimitAction::Alert {
                 let overage = policy::overage(limit, entry.before.spent, entry.after.spent);
                 if overage > 0 {
@@ -938,6 +969,40 @@ fn budget_exceeded_reply(
     error_reply(api, ErrorKind::BudgetExceeded, &message, headers)
 }
 
+/// Raises the alerts for every level `spent` has reached on an agent's period, each once:
+/// the worker whose CAS first sets the level's flag in the shared ledger raises it.
+fn raise_levels(
+    host: &dyn Host,
+    worker: &Worker,
+    identity: &Identity,
+    budget: &AgentBudget,
+    period: &Period,
+    spent: u64,
+    now: i64,
+) {
+    let Some(limit) = budget.limit(period.kind) else {
+        return;
+    };
+    let ledger = Ledger::new(host);
+    for (crossing, mark) in policy::levels_reached(budget, period.kind, spent) {
+        let flag = format!(
+            "alerted:{}:{}:{mark}",
+            identity.budget,
+            crossing_name(crossing)
+        );
+        match ledger.try_update(period, &flag, |a| {
+            (a.spent == 0).then_some(Account { spent: 1, ..a })
+        }) {
+            Ok(Some(_)) => worker.raise_alert(
+                host,
+                alert_for(crossing, identity, budget, period, spent, limit, now),
+            ),
+            Ok(None) => {}
+            Err(error) => worker.ledger_error(host, &error),
+        }
+    }
+}
+
 fn crossing_name(crossing: Crossing) -> &'static str {
     match crossing {
         Crossing::Soft => "soft",
@@ -950,7 +1015,8 @@ fn alert_for(
     crossing: Crossing,
     identity: &Identity,
     budget: &AgentBudget,
-    entry: &Settled,
+    period: &Period,
+    spent: u64,
     limit: u64,
     now: i64,
 ) -> Alert {
@@ -969,14 +1035,14 @@ fn alert_for(
     Alert {
         kind,
         agent: identity.budget.clone(),
-        period: entry.period.kind,
-        period_id: entry.period.id.clone(),
-        spend_micro_usd: entry.after.spent,
+        period: period.kind,
+        period_id: period.id.clone(),
+        spend_micro_usd: spent,
         budget_micro_usd: limit,
         threshold: threshold_ppm as f64 / 1e6,
         action: budget.action.name().to_string(),
         at_unix_secs: now,
-        period_end_unix_secs: entry.period.end,
+        period_end_unix_secs: period.end,
     }
 }
 

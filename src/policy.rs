@@ -176,29 +176,23 @@ pub enum Crossing {
     DegradeExhausted,
 }
 
-/// The crossings between `before` and `after` spend on an agent line, lowest first.
-pub fn crossings(budget: &AgentBudget, kind: PeriodKind, before: u64, after: u64) -> Vec<Crossing> {
+/// The alert levels `spent` has reached on an agent line, lowest first, each with its mark
+/// in micro-USD. Alerts are keyed by level and mark, so each fires once per period however
+/// often it is seen, and again only if a reload moves its mark.
+pub fn levels_reached(budget: &AgentBudget, kind: PeriodKind, spent: u64) -> Vec<(Crossing, u64)> {
     let Some(limit) = budget.limit(kind) else {
         return Vec::new();
     };
     let soft = u64::try_from(u128::from(limit) * u128::from(budget.soft_threshold_ppm) / 1_000_000)
         .unwrap_or(limit);
-    let mut found = Vec::new();
-    let crossed = |mark: u64| before < mark && after >= mark;
-    if crossed(soft) {
-        found.push(Crossing::Soft);
-    }
-    if crossed(limit) {
-        found.push(Crossing::Limit);
-    }
+    let mut marks = vec![(Crossing::Soft, soft), (Crossing::Limit, limit)];
     if budget.action == LimitAction::Degrade {
         if let Some(allowance) = budget.degrade_allowance {
-            if crossed(limit.saturating_add(allowance)) {
-                found.push(Crossing::DegradeExhausted);
-            }
+            marks.push((Crossing::DegradeExhausted, limit.saturating_add(allowance)));
         }
     }
-    found
+    marks.retain(|(_, mark)| spent >= *mark);
+    marks
 }
 
 /// Spend beyond the budget that this charge added (the `alert` action's overage).

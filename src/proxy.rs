@@ -345,6 +345,7 @@ impl HttpContext for AgentBudgetHttp {
             task: request_header(&config.task_header),
             user: request_header(&config.user_header),
             has_body: !end_of_stream,
+            content_length: request_header("content-length").and_then(|v| v.trim().parse().ok()),
             route_name,
             cluster_name,
         };

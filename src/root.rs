@@ -111,7 +111,7 @@ impl Worker {
         let ticks = self.ticks.get();
         self.ticks.set(ticks.wrapping_add(1));
         if retried || ticks % GAUGE_REFRESH_TICKS == 0 {
-            self.refresh_gauges(host, &current);
+            self.refresh_gauges(host, &current, ticks == 0);
         }
         self.deliver_alerts(host, now);
     }
@@ -216,17 +216,22 @@ impl Worker {
         }
     }
 
-    fn refresh_gauges(&self, host: &dyn Host, current: &[Period; 2]) {
+    fn refresh_gauges(&self, host: &dyn Host, current: &[Period; 2], with_limits: bool) {
         let ledger = Ledger::new(host);
         for (name, budget) in &self.config.agents {
             for period in current {
-                let limit = match period.kind {
-                    PeriodKind::Daily => budget.daily,
-                    PeriodKind::Monthly => budget.monthly,
-                };
-                if let Some(limit) = limit {
-                    self.metrics
-                        .gauge(host, AgentGauge::LimitMicroUsd, name, period.kind, limit);
+                // Limits are published at configure time and by each call, not here: a
+                // draining listener's old plugin keeps ticking for minutes after a reload.
+                if with_limits {
+                    if let Some(limit) = budget.limit(period.kind) {
+                        self.metrics.gauge(
+                            host,
+                            AgentGauge::LimitMicroUsd,
+                            name,
+                            period.kind,
+                            limit,
+                        );
+                    }
                 }
                 if let Ok(account) = ledger.read(period, &account_of(name)) {
                     self.metrics.gauge(

@@ -304,8 +304,11 @@ def gemini_model_version(resp, stream):
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 def test_degrade_rewrites_the_gemini_path_model(start, mock, stream):
+    # Gemini's model is in the path, so degrade is decided at the request headers, before
+    # the body's maxOutputTokens is known: the worst case uses default_max_output_tokens.
     gw = start({"agents": {"gem": {"daily_usd": 0.00175, "action": "degrade",
-                                   "degrade_to": {"gemini-2.5-pro": "gemini-2.5-flash"}}}})
+                                   "degrade_to": {"gemini-2.5-pro": "gemini-2.5-flash"}}},
+                "default_max_output_tokens": 50})
     first = gemini(gw, "gemini-2.5-pro", stream=stream)
     assert first.status == 200, first.body
     assert gemini_model_version(first, stream) == "gemini-2.5-pro"
@@ -323,13 +326,6 @@ def test_degrade_rewrites_the_gemini_path_model(start, mock, stream):
     assert mock.stats()["agents"]["gem"]["calls"] == 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a Gemini call of a `degrade` agent whose worst case does not fit what is left of the "
-    "budget is refused with 429 (StopReason::DegradeExhausted: '... more than is left of its "
-    "daily budget of $0.010000 and the spend allowed after degrading to a cheaper model') "
-    "although nothing is spent and no degrade_usd is set; OpenAI / Anthropic calls in the same "
-    "situation are degraded (filter.rs on_request_body: the Gemini path model can only be "
-    "rewritten at the request headers, before the worst case is known)"))
 def test_gemini_call_that_does_not_fit_is_degraded_not_stopped(start, mock):
     # Nothing spent of $0.01; a call without maxOutputTokens has a worst case of 4096 output
     # tokens x $10/M = $0.041 > $0.01: an OpenAI call here is degraded (next test).

@@ -114,30 +114,29 @@ fn task_and_user_caps_stop_whatever_the_action() {
 }
 
 #[test]
-fn crossings_fire_once_each() {
+fn levels_reached_with_their_marks() {
     let mut b = budget(Some(1000), None, LimitAction::Degrade);
     b.degrade_allowance = Some(500);
-    let cases: [(u64, u64, &[Crossing]); 6] = [
-        (0, 799, &[]),
-        (0, 800, &[Crossing::Soft]),
-        (799, 1000, &[Crossing::Soft, Crossing::Limit]),
-        (800, 1499, &[Crossing::Limit]),
-        (1000, 1500, &[Crossing::DegradeExhausted]),
+    use Crossing::*;
+    let cases: [(u64, &[(Crossing, u64)]); 5] = [
+        (799, &[]),
+        (800, &[(Soft, 800)]),
+        (1000, &[(Soft, 800), (Limit, 1000)]),
+        (1499, &[(Soft, 800), (Limit, 1000)]),
         (
-            0,
             5000,
-            &[Crossing::Soft, Crossing::Limit, Crossing::DegradeExhausted],
+            &[(Soft, 800), (Limit, 1000), (DegradeExhausted, 1500)],
         ),
     ];
-    for (before, after, want) in cases {
+    for (spent, want) in cases {
         assert_eq!(
-            crossings(&b, PeriodKind::Daily, before, after),
+            levels_reached(&b, PeriodKind::Daily, spent),
             want,
-            "{before}->{after}"
+            "{spent}"
         );
     }
     assert!(
-        crossings(&b, PeriodKind::Monthly, 0, 5000).is_empty(),
+        levels_reached(&b, PeriodKind::Monthly, 5000).is_empty(),
         "no monthly budget"
     );
     assert_eq!(overage(1000, 900, 1200), 200);
