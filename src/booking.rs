@@ -93,19 +93,19 @@ impl Booking {
         }
         let ledger = Ledger::new(host);
         let mut lines = Vec::new();
+        // Only limited accounts are read: the others are charged but decide nothing.
         for target in &targets {
+            let Some(limit) = target.limit else {
+                continue;
+            };
             match ledger.read(&target.period, &target.account) {
-                Ok(state) => {
-                    if let Some(limit) = target.limit {
-                        lines.push(Line {
-                            scope: target.scope.clone(),
-                            period: target.period.clone(),
-                            account: target.account.clone(),
-                            limit,
-                            state,
-                        });
-                    }
-                }
+                Ok(state) => lines.push(Line {
+                    scope: target.scope.clone(),
+                    period: target.period.clone(),
+                    account: target.account.clone(),
+                    limit,
+                    state,
+                }),
                 Err(error) => worker.ledger_error(host, &error),
             }
         }

@@ -219,6 +219,11 @@ impl Call {
         &self.worker
     }
 
+    /// True while the call still waits to be settled (or to publish its attribution).
+    pub fn is_open(&self) -> bool {
+        matches!(self.stage, Stage::Forwarded)
+    }
+
     pub fn on_request_headers(&mut self, host: &dyn Host, head: RequestHead) -> HeadOutcome {
         let worker = Rc::clone(&self.worker);
         let config = &worker.config;
@@ -330,9 +335,16 @@ impl Call {
                 .set
                 .push(("accept-encoding".to_string(), "identity".to_string()));
             if head.has_body {
-                // The body may be rewritten; its length is then recomputed by Envoy.
                 outcome.action = HeadAction::WaitForBody;
-                outcome.edits.remove.push("content-length".to_string());
+                // The headers leave before the body is read: when the body may be rewritten
+                // (OpenAI streams get include_usage, degrade swaps the model), its length
+                // cannot be declared in advance, so Envoy sends it chunked.
+                let may_rewrite =
+                    matches!(self.api, Some(Api::OpenAiChat | Api::OpenAiCompletions))
+                        || budget.action == LimitAction::Degrade;
+                if may_rewrite {
+                    outcome.edits.remove.push("content-length".to_string());
+                }
             }
         }
         outcome

@@ -245,21 +245,9 @@ fn send_reply(reply: &LocalReply) {
     }
 }
 
-fn request_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-        .ok()
-        .flatten()
-}
-
 fn property(path: &[&str]) -> Option<String> {
     let bytes = hostcalls::get_property(path.to_vec()).ok().flatten()?;
     String::from_utf8(bytes).ok()
-}
-
-fn response_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpResponseHeaders, name)
-        .ok()
-        .flatten()
 }
 
 impl AgentBudgetHttp {
@@ -339,16 +327,27 @@ impl HttpContext for AgentBudgetHttp {
         } else {
             (None, None)
         };
-        let head = RequestHead {
-            path: request_header(":path").unwrap_or_default(),
-            agent: request_header(&config.agent_header),
-            task: request_header(&config.task_header),
-            user: request_header(&config.user_header),
+        // One host call for the whole map: each single-header read is a host call plus an
+        // allocation callback, and host crossings are most of the filter's cost.
+        let mut head = RequestHead {
             has_body: !end_of_stream,
-            content_length: request_header("content-length").and_then(|v| v.trim().parse().ok()),
             route_name,
             cluster_name,
+            ..RequestHead::default()
         };
+        for (name, value) in hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default() {
+            if name == ":path" {
+                head.path = value;
+            } else if name == "content-length" {
+                head.content_length = value.trim().parse().ok();
+            } else if name == config.agent_header {
+                head.agent = Some(value);
+            } else if name == config.task_header {
+                head.task = Some(value);
+            } else if name == config.user_header {
+                head.user = Some(value);
+            }
+        }
         let outcome = self.call.on_request_headers(&ProxyHost, head);
         apply(MapType::HttpRequestHeaders, &outcome.edits);
         match outcome.action {
@@ -393,14 +392,18 @@ impl HttpContext for AgentBudgetHttp {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let head = ResponseHead {
-            status: response_header(":status")
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0),
-            content_type: response_header("content-type"),
-            content_encoding: response_header("content-encoding"),
+        let mut head = ResponseHead {
             end_of_stream,
+            ..ResponseHead::default()
         };
+        for (name, value) in hostcalls::get_map(MapType::HttpResponseHeaders).unwrap_or_default() {
+            match name.as_str() {
+                ":status" => head.status = value.parse().unwrap_or(0),
+                "content-type" => head.content_type = Some(value),
+                "content-encoding" => head.content_encoding = Some(value),
+                _ => {}
+            }
+        }
         apply(
             MapType::HttpResponseHeaders,
             &self.call.on_response_headers(&head),
@@ -444,6 +447,9 @@ impl HttpContext for AgentBudgetHttp {
     }
 
     fn on_log(&mut self) {
+        if !self.call.is_open() {
+            return;
+        }
         // Envoy's response code details say who ended a response that did not complete,
         // e.g. `downstream_remote_disconnect` or `upstream_reset_after_response_started{...}`.
         let details = property(&["response", "code_details"]).unwrap_or_default();
