@@ -162,7 +162,7 @@ pub fn error_json(kind: &str, message: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper::header::{HeaderMap, HeaderValue};
+    use crate::knobs::tests::headers;
     use serde_json::{json, Value};
 
     fn parse_event(ev: &Bytes) -> (String, Value) {
@@ -172,14 +172,6 @@ mod tests {
         let name = name.strip_prefix("event: ").unwrap().to_owned();
         let data = data.strip_prefix("data: ").unwrap();
         (name, serde_json::from_str(data).unwrap())
-    }
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (n, v) in pairs {
-            h.insert(*n, HeaderValue::from_static(v));
-        }
-        h
     }
 
     #[test]

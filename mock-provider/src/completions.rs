@@ -98,18 +98,7 @@ pub fn stream_script(
     prefix.raw("data: ");
     write_head(&mut prefix, call, model);
     let prefix = prefix.into_vec();
-    let suffix: &[u8] = if usage.is_some() {
-        b",\"usage\":null}\n\n"
-    } else {
-        b"}\n\n"
-    };
-    let event = |middle: &str, suffix: &[u8]| {
-        let mut e = Vec::with_capacity(prefix.len() + middle.len() + suffix.len());
-        e.extend_from_slice(&prefix);
-        e.extend_from_slice(middle.as_bytes());
-        e.extend_from_slice(suffix);
-        Bytes::from(e)
-    };
+    let (event, suffix) = crate::openai::chunk_framer(&prefix, usage.is_some());
 
     let mut s = SseScript::default();
     s.push_repeated(
@@ -137,16 +126,8 @@ pub fn stream_script(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper::header::{HeaderMap, HeaderValue};
+    use crate::knobs::tests::headers;
     use serde_json::{json, Value};
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (n, v) in pairs {
-            h.insert(*n, HeaderValue::from_static(v));
-        }
-        h
-    }
 
     const CALL: Call = Call {
         id: 9,

@@ -215,17 +215,9 @@ pub fn error_json(status: StatusCode, message: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::knobs::tests::headers;
     use bytes::Bytes;
-    use hyper::header::{HeaderMap, HeaderValue};
     use serde_json::{json, Value};
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (n, v) in pairs {
-            h.insert(*n, HeaderValue::from_static(v));
-        }
-        h
-    }
 
     const CALL: Call = Call {
         id: 3,

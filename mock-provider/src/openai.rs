@@ -121,6 +121,28 @@ pub fn completion_json(
     out.into_vec()
 }
 
+/// How the OpenAI-style streams (chat and legacy completions) frame a chunk: the shared
+/// head `prefix`, the chunk's own fields, then `suffix`, which carries `"usage":null` on every
+/// chunk when the client asked for usage, as the real API does.
+pub fn chunk_framer(
+    prefix: &[u8],
+    with_usage: bool,
+) -> (impl Fn(&str, &[u8]) -> Bytes + '_, &'static [u8]) {
+    let suffix: &'static [u8] = if with_usage {
+        b",\"usage\":null}\n\n"
+    } else {
+        b"}\n\n"
+    };
+    let event = move |middle: &str, suffix: &[u8]| {
+        let mut e = Vec::with_capacity(prefix.len() + middle.len() + suffix.len());
+        e.extend_from_slice(prefix);
+        e.extend_from_slice(middle.as_bytes());
+        e.extend_from_slice(suffix);
+        Bytes::from(e)
+    };
+    (event, suffix)
+}
+
 /// The chunk sequence of a streamed completion. `usage` is `Some` exactly
 /// when the client asked for `include_usage` (and the mock is not told to
 /// withhold it): then every chunk carries `"usage":null` and a final
@@ -142,18 +164,7 @@ pub fn stream_script(
         .str(model)
         .raw(",\"system_fingerprint\":\"fp_mock\",");
     let prefix = prefix.into_vec();
-    let suffix: &[u8] = if usage.is_some() {
-        b",\"usage\":null}\n\n"
-    } else {
-        b"}\n\n"
-    };
-    let event = |middle: &str, suffix: &[u8]| {
-        let mut e = Vec::with_capacity(prefix.len() + middle.len() + suffix.len());
-        e.extend_from_slice(&prefix);
-        e.extend_from_slice(middle.as_bytes());
-        e.extend_from_slice(suffix);
-        Bytes::from(e)
-    };
+    let (event, suffix) = chunk_framer(&prefix, usage.is_some());
 
     let mut s = SseScript::default();
     s.push(event(

@@ -252,16 +252,8 @@ fn push_slices(s: &mut SseScript, buf: Bytes, ends: &mut Vec<usize>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper::header::{HeaderMap, HeaderValue};
+    use crate::knobs::tests::headers;
     use serde_json::{json, Value};
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (n, v) in pairs {
-            h.insert(*n, HeaderValue::from_static(v));
-        }
-        h
-    }
 
     const CALL: Call = Call {
         id: 5,
