@@ -90,14 +90,7 @@ fn interrupted_streams_are_incomplete_with_partial_usage() {
         .unwrap();
     let (metered, _) = assert_split_invariant(Api::AnthropicMessages, &STREAM[..cut]);
     assert_eq!(metered, Err(Unmetered::Incomplete));
-    let mut meter = StreamMeter::default();
-    let mut parser = crate::sse::SseParser::new(1 << 16);
-    let mut events = Vec::new();
-    parser.feed(&STREAM[..cut], &mut events);
-    for event in &events {
-        meter.on_event(event);
-    }
-    let progress = meter.progress();
+    let progress = crate::providers::progress_of(Api::AnthropicMessages, &STREAM[..cut]);
     assert_eq!(
         (progress.reported.input, progress.input_reported),
         (25, true)

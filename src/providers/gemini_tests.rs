@@ -35,14 +35,7 @@ fn events(n: usize) -> &'static [u8] {
 }
 
 fn progress_of(stream: &[u8]) -> Progress {
-    let mut parser = crate::sse::SseParser::new(1 << 20);
-    let mut parsed = Vec::new();
-    parser.feed(stream, &mut parsed);
-    let mut meter = StreamMeter::default();
-    for event in &parsed {
-        meter.on_event(event);
-    }
-    meter.progress()
+    crate::providers::progress_of(Api::Gemini, stream)
 }
 
 #[test]

@@ -371,6 +371,19 @@ pub(crate) fn has_usage_object(data: &[u8]) -> bool {
     false
 }
 
+/// Test support: what a meter reports of a stream cut at the end of `stream`.
+#[cfg(test)]
+pub(crate) fn progress_of(api: Api, stream: &[u8]) -> Progress {
+    let mut parser = crate::sse::SseParser::new(1 << 20);
+    let mut events = Vec::new();
+    parser.feed(stream, &mut events);
+    let mut meter = api.stream_meter();
+    for event in &events {
+        meter.on_event(event);
+    }
+    meter.progress()
+}
+
 /// Test support: runs a stream through the SSE parser in the given chunks.
 #[cfg(test)]
 pub(crate) fn meter_chunks(

@@ -28,14 +28,7 @@ fn cut_before(kind: &str) -> &'static [u8] {
 }
 
 fn progress_of(stream: &[u8]) -> Progress {
-    let mut parser = crate::sse::SseParser::new(1 << 20);
-    let mut events = Vec::new();
-    parser.feed(stream, &mut events);
-    let mut meter = StreamMeter::default();
-    for event in &events {
-        meter.on_event(event);
-    }
-    meter.progress()
+    crate::providers::progress_of(Api::OpenAiResponses, stream)
 }
 
 #[test]
