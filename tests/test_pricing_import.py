@@ -379,8 +379,8 @@ def test_odd_names_are_quoted_for_yaml():
 
 
 def test_normalize_matches_the_filter(mod):
-    """The same cases as src/pricing.rs `resolves_dated_and_prefixed_names`."""
-    table = mod.load_builtin(REPO / "src/pricing.rs")
+    """The same cases as core/src/pricing.rs `resolves_dated_and_prefixed_names`."""
+    table = mod.load_builtin(REPO / "core/src/pricing.rs")
     cases = [
         ("gpt-4o", "gpt-4o"), ("gpt-4o-2024-08-06", "gpt-4o"),
         ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"), ("GPT-4o-mini", "gpt-4o-mini"),
@@ -401,7 +401,7 @@ def test_normalize_matches_the_filter(mod):
 
 
 def test_builtin_table_is_read_from_pricing_rs(mod):
-    table = mod.load_builtin(REPO / "src/pricing.rs")
+    table = mod.load_builtin(REPO / "core/src/pricing.rs")
     assert len(table) >= 30
     assert table["gpt-4o"] == mod.EffectivePrice(2_500_000, 10_000_000, 1_250_000, 3_125_000, 5_000_000)
     assert table["gpt-4o-mini"].cache_read == 75_000

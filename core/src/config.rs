@@ -1,0 +1,690 @@
+//! Plugin configuration: parsed strictly, then validated into a checked [`Config`].
+//!
+//! Envoy hands the configuration over as the JSON string of a `StringValue`, or as the
+//! binary protobuf of a `Struct` when it is written as a YAML map; both become the same
+//! [`RawConfig`]. Every rejection names the field (`agents.research-bot.daily_usd`) so the
+//! operator can fix it; `on_configure` then returns false and Envoy keeps the last good one.
+
+use crate::degrade::ModelMap;
+use crate::identity::{is_valid_agent_id, DEFAULT_BUDGET};
+use crate::pbstruct;
+use crate::period::TimeZone;
+use crate::pricing::{usd_to_micro, Price, PriceTable};
+use crate::providers::{Api, Detected};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// A configuration rejection: which field and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path of the offending field; empty for the document as a whole.
+    pub field: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "invalid configuration: {}", self.reason)
+        } else {
+            write!(
+                f,
+                "invalid configuration: field `{}`: {}",
+                self.field, self.reason
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    agent_header: Option<String>,
+    #[serde(default)]
+    task_header: Option<String>,
+    #[serde(default)]
+    user_header: Option<String>,
+    #[serde(default)]
+    time_zone: Option<String>,
+    #[serde(default)]
+    missing_agent: Option<Unidentified>,
+    #[serde(default)]
+    unknown_agent: Option<Unidentified>,
+    agents: BTreeMap<String, RawAgent>,
+    #[serde(default)]
+    pricing: BTreeMap<String, RawPrice>,
+    #[serde(default)]
+    fallback_price: Option<RawPrice>,
+    #[serde(default)]
+    max_response_body_bytes: Option<u32>,
+    #[serde(default)]
+    api_overrides: Vec<RawApiOverride>,
+    #[serde(default)]
+    azure_deployments: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "optional_amount")]
+    soft_threshold: Option<f64>,
+    #[serde(default)]
+    reservations: Option<bool>,
+    #[serde(default)]
+    default_max_output_tokens: Option<u32>,
+    #[serde(default)]
+    alerts: Option<RawAlerts>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlerts {
+    cluster: String,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    authority: Option<String>,
+    #[serde(default)]
+    format: Option<AlertFormat>,
+    #[serde(default)]
+    timeout_ms: Option<u32>,
+    #[serde(default)]
+    max_attempts: Option<u32>,
+}
+
+/// Body shape of alert webhooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertFormat {
+    /// Prometheus Alertmanager API v2 (`POST /api/v2/alerts`).
+    Alertmanager,
+    /// One plain JSON object per alert (chat webhooks: carries a `text` field).
+    Json,
+}
+
+/// Where and how alerts are delivered: an Envoy cluster called with `dispatch_http_call`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertsConfig {
+    pub cluster: String,
+    pub path: String,
+    pub authority: String,
+    pub format: AlertFormat,
+    pub timeout_ms: u32,
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApiOverride {
+    #[serde(default)]
+    path_prefix: Option<String>,
+    #[serde(default)]
+    route_name: Option<String>,
+    #[serde(default)]
+    cluster_name: Option<String>,
+    api: Api,
+}
+
+/// Calls matching any of the given conditions are metered as `api`, whatever their path:
+/// for providers behind custom paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiOverride {
+    pub path_prefix: Option<String>,
+    pub route_name: Option<String>,
+    pub cluster_name: Option<String>,
+    pub api: Api,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    #[serde(default, deserialize_with = "optional_amount")]
+    daily_usd: Option<f64>,
+    #[serde(default, deserialize_with = "optional_amount")]
+    monthly_usd: Option<f64>,
+    #[serde(default)]
+    action: Option<LimitAction>,
+    #[serde(default, deserialize_with = "optional_amount")]
+    soft_threshold: Option<f64>,
+    #[serde(default)]
+    degrade_to: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "optional_amount")]
+    degrade_usd: Option<f64>,
+    #[serde(default, deserialize_with = "optional_amount")]
+    task_daily_usd: Option<f64>,
+    #[serde(default, deserialize_with = "optional_amount")]
+    user_daily_usd: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrice {
+    #[serde(deserialize_with = "amount")]
+    input: f64,
+    #[serde(deserialize_with = "amount")]
+    output: f64,
+    #[serde(default, deserialize_with = "optional_amount")]
+    cached_input: Option<f64>,
+    #[serde(default, deserialize_with = "optional_amount")]
+    cache_write: Option<f64>,
+    #[serde(default, deserialize_with = "optional_amount")]
+    cache_write_1h: Option<f64>,
+}
+
+/// A number, or a string holding one: Envoy's YAML loader turns `daily_usd: 0.5` into the
+/// string "0.5" inside the Struct it hands over, so both spellings must mean the same
+/// (USD amounts and fractions alike).
+fn amount<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    struct AmountVisitor;
+    impl serde::de::Visitor<'_> for AmountVisitor {
+        type Value = f64;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a number")
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<f64, E> {
+            Ok(v)
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<f64, E> {
+            v.trim()
+                .parse::<f64>()
+                .map_err(|_| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+        }
+    }
+    deserializer.deserialize_any(AmountVisitor)
+}
+
+fn optional_amount<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<f64>, D::Error> {
+    amount(deserializer).map(Some)
+}
+
+/// What to do with a call whose agent is missing or not configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unidentified {
+    /// Refuse it with a 4xx in the provider's error shape.
+    Reject,
+    /// Charge it to the agent named `default`, which must then be configured.
+    Default,
+}
+
+/// What happens once a period's budget is used up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitAction {
+    /// Reject further calls with 429 until the period resets.
+    Stop,
+    /// Rewrite the requested model to the cheaper one in `degrade_to` for the rest of the
+    /// period; stop once `degrade_usd` more has been spent, if given.
+    Degrade,
+    /// Let calls through, raise a P1 alert at the crossing, book the excess as overage.
+    Alert,
+}
+
+impl LimitAction {
+    pub fn name(self) -> &'static str {
+        match self {
+            LimitAction::Stop => "stop",
+            LimitAction::Degrade => "degrade",
+            LimitAction::Alert => "alert",
+        }
+    }
+}
+
+/// One agent's budgets in micro-USD.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentBudget {
+    pub daily: Option<u64>,
+    pub monthly: Option<u64>,
+    pub action: LimitAction,
+    /// Soft alert when spend reaches this share of a period's budget, in parts per million.
+    pub soft_threshold_ppm: u64,
+    /// `degrade` only: requested model → cheaper model.
+    pub degrade_to: Option<ModelMap>,
+    /// `degrade` only: spend allowed past the budget while degraded, before stopping.
+    pub degrade_allowance: Option<u64>,
+    /// Daily cap per task id / per user id of this agent's calls.
+    pub task_daily: Option<u64>,
+    pub user_daily: Option<u64>,
+}
+
+impl AgentBudget {
+    pub fn limit(&self, kind: crate::period::PeriodKind) -> Option<u64> {
+        match kind {
+            crate::period::PeriodKind::Daily => self.daily,
+            crate::period::PeriodKind::Monthly => self.monthly,
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub agent_header: String,
+    pub task_header: String,
+    pub user_header: String,
+    pub time_zone: TimeZone,
+    pub missing_agent: Unidentified,
+    pub unknown_agent: Unidentified,
+    pub agents: BTreeMap<String, AgentBudget>,
+    pub prices: PriceTable,
+    /// Charged for a model the table does not know, so it is never free.
+    pub fallback_price: Price,
+    /// JSON response bodies beyond this are not metered (counted as unmetered `too_large`).
+    pub max_response_body_bytes: u32,
+    /// Checked in order before path detection.
+    pub api_overrides: Vec<ApiOverride>,
+    /// Azure OpenAI deployment name → model, for pricing when a response names no model.
+    pub azure_deployments: BTreeMap<String, String>,
+    /// Reserve each call's worst-case cost before forwarding it (bounds overspend under
+    /// concurrency to one call's worst case).
+    pub reservations: bool,
+    /// Output tokens assumed for a call whose request sets no maximum.
+    pub default_max_output_tokens: u64,
+    pub alerts: Option<AlertsConfig>,
+}
+
+pub const DEFAULT_SOFT_THRESHOLD: f64 = 0.8;
+pub const DEFAULT_MAX_OUTPUT_TOKENS: u32 = 4096;
+
+pub const DEFAULT_MAX_RESPONSE_BODY_BYTES: u32 = 8 * 1024 * 1024;
+/// Deliberately expensive (an opus-class price): an unknown model must not drain budgets
+/// slower than a known one.
+pub const DEFAULT_FALLBACK_PRICE: Price = Price::new(15_000_000, 75_000_000, None);
+
+impl Config {
+    /// Parses plugin configuration bytes: JSON text, or a binary `google.protobuf.Struct`.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let raw = parse_raw(bytes)?;
+        Config::try_from(raw)
+    }
+
+    pub fn budget(&self, name: &str) -> Option<&AgentBudget> {
+        self.agents.get(name)
+    }
+
+    /// Whether API detection needs the route and cluster names (extra host reads per call).
+    pub fn overrides_need_route(&self) -> bool {
+        self.api_overrides
+            .iter()
+            .any(|o| o.route_name.is_some() || o.cluster_name.is_some())
+    }
+
+    /// The API a call is metered as: the first matching override, else the path's.
+    pub fn detect_api(
+        &self,
+        path: &str,
+        route_name: Option<&str>,
+        cluster_name: Option<&str>,
+    ) -> Option<Detected> {
+        let detected = Api::detect(path);
+        let matches = |o: &&ApiOverride| {
+            o.path_prefix
+                .as_deref()
+                .is_some_and(|p| path.starts_with(p))
+                || o.route_name
+                    .as_deref()
+                    .is_some_and(|r| route_name == Some(r))
+                || o.cluster_name
+                    .as_deref()
+                    .is_some_and(|c| cluster_name == Some(c))
+        };
+        match self.api_overrides.iter().find(matches) {
+            Some(found) => Some(Detected {
+                api: found.api,
+                path_model: detected.as_ref().and_then(|d| d.path_model.clone()),
+                azure_deployment: detected.and_then(|d| d.azure_deployment),
+            }),
+            None => detected,
+        }
+    }
+}
+
+fn parse_raw(bytes: &[u8]) -> Result<RawConfig, ConfigError> {
+    let text_start = bytes.iter().position(|b| !b.is_ascii_whitespace());
+    match text_start.and_then(|start| bytes.get(start)) {
+        None => Err(ConfigError::new(
+            "",
+            "the plugin configuration is empty; at least `agents` is required",
+        )),
+        Some(b'{') => {
+            let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+            serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+                let inner = error.inner();
+                let path = error.path().to_string();
+                let field = if path == "." { String::new() } else { path };
+                let reason = if inner.is_syntax() || inner.is_eof() {
+                    format!(
+                        "malformed JSON at line {} column {}: {inner}",
+                        inner.line(),
+                        inner.column()
+                    )
+                } else {
+                    strip_position(&inner.to_string())
+                };
+                ConfigError::new(field, reason)
+            })
+        }
+        Some(_) => {
+            let value = pbstruct::decode_struct(bytes).map_err(|error| {
+                ConfigError::new(
+                    "",
+                    format!("neither JSON (a StringValue) nor a google.protobuf.Struct: {error}"),
+                )
+            })?;
+            serde_path_to_error::deserialize(value).map_err(|error| {
+                let path = error.path().to_string();
+                let field = if path == "." { String::new() } else { path };
+                ConfigError::new(field, error.inner().to_string())
+            })
+        }
+    }
+}
+
+/// serde_json appends "at line L column C"; the field path already says where.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(at) => message.get(..at).unwrap_or(message).to_string(),
+        None => message.to_string(),
+    }
+}
+
+/// A fraction in (0, 1) as parts per million, so spend comparisons stay in integers.
+fn threshold_ppm(field: &str, fraction: f64) -> Result<u64, ConfigError> {
+    if !(fraction > 0.0 && fraction < 1.0) {
+        return Err(ConfigError::new(
+            field,
+            format!("{fraction} is not a fraction between 0 and 1 (e.g. 0.8)"),
+        ));
+    }
+    // In (0, 1) by the check above.
+    Ok((fraction * 1e6).round() as u64)
+}
+
+fn alerts_config(raw: RawAlerts) -> Result<AlertsConfig, ConfigError> {
+    if raw.cluster.trim().is_empty() {
+        return Err(ConfigError::new(
+            "alerts.cluster",
+            "name the Envoy cluster that receives alert webhooks",
+        ));
+    }
+    let format = raw.format.unwrap_or(AlertFormat::Alertmanager);
+    let path = raw.path.unwrap_or_else(|| match format {
+        AlertFormat::Alertmanager => "/api/v2/alerts".to_string(),
+        AlertFormat::Json => "/".to_string(),
+    });
+    if !path.starts_with('/') {
+        return Err(ConfigError::new("alerts.path", "must start with `/`"));
+    }
+    let timeout_ms = raw.timeout_ms.unwrap_or(5_000);
+    if timeout_ms == 0 {
+        return Err(ConfigError::new("alerts.timeout_ms", "must be at least 1"));
+    }
+    let max_attempts = raw.max_attempts.unwrap_or(5);
+    if !(1..=100).contains(&max_attempts) {
+        return Err(ConfigError::new(
+            "alerts.max_attempts",
+            "must be between 1 and 100",
+        ));
+    }
+    Ok(AlertsConfig {
+        authority: raw.authority.unwrap_or_else(|| raw.cluster.clone()),
+        cluster: raw.cluster,
+        path,
+        format,
+        timeout_ms,
+        max_attempts,
+    })
+}
+
+fn header_name(field: &str, value: Option<String>, default: &str) -> Result<String, ConfigError> {
+    let name = value
+        .unwrap_or_else(|| default.to_string())
+        .to_ascii_lowercase();
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if name.is_empty() || !name.bytes().all(token) || name.starts_with(':') {
+        return Err(ConfigError::new(
+            field,
+            format!("`{name}` is not a valid HTTP header name"),
+        ));
+    }
+    Ok(name)
+}
+
+fn money(field: &str, usd: f64) -> Result<u64, ConfigError> {
+    usd_to_micro(usd).ok_or_else(|| {
+        ConfigError::new(
+            field,
+            format!("{usd} is not a USD amount between 0 and 10^12"),
+        )
+    })
+}
+
+fn price(field: &str, raw: &RawPrice) -> Result<Price, ConfigError> {
+    let input = money(&format!("{field}.input"), raw.input)?;
+    let output = money(&format!("{field}.output"), raw.output)?;
+    let mut price = Price::new(input, output, None);
+    if let Some(cached) = raw.cached_input {
+        price.cache_read = money(&format!("{field}.cached_input"), cached)?;
+    }
+    if let Some(write) = raw.cache_write {
+        price.cache_write_5m = money(&format!("{field}.cache_write"), write)?;
+    }
+    if let Some(write) = raw.cache_write_1h {
+        price.cache_write_1h = money(&format!("{field}.cache_write_1h"), write)?;
+    }
+    Ok(price)
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawConfig) -> Result<Config, ConfigError> {
+        let agent_header = header_name("agent_header", raw.agent_header, "x-agent-id")?;
+        let task_header = header_name("task_header", raw.task_header, "x-task-id")?;
+        let user_header = header_name("user_header", raw.user_header, "x-user-id")?;
+        let time_zone = match raw.time_zone {
+            None => TimeZone::UTC,
+            Some(text) => {
+                TimeZone::parse(&text).map_err(|reason| ConfigError::new("time_zone", reason))?
+            }
+        };
+
+        let default_soft_threshold = raw.soft_threshold.unwrap_or(DEFAULT_SOFT_THRESHOLD);
+        threshold_ppm("soft_threshold", default_soft_threshold)?;
+        if raw.agents.is_empty() {
+            return Err(ConfigError::new(
+                "agents",
+                "at least one agent budget is required",
+            ));
+        }
+        let mut agents = BTreeMap::new();
+        for (name, agent) in raw.agents {
+            let field = format!("agents.{name}");
+            if !is_valid_agent_id(&name) {
+                return Err(ConfigError::new(
+                    field,
+                    "agent ids are 1-64 characters of A-Z, a-z, 0-9, `-` and `_`",
+                ));
+            }
+            let daily = agent
+                .daily_usd
+                .map(|usd| money(&format!("{field}.daily_usd"), usd))
+                .transpose()?;
+            let monthly = agent
+                .monthly_usd
+                .map(|usd| money(&format!("{field}.monthly_usd"), usd))
+                .transpose()?;
+            if daily.is_none() && monthly.is_none() {
+                return Err(ConfigError::new(
+                    field,
+                    "give `daily_usd`, `monthly_usd` or both",
+                ));
+            }
+            let action = agent.action.unwrap_or(LimitAction::Stop);
+            let soft_threshold = agent.soft_threshold.unwrap_or(default_soft_threshold);
+            let soft_threshold_ppm =
+                threshold_ppm(&format!("{field}.soft_threshold"), soft_threshold)?;
+            let optional_money = |key: &str, usd: Option<f64>| {
+                usd.map(|usd| money(&format!("{field}.{key}"), usd))
+                    .transpose()
+            };
+            let degrade_allowance = optional_money("degrade_usd", agent.degrade_usd)?;
+            let task_daily = optional_money("task_daily_usd", agent.task_daily_usd)?;
+            let user_daily = optional_money("user_daily_usd", agent.user_daily_usd)?;
+            // Struct maps reach the filter in no reliable order: most specific patterns first.
+            let mut pairs: Vec<(String, String)> = agent.degrade_to.into_iter().collect();
+            pairs.sort_by_key(|(pattern, _)| {
+                std::cmp::Reverse(pattern.chars().filter(|c| *c != '*').count())
+            });
+            let degrade_to =
+                if pairs.is_empty() {
+                    None
+                } else {
+                    Some(ModelMap::new(pairs).map_err(|reason| {
+                        ConfigError::new(format!("{field}.degrade_to"), reason)
+                    })?)
+                };
+            match action {
+                LimitAction::Degrade if degrade_to.is_none() => {
+                    return Err(ConfigError::new(
+                        format!("{field}.degrade_to"),
+                        "`action: degrade` needs a model mapping, e.g. {\"claude-sonnet-*\": \"claude-haiku-4-5\"}",
+                    ));
+                }
+                LimitAction::Stop | LimitAction::Alert
+                    if degrade_to.is_some() || degrade_allowance.is_some() =>
+                {
+                    return Err(ConfigError::new(
+                        format!("{field}.action"),
+                        "`degrade_to` / `degrade_usd` are only used with `action: degrade`",
+                    ));
+                }
+                _ => {}
+            }
+            agents.insert(
+                name,
+                AgentBudget {
+                    daily,
+                    monthly,
+                    action,
+                    soft_threshold_ppm,
+                    degrade_to,
+                    degrade_allowance,
+                    task_daily,
+                    user_daily,
+                },
+            );
+        }
+
+        let missing_agent = raw.missing_agent.unwrap_or(Unidentified::Reject);
+        let unknown_agent = raw.unknown_agent.unwrap_or(Unidentified::Reject);
+        for (field, policy) in [
+            ("missing_agent", missing_agent),
+            ("unknown_agent", unknown_agent),
+        ] {
+            if policy == Unidentified::Default && !agents.contains_key(DEFAULT_BUDGET) {
+                return Err(ConfigError::new(
+                    field,
+                    format!("`default` charges the agent named `{DEFAULT_BUDGET}`, which is not in `agents`"),
+                ));
+            }
+        }
+
+        let mut prices = PriceTable::builtin();
+        for (model, raw_price) in &raw.pricing {
+            if model.trim().is_empty() {
+                return Err(ConfigError::new("pricing", "model names must not be empty"));
+            }
+            prices.set(model, price(&format!("pricing.{model}"), raw_price)?);
+        }
+        let fallback_price = match &raw.fallback_price {
+            Some(raw_price) => price("fallback_price", raw_price)?,
+            None => DEFAULT_FALLBACK_PRICE,
+        };
+        let max_response_body_bytes = raw
+            .max_response_body_bytes
+            .unwrap_or(DEFAULT_MAX_RESPONSE_BODY_BYTES);
+        if max_response_body_bytes < 1024 {
+            return Err(ConfigError::new(
+                "max_response_body_bytes",
+                "must be at least 1024",
+            ));
+        }
+
+        let mut api_overrides = Vec::new();
+        for (index, raw_override) in raw.api_overrides.into_iter().enumerate() {
+            let RawApiOverride {
+                path_prefix,
+                route_name,
+                cluster_name,
+                api,
+            } = raw_override;
+            if path_prefix.is_none() && route_name.is_none() && cluster_name.is_none() {
+                return Err(ConfigError::new(
+                    format!("api_overrides[{index}]"),
+                    "give at least one of `path_prefix`, `route_name`, `cluster_name`",
+                ));
+            }
+            if path_prefix.as_deref().is_some_and(|p| !p.starts_with('/')) {
+                return Err(ConfigError::new(
+                    format!("api_overrides[{index}].path_prefix"),
+                    "must start with `/`",
+                ));
+            }
+            api_overrides.push(ApiOverride {
+                path_prefix,
+                route_name,
+                cluster_name,
+                api,
+            });
+        }
+
+        let default_max_output_tokens = raw
+            .default_max_output_tokens
+            .unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS);
+        if default_max_output_tokens == 0 {
+            return Err(ConfigError::new(
+                "default_max_output_tokens",
+                "must be at least 1",
+            ));
+        }
+        let alerts = raw.alerts.map(alerts_config).transpose()?;
+
+        Ok(Config {
+            agent_header,
+            task_header,
+            user_header,
+            time_zone,
+            missing_agent,
+            unknown_agent,
+            agents,
+            prices,
+            fallback_price,
+            max_response_body_bytes,
+            api_overrides,
+            azure_deployments: raw.azure_deployments,
+            reservations: raw.reservations.unwrap_or(true),
+            default_max_output_tokens: u64::from(default_max_output_tokens),
+            alerts,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

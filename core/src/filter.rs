@@ -1,0 +1,1163 @@
+//! One call through the filter, as a state machine over the HTTP callbacks.
+//!
+//! The proxy-wasm adapter (`proxy.rs`) reads headers and bodies from Envoy, hands them to
+//! [`Call`] as plain values and applies what comes back (header edits, a body replacement,
+//! a local reply). Nothing here touches the host except through [`Host`].
+
+use crate::alerts::{Alert, AlertKind};
+use crate::booking::{Booking, Settled};
+use crate::config::{AgentBudget, LimitAction};
+use crate::degrade::{self, Rewrite};
+use crate::host::Host;
+use crate::identity::{identify, Identity};
+use crate::ledger::{Account, Ledger};
+use crate::metrics;
+use crate::metrics::{AgentCounter, AgentGauge, ReasonCounter, UNPRICED_CALLS};
+use crate::period::Period;
+use crate::policy::{self, Crossing, Decision, Line, Scope, StopReason};
+use crate::pricing::format_usd;
+use crate::providers::{
+    string_values_len, Api, ErrorKind, EventFate, Metered, Progress, StreamMeter, Unmetered,
+};
+use crate::root::Worker;
+use crate::sse::{SseEvent, SseParser};
+use crate::usage::Usage;
+use std::rc::Rc;
+
+/// Cap on one SSE event's data and on the bytes held back while stripping a usage chunk.
+const MAX_EVENT_BYTES: usize = 1 << 20;
+
+/// What the adapter read from the request headers.
+#[derive(Debug, Clone, Default)]
+pub struct RequestHead {
+    pub path: String,
+    pub agent: Option<String>,
+    pub task: Option<String>,
+    pub user: Option<String>,
+    /// False when the headers ended the request (no body follows).
+    pub has_body: bool,
+    /// The request's declared body size, if any (for Gemini's header-time degrade).
+    pub content_length: Option<u64>,
+    /// Envoy's route and cluster names, read only when `api_overrides` match on them.
+    pub route_name: Option<String>,
+    pub cluster_name: Option<String>,
+}
+
+/// How Envoy finished with a call whose response had not ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndCause {
+    /// The response completed (or never started) normally.
+    Normal,
+    /// The client went away before the response ended: the provider still bills what it
+    /// generated, so the call is charged an estimate.
+    ClientAborted,
+    /// The upstream cut the response short: counted as unmetered (`incomplete`).
+    UpstreamAborted,
+}
+
+/// A response the filter sends instead of forwarding the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u32,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeadAction {
+    Continue,
+    /// Forward the headers, hold the body until it is complete, then call
+    /// [`Call::on_request_body`].
+    WaitForBody,
+    Reply(LocalReply),
+}
+
+/// Header edits for the adapter to apply: set (or replace) these, remove those.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderEdits {
+    pub set: Vec<(String, String)>,
+    pub remove: Vec<String>,
+}
+
+/// Result of the request-headers step: the action and the header edits to apply first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeadOutcome {
+    pub action: HeadAction,
+    pub edits: HeaderEdits,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChunkOutcome {
+    /// Forward the chunk as it is.
+    Pass,
+    /// Forward these bytes instead of the chunk.
+    Replace(Vec<u8>),
+}
+
+/// Result of the request-body step.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BodyOutcome {
+    /// Send this body upstream instead of the client's.
+    pub body: Option<Vec<u8>>,
+    /// Refuse the call with this reply after all (its worst case does not fit the budget).
+    pub reply: Option<LocalReply>,
+}
+
+/// What the adapter read from the response headers.
+#[derive(Debug, Clone, Default)]
+pub struct ResponseHead {
+    pub status: u32,
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    pub end_of_stream: bool,
+}
+
+/// A finished call's attribution record (metadata only, never prompt or completion text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attribution {
+    pub agent: String,
+    pub budget: String,
+    pub task: Option<String>,
+    pub user: Option<String>,
+    pub api: &'static str,
+    pub model: String,
+    /// The model the agent asked for, when `degrade` served a cheaper one.
+    pub degraded_from: Option<String>,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Charged {
+        metered: Metered,
+        micro_usd: u64,
+        priced_as: Option<String>,
+        /// The usage is an estimate (the client left before the provider reported usage).
+        estimated: bool,
+    },
+    Unmetered(Unmetered),
+    /// The filter refused the call (budget used up) with this status.
+    Stopped {
+        status: u32,
+    },
+}
+
+enum ResponseMode {
+    /// Waiting for response headers.
+    Pending,
+    Json {
+        body: Vec<u8>,
+        overflowed: bool,
+    },
+    Stream(Box<StreamState>),
+    Unmetered(Unmetered),
+}
+
+struct StreamState {
+    parser: SseParser,
+    meter: StreamMeter,
+    stripper: Option<UsageStripper>,
+    /// Stream offset just past the last complete event.
+    boundary: u64,
+}
+
+enum Stage {
+    Request,
+    Forwarded,
+    /// The filter answered the call itself.
+    Replied,
+    Done,
+}
+
+pub struct Call {
+    worker: Rc<Worker>,
+    stage: Stage,
+    api: Option<Api>,
+    identity: Option<Identity>,
+    /// The model to price by when the response names none: an Azure deployment's configured
+    /// model, else the request body's `model`, else the model or deployment the path names.
+    requested_model: Option<String>,
+    /// Request body size, for estimating input tokens of an interrupted call.
+    request_bytes: u64,
+    strip_usage: bool,
+    budget_headers: Vec<(String, String)>,
+    /// The ledger accounts this call is checked against and charged to.
+    booking: Booking,
+    /// `degrade` applies to this call (its budget is used up).
+    degrading: bool,
+    /// The model rewrite made: (requested, served instead).
+    degraded: Option<(String, String)>,
+    path: String,
+    response: ResponseMode,
+    events: Vec<SseEvent>,
+    /// The last attribution record, for the adapter's access-log properties.
+    pub attribution: Option<Attribution>,
+}
+
+impl Call {
+    pub fn new(worker: Rc<Worker>) -> Call {
+        Call {
+            worker,
+            stage: Stage::Request,
+            api: None,
+            identity: None,
+            requested_model: None,
+            request_bytes: 0,
+            strip_usage: false,
+            budget_headers: Vec::new(),
+            booking: Booking::default(),
+            degrading: false,
+            degraded: None,
+            path: String::new(),
+            response: ResponseMode::Pending,
+            events: Vec::new(),
+            attribution: None,
+        }
+    }
+
+    pub fn worker(&self) -> &Worker {
+        &self.worker
+    }
+
+    /// True while the call still waits to be settled (or to publish its attribution).
+    pub fn is_open(&self) -> bool {
+        matches!(self.stage, Stage::Forwarded)
+    }
+
+    pub fn on_request_headers(&mut self, host: &dyn Host, head: RequestHead) -> HeadOutcome {
+        let worker = Rc::clone(&self.worker);
+        let config = &worker.config;
+        let detected = config.detect_api(
+            &head.path,
+            head.route_name.as_deref(),
+            head.cluster_name.as_deref(),
+        );
+        self.api = detected.as_ref().map(|d| d.api);
+        self.requested_model = detected.and_then(|d| match d.azure_deployment {
+            Some(deployment) => Some(
+                config
+                    .azure_deployments
+                    .get(&deployment)
+                    .cloned()
+                    .unwrap_or(deployment),
+            ),
+            None => d.path_model,
+        });
+        let error_api = self.api.unwrap_or(Api::OpenAiChat);
+        let identity = match identify(
+            config,
+            head.agent.as_deref(),
+            head.task.as_deref(),
+            head.user.as_deref(),
+        ) {
+            Ok(identity) => identity,
+            Err(unattributed) => {
+                worker
+                    .metrics
+                    .reason(host, ReasonCounter::Unattributed, unattributed.reason());
+                let (status, message) = unattributed.reply(config);
+                let kind = if status == 403 {
+                    ErrorKind::PermissionDenied
+                } else {
+                    ErrorKind::InvalidRequest
+                };
+                self.stage = Stage::Replied;
+                return reply_only(error_reply(error_api, kind, &message, Vec::new()));
+            }
+        };
+        worker
+            .metrics
+            .agent(host, AgentCounter::Requests, &identity.budget, 1);
+
+        let now = host.now_unix_secs();
+        let Some(budget) = config.budget(&identity.budget) else {
+            // identify() only returns configured budgets.
+            self.stage = Stage::Forwarded;
+            return HeadOutcome {
+                action: HeadAction::Continue,
+                edits: HeaderEdits::default(),
+            };
+        };
+        let (booking, lines) = Booking::open(host, &worker, &identity, budget, now);
+        for line in lines.iter().filter(|l| l.scope == Scope::Agent) {
+            worker.metrics.gauge(
+                host,
+                AgentGauge::SpendMicroUsd,
+                &identity.budget,
+                line.period.kind,
+                line.state.spent,
+            );
+        }
+        self.booking = booking;
+        self.budget_headers = policy::headline(&lines)
+            .map(|line| policy::budget_headers(line, now))
+            .unwrap_or_default();
+
+        let mut edits = HeaderEdits::default();
+        match policy::decide(budget, &lines) {
+            Decision::Stop { line, reason } => {
+                let reply = self.stop(host, error_api, identity, &line, reason, None, now);
+                return reply_only(reply);
+            }
+            Decision::Degrade => self.degrade_path(&head.path, budget, &mut edits),
+            Decision::Allow => {
+                // Gemini's model can only change now, before the headers leave: degrade now if
+                // the call's worst case (its declared size, the default output limit) would not
+                // fit, as the body step does for the other APIs.
+                if self.api == Some(Api::Gemini)
+                    && budget.action == LimitAction::Degrade
+                    && config.reservations
+                {
+                    self.request_bytes = head.content_length.unwrap_or(0);
+                    let estimate = self.worst_case(config.default_max_output_tokens);
+                    if lines
+                        .iter()
+                        .any(|l| l.scope == Scope::Agent && !l.fits(estimate, 0))
+                    {
+                        self.degrade_path(&head.path, budget, &mut edits);
+                    }
+                }
+            }
+        }
+        self.path = head.path;
+
+        self.identity = Some(identity);
+        self.stage = Stage::Forwarded;
+        let mut outcome = HeadOutcome {
+            action: HeadAction::Continue,
+            edits,
+        };
+        if self.api.is_some() {
+            // The filter must read what it meters: ask for an uncompressed response (Envoy can
+            // still compress toward the client after this filter).
+            outcome
+                .edits
+                .set
+                .push(("accept-encoding".to_string(), "identity".to_string()));
+            if head.has_body {
+                outcome.action = HeadAction::WaitForBody;
+                // The headers leave before the body is read: when the body may be rewritten
+                // (OpenAI streams get include_usage, degrade swaps the model), its length
+                // cannot be declared in advance, so Envoy sends it chunked.
+                let may_rewrite =
+                    matches!(self.api, Some(Api::OpenAiChat | Api::OpenAiCompletions))
+                        || budget.action == LimitAction::Degrade;
+                if may_rewrite {
+                    outcome.edits.remove.push("content-length".to_string());
+                }
+            }
+        }
+        outcome
+    }
+
+    /// The complete request body (only after [`HeadAction::WaitForBody`]): learns the model
+    /// and limits, applies `degrade`, reserves the call's worst-case cost, and says whether
+    /// the body changes or the call is refused after all.
+    pub fn on_request_body(&mut self, host: &dyn Host, body: &[u8]) -> BodyOutcome {
+        let Some(api) = self.api else {
+            return BodyOutcome::default();
+        };
+        if !matches!(self.stage, Stage::Forwarded) {
+            return BodyOutcome::default();
+        }
+        let worker = Rc::clone(&self.worker);
+        let config = &worker.config;
+        let prepared = api.prepare_request(body);
+        self.request_bytes = body.len() as u64;
+        let azure_mapped = self.requested_model.is_some()
+            && config
+                .azure_deployments
+                .values()
+                .any(|m| Some(m) == self.requested_model.as_ref());
+        if !azure_mapped && self.degraded.is_none() {
+            self.requested_model = prepared.model.or(self.requested_model.take());
+        }
+        self.strip_usage = prepared.strip_usage_from_client;
+        let mut outcome = BodyOutcome {
+            body: prepared.rewritten,
+            reply: None,
+        };
+        let Some(budget) = self
+            .identity
+            .as_ref()
+            .and_then(|i| config.budget(&i.budget))
+        else {
+            return outcome;
+        };
+        if self.degrading && self.degraded.is_none() {
+            self.degrade_body(api, body, budget, &mut outcome);
+        }
+        if !config.reservations {
+            return outcome;
+        }
+        let max_output = prepared
+            .max_output_tokens
+            .unwrap_or(config.default_max_output_tokens);
+        let allowance = match budget.action {
+            LimitAction::Alert => u64::MAX,
+            LimitAction::Degrade if self.degrading => budget.degrade_allowance.unwrap_or(u64::MAX),
+            LimitAction::Degrade | LimitAction::Stop => 0,
+        };
+        let estimate = self.worst_case(max_output);
+        let Err(line) = self.booking.reserve(host, &worker, estimate, allowance) else {
+            return outcome;
+        };
+        // The call's worst case does not fit what is left: the agent's limit action applies.
+        let reason = match (&line.scope, budget.action) {
+            (Scope::Agent, LimitAction::Degrade)
+                if !self.degrading && self.api != Some(Api::Gemini) =>
+            {
+                self.degrading = true;
+                self.degrade_body(api, body, budget, &mut outcome);
+                let allowance = budget.degrade_allowance.unwrap_or(u64::MAX);
+                let estimate = self.worst_case(max_output);
+                match self.booking.reserve(host, &worker, estimate, allowance) {
+                    Ok(()) => return outcome,
+                    Err(_) => StopReason::DegradeExhausted,
+                }
+            }
+            (Scope::Agent, LimitAction::Degrade) if self.degrading => StopReason::DegradeExhausted,
+            (Scope::Agent, _) => StopReason::Budget,
+            (Scope::Task(_) | Scope::User(_), _) => StopReason::Cap,
+        };
+        let Some(identity) = self.identity.take() else {
+            return outcome;
+        };
+        let now = host.now_unix_secs();
+        let estimate = self.worst_case(max_output);
+        outcome.reply = Some(self.stop(
+            host,
+            api,
+            identity,
+            &line,
+            reason,
+            Some((estimate, max_output)),
+            now,
+        ));
+        outcome.body = None;
+        outcome
+    }
+
+    /// Degrades the call from its headers: Gemini names the model in the path, which can only
+    /// change before the headers leave; the other APIs' bodies are rewritten when they arrive.
+    fn degrade_path(&mut self, path: &str, budget: &AgentBudget, edits: &mut HeaderEdits) {
+        self.degrading = true;
+        if self.api != Some(Api::Gemini) {
+            return;
+        }
+        let rewrite = budget
+            .degrade_to
+            .as_ref()
+            .and_then(|map| degrade::rewrite_path(path, map));
+        if let Some((from, to, new_path)) = rewrite {
+            edits.set.push((":path".to_string(), new_path));
+            self.requested_model = Some(to.clone());
+            self.degraded = Some((from, to));
+        }
+    }
+
+    /// Rewrites the request body's model to the agent's cheaper one (when it has a mapping
+    /// for it), on top of any rewrite already made.
+    fn degrade_body(
+        &mut self,
+        api: Api,
+        original: &[u8],
+        budget: &AgentBudget,
+        outcome: &mut BodyOutcome,
+    ) {
+        if !degrade::degradable(&self.path) {
+            return;
+        }
+        let Some(map) = &budget.degrade_to else {
+            return;
+        };
+        let current = outcome.body.as_deref().unwrap_or(original);
+        if let Rewrite::Body { from, to, body } = degrade::rewrite_body(api, current, map) {
+            self.requested_model = Some(to.clone());
+            self.degraded = Some((from, to));
+            outcome.body = Some(body);
+        }
+    }
+
+    /// The most this call can cost: its input (request bytes at a conservative 3 bytes a
+    /// token, all uncached) and its maximum output, at the requested model's price.
+    fn worst_case(&self, max_output_tokens: u64) -> u64 {
+        let config = &self.worker.config;
+        let price = self
+            .requested_model
+            .as_deref()
+            .and_then(|model| config.prices.resolve(model))
+            .map(|resolved| *resolved.price)
+            .unwrap_or(config.fallback_price);
+        let usage = Usage {
+            input: self.request_bytes.div_ceil(WORST_CASE_BYTES_PER_TOKEN),
+            output: max_output_tokens,
+            ..Usage::default()
+        };
+        price.cost_micro_usd(&usage)
+    }
+
+    /// Refuses the call: counts it, logs it, attributes it and builds the 429. `worst_case`
+    /// is (cost, max output tokens) when the call was refused because it would not fit.
+    #[allow(clippy::too_many_arguments)] // one call site each; a struct would only rename them
+    fn stop(
+        &mut self,
+        host: &dyn Host,
+        api: Api,
+        identity: Identity,
+        line: &Line,
+        reason: StopReason,
+        worst_case: Option<(u64, u64)>,
+        now: i64,
+    ) -> LocalReply {
+        self.worker
+            .metrics
+            .agent(host, AgentCounter::Rejected, &identity.budget, 1);
+        log::info!(
+            "stopped agent={} budget={} scope={} period={} reason={:?} committed_micro_usd={} limit_micro_usd={}",
+            identity.agent,
+            identity.budget,
+            line.scope.describe(),
+            line.period.kind.name(),
+            reason,
+            line.committed(),
+            line.limit
+        );
+        if line.scope == Scope::Agent {
+            // A budget lowered below today's spend (by a reload) is only noticed here.
+            if let Some(budget) = self.worker.config.budget(&identity.budget) {
+                raise_levels(
+                    host,
+                    &self.worker,
+                    &identity,
+                    budget,
+                    &line.period,
+                    line.state.spent,
+                    now,
+                );
+            }
+        }
+        let reply = budget_exceeded_reply(api, &identity, line, reason, worst_case, now);
+        self.attribution = Some(Attribution {
+            agent: identity.agent,
+            budget: identity.budget,
+            task: identity.task,
+            user: identity.user,
+            api: api.name(),
+            model: self
+                .requested_model
+                .clone()
+                .unwrap_or_else(|| "-".to_string()),
+            degraded_from: None,
+            outcome: Outcome::Stopped {
+                status: reply.status,
+            },
+        });
+        self.booking.release(host, &self.worker);
+        self.stage = Stage::Replied;
+        reply
+    }
+
+    pub fn on_response_headers(&mut self, head: &ResponseHead) -> HeaderEdits {
+        if !matches!(self.stage, Stage::Forwarded) {
+            return HeaderEdits::default();
+        }
+        let mut edits = HeaderEdits {
+            set: self.budget_headers.clone(),
+            remove: Vec::new(),
+        };
+        if let Some((from, to)) = &self.degraded {
+            edits
+                .set
+                .push(("x-agent-budget-degraded-from".to_string(), from.clone()));
+            edits
+                .set
+                .push(("x-agent-budget-degraded-to".to_string(), to.clone()));
+        }
+        let Some(api) = self.api else {
+            return edits;
+        };
+        let encoded = head
+            .content_encoding
+            .as_deref()
+            .map(str::trim)
+            .is_some_and(|e| !e.is_empty() && !e.eq_ignore_ascii_case("identity"));
+        let is_stream = head.content_type.as_deref().is_some_and(|t| {
+            t.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        });
+        self.response = if head.status >= 400 {
+            ResponseMode::Unmetered(Unmetered::UpstreamError)
+        } else if encoded {
+            ResponseMode::Unmetered(Unmetered::Compressed)
+        } else if is_stream {
+            let stripper = self.strip_usage.then(UsageStripper::default);
+            if stripper.is_some() {
+                // Bytes are removed from the stream, so any declared length would be wrong.
+                edits.remove.push("content-length".to_string());
+            }
+            ResponseMode::Stream(Box::new(StreamState {
+                parser: SseParser::new(MAX_EVENT_BYTES),
+                meter: api.stream_meter(),
+                stripper,
+                boundary: 0,
+            }))
+        } else {
+            ResponseMode::Json {
+                body: Vec::new(),
+                overflowed: false,
+            }
+        };
+        edits
+    }
+
+    pub fn on_response_body(
+        &mut self,
+        host: &dyn Host,
+        chunk: &[u8],
+        end_of_stream: bool,
+    ) -> ChunkOutcome {
+        if !matches!(self.stage, Stage::Forwarded) {
+            return ChunkOutcome::Pass;
+        }
+        let limit = self.worker.config.max_response_body_bytes as usize;
+        let outcome = match &mut self.response {
+            ResponseMode::Json { body, overflowed } => {
+                if !*overflowed {
+                    if body.len().saturating_add(chunk.len()) > limit {
+                        *overflowed = true;
+                        *body = Vec::new();
+                    } else {
+                        body.extend_from_slice(chunk);
+                    }
+                }
+                ChunkOutcome::Pass
+            }
+            ResponseMode::Stream(state) => {
+                let StreamState {
+                    parser,
+                    meter,
+                    stripper,
+                    boundary,
+                } = state.as_mut();
+                let chunk_start = parser.offset();
+                parser.feed(chunk, &mut self.events);
+                if end_of_stream {
+                    self.events.extend(parser.finish());
+                }
+                let mut drops = Vec::new();
+                for event in self.events.drain(..) {
+                    *boundary = event.end;
+                    if meter.on_event(&event) == EventFate::UsageOnly {
+                        drops.push((event.start, event.end));
+                    }
+                }
+                match stripper {
+                    Some(stripper) => {
+                        stripper.process(chunk, chunk_start, *boundary, &drops, end_of_stream)
+                    }
+                    None => ChunkOutcome::Pass,
+                }
+            }
+            ResponseMode::Pending | ResponseMode::Unmetered(_) => ChunkOutcome::Pass,
+        };
+        if end_of_stream {
+            self.finish(host, EndCause::Normal);
+        }
+        outcome
+    }
+
+    /// The response ended without (more) body: headers only, or trailers after the body.
+    pub fn on_response_complete(&mut self, host: &dyn Host) {
+        self.finish(host, EndCause::Normal);
+    }
+
+    /// Envoy is done with the call (`on_log`): settle anything not yet settled.
+    pub fn on_done(&mut self, host: &dyn Host, cause: EndCause) {
+        // Reaching here unsettled means the response did not end; with no better word from
+        // Envoy, assume the upstream cut it (no estimate is charged).
+        let cause = if cause == EndCause::Normal {
+            EndCause::UpstreamAborted
+        } else {
+            cause
+        };
+        self.finish(host, cause);
+    }
+
+    fn finish(&mut self, host: &dyn Host, cause: EndCause) {
+        if !matches!(self.stage, Stage::Forwarded) {
+            return;
+        }
+        self.stage = Stage::Done;
+        let Some(identity) = self.identity.take() else {
+            return;
+        };
+        let Some(api) = self.api else {
+            return;
+        };
+        let response = std::mem::replace(&mut self.response, ResponseMode::Pending);
+        let result = match (response, cause) {
+            (ResponseMode::Unmetered(reason), _) => Err(reason),
+            (ResponseMode::Stream(state), cause) => match (state.meter.finish(), cause) {
+                (Ok(metered), _) => Ok((metered, false)),
+                (Err(Unmetered::NoUsage | Unmetered::Incomplete), EndCause::ClientAborted) => {
+                    Ok((self.estimate(state.meter.progress()), true))
+                }
+                (Err(Unmetered::NoUsage), EndCause::UpstreamAborted) => Err(Unmetered::Incomplete),
+                (Err(reason), _) => Err(reason),
+            },
+            (ResponseMode::Pending, EndCause::ClientAborted) => {
+                Ok((self.estimate(Progress::default()), true))
+            }
+            (ResponseMode::Json { body, .. }, EndCause::ClientAborted) => {
+                let text_bytes = ["content", "text", "arguments"]
+                    .iter()
+                    .map(|key| string_values_len(&body, key))
+                    .sum();
+                Ok((
+                    self.estimate(Progress {
+                        text_bytes,
+                        ..Progress::default()
+                    }),
+                    true,
+                ))
+            }
+            (ResponseMode::Pending, _) => Err(Unmetered::Incomplete),
+            (ResponseMode::Json { .. }, EndCause::UpstreamAborted) => Err(Unmetered::Incomplete),
+            (
+                ResponseMode::Json {
+                    overflowed: true, ..
+                },
+                EndCause::Normal,
+            ) => Err(Unmetered::TooLarge),
+            (ResponseMode::Json { body, .. }, EndCause::Normal) if body.is_empty() => {
+                Err(Unmetered::NoUsage)
+            }
+            (ResponseMode::Json { body, .. }, EndCause::Normal) => {
+                api.usage_from_body(&body).map(|m| (m, false))
+            }
+        };
+        let model = self.requested_model.clone();
+        let outcome = match result {
+            Ok((metered, estimated)) => self.charge(host, &identity, metered, estimated),
+            Err(reason) => {
+                self.worker
+                    .metrics
+                    .reason(host, ReasonCounter::Unmetered, reason.reason());
+                self.worker
+                    .metrics
+                    .agent(host, AgentCounter::Unmetered, &identity.budget, 1);
+                self.booking.release(host, &self.worker);
+                Outcome::Unmetered(reason)
+            }
+        };
+        let attribution = Attribution {
+            agent: identity.agent,
+            budget: identity.budget,
+            task: identity.task,
+            user: identity.user,
+            api: api.name(),
+            model: match &outcome {
+                Outcome::Charged { metered, .. } => metered.model.clone().or(model),
+                Outcome::Unmetered(_) | Outcome::Stopped { .. } => model,
+            }
+            .unwrap_or_else(|| "-".to_string()),
+            degraded_from: self.degraded.as_ref().map(|(from, _)| from.clone()),
+            outcome,
+        };
+        log_attribution(&attribution);
+        self.attribution = Some(attribution);
+    }
+
+    fn charge(
+        &mut self,
+        host: &dyn Host,
+        identity: &Identity,
+        metered: Metered,
+        estimated: bool,
+    ) -> Outcome {
+        let worker = Rc::clone(&self.worker);
+        let worker = &worker;
+        let config = &worker.config;
+        // The model that served the call wins over the one requested.
+        let model = metered
+            .model
+            .as_deref()
+            .or(self.requested_model.as_deref())
+            .unwrap_or("");
+        let (price, priced_as) = match config.prices.resolve(model) {
+            Some(resolved) => (*resolved.price, Some(resolved.family.to_string())),
+            None => {
+                worker.metrics.add(host, UNPRICED_CALLS.to_string(), 1);
+                if worker.first_unpriced(model) {
+                    log::warn!("model `{model}` has no price; charging the fallback price (add it under `pricing`)");
+                }
+                (config.fallback_price, None)
+            }
+        };
+        let micro_usd = price.cost_micro_usd(&metered.usage);
+        let usage = metered.usage;
+        let budget = identity.budget.as_str();
+        let metrics = &worker.metrics;
+        metrics.agent(host, AgentCounter::InputTokens, budget, usage.input);
+        metrics.agent(
+            host,
+            AgentCounter::CachedInputTokens,
+            budget,
+            usage.cache_read,
+        );
+        metrics.agent(
+            host,
+            AgentCounter::CacheWriteTokens,
+            budget,
+            usage.cache_write_5m.saturating_add(usage.cache_write_1h),
+        );
+        metrics.agent(host, AgentCounter::OutputTokens, budget, usage.output);
+        metrics.agent(host, AgentCounter::ReasoningTokens, budget, usage.reasoning);
+        metrics.agent(host, AgentCounter::CostMicroUsd, budget, micro_usd);
+
+        let settled = self.booking.settle(host, worker, micro_usd);
+        if let Some(agent_budget) = config.budget(budget) {
+            self.after_settle(host, identity, agent_budget, &settled);
+        }
+        if self.degraded.is_some() {
+            metrics.agent(host, AgentCounter::DegradedRequests, budget, 1);
+        }
+        if estimated {
+            metrics.agent(host, AgentCounter::EstimatedRequests, budget, 1);
+        }
+        Outcome::Charged {
+            metered,
+            micro_usd,
+            priced_as,
+            estimated,
+        }
+    }
+
+    /// What a settled charge set off: live-view gauges, threshold crossings (each alerted
+    /// once per agent and period across all workers) and, for `alert`, the overage.
+    fn after_settle(
+        &self,
+        host: &dyn Host,
+        identity: &Identity,
+        budget: &AgentBudget,
+        settled: &[Settled],
+    ) {
+        let worker = &self.worker;
+        let ledger = Ledger::new(host);
+        let now = host.now_unix_secs();
+        for entry in settled.iter().filter(|s| s.scope == Scope::Agent) {
+            let kind = entry.period.kind;
+            worker.metrics.gauge(
+                host,
+                AgentGauge::SpendMicroUsd,
+                &identity.budget,
+                kind,
+                entry.after.spent,
+            );
+            let Some(limit) = budget.limit(kind) else {
+                continue;
+            };
+            raise_levels(
+                host,
+                worker,
+                identity,
+                budget,
+                &entry.period,
+                entry.after.spent,
+                now,
+            );
+            if budget.action == LimitAction::Alert {
+                let overage = policy::overage(limit, entry.before.spent, entry.after.spent);
+                if overage > 0 {
+                    let account = format!("overage:{}", identity.budget);
+                    if let Err(error) = ledger.add_spend(&entry.period, &account, overage) {
+                        worker.ledger_error(host, &error);
+                    }
+                    worker.metrics.add(
+                        host,
+                        metrics::agent_period_name(metrics::OVERAGE, &identity.budget, kind),
+                        overage,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Usage for a call the client abandoned mid-response: the input the provider had
+    /// reported, else the request size at ~4 bytes a token; the output reported or streamed
+    /// so far at ~4 bytes a token, whichever is larger.
+    fn estimate(&self, progress: Progress) -> Metered {
+        let mut usage = progress.reported;
+        if !progress.input_reported {
+            usage.input = self.request_bytes.div_ceil(BYTES_PER_TOKEN);
+        }
+        usage.output = usage
+            .output
+            .max(progress.text_bytes.div_ceil(BYTES_PER_TOKEN));
+        Metered {
+            usage,
+            model: progress.model,
+        }
+    }
+}
+
+/// A common rough figure for English text and JSON in current tokenizers.
+const BYTES_PER_TOKEN: u64 = 4;
+/// Fewer bytes per token than any common text needs: the worst case for reservations.
+const WORST_CASE_BYTES_PER_TOKEN: u64 = 3;
+
+fn reply_only(reply: LocalReply) -> HeadOutcome {
+    HeadOutcome {
+        action: HeadAction::Reply(reply),
+        edits: HeaderEdits::default(),
+    }
+}
+
+fn error_reply(
+    api: Api,
+    kind: ErrorKind,
+    message: &str,
+    mut headers: Vec<(String, String)>,
+) -> LocalReply {
+    headers.push(("content-type".to_string(), "application/json".to_string()));
+    // Retrying cannot help: the official SDKs honour this and do not loop.
+    headers.push(("x-should-retry".to_string(), "false".to_string()));
+    LocalReply {
+        status: kind.status(),
+        headers,
+        body: api.error_body(kind, message),
+    }
+}
+
+fn budget_exceeded_reply(
+    api: Api,
+    identity: &Identity,
+    line: &Line,
+    reason: StopReason,
+    worst_case: Option<(u64, u64)>,
+    now: i64,
+) -> LocalReply {
+    let wait = line.period.seconds_until_reset(now);
+    let what = match reason {
+        StopReason::Budget => format!(
+            "its {} budget of ${}",
+            line.period.kind.name(),
+            format_usd(line.limit)
+        ),
+        StopReason::DegradeExhausted => format!(
+            "its {} budget of ${} and the spend allowed after degrading to a cheaper model",
+            line.period.kind.name(),
+            format_usd(line.limit)
+        ),
+        StopReason::Cap => format!(
+            "its daily {} of ${}",
+            line.scope.describe(),
+            format_usd(line.limit)
+        ),
+    };
+    let resets = format!(
+        "It resets at {} (in {wait} s).",
+        crate::period::format_utc(line.period.end)
+    );
+    let message = match worst_case {
+        None => format!(
+            "Agent `{}` has used {what} (committed ${}). {resets}",
+            identity.budget,
+            format_usd(line.committed())
+        ),
+        Some((cost, max_output)) => format!(
+            "Agent `{}`: this call may cost up to ${} (its input plus up to {max_output} output tokens), \
+             more than is left of {what} (${} left). Ask for fewer output tokens, or wait. {resets}",
+            identity.budget,
+            format_usd(cost),
+            format_usd(line.remaining())
+        ),
+    };
+    // The headers describe the line that stopped the call, consistently with the message.
+    let mut headers = policy::budget_headers(line, now);
+    headers.push(("retry-after".to_string(), wait.to_string()));
+    error_reply(api, ErrorKind::BudgetExceeded, &message, headers)
+}
+
+/// Raises the alerts for every level `spent` has reached on an agent's period, each once:
+/// the worker whose CAS first sets the level's flag in the shared ledger raises it.
+fn raise_levels(
+    host: &dyn Host,
+    worker: &Worker,
+    identity: &Identity,
+    budget: &AgentBudget,
+    period: &Period,
+    spent: u64,
+    now: i64,
+) {
+    let Some(limit) = budget.limit(period.kind) else {
+        return;
+    };
+    let ledger = Ledger::new(host);
+    for (crossing, mark) in policy::levels_reached(budget, period.kind, spent) {
+        let flag = format!(
+            "alerted:{}:{}:{mark}",
+            identity.budget,
+            crossing_name(crossing)
+        );
+        match ledger.try_update(period, &flag, |a| {
+            (a.spent == 0).then_some(Account { spent: 1, ..a })
+        }) {
+            Ok(Some(_)) => worker.raise_alert(
+                host,
+                alert_for(crossing, identity, budget, period, spent, limit, now),
+            ),
+            Ok(None) => {}
+            Err(error) => worker.ledger_error(host, &error),
+        }
+    }
+}
+
+fn crossing_name(crossing: Crossing) -> &'static str {
+    match crossing {
+        Crossing::Soft => "soft",
+        Crossing::Limit => "limit",
+        Crossing::DegradeExhausted => "degrade_exhausted",
+    }
+}
+
+fn alert_for(
+    crossing: Crossing,
+    identity: &Identity,
+    budget: &AgentBudget,
+    period: &Period,
+    spent: u64,
+    limit: u64,
+    now: i64,
+) -> Alert {
+    let (kind, threshold_ppm) = match crossing {
+        Crossing::Soft => (AlertKind::Soft, budget.soft_threshold_ppm),
+        Crossing::Limit => (
+            match budget.action {
+                LimitAction::Stop => AlertKind::LimitStop,
+                LimitAction::Degrade => AlertKind::LimitDegrade,
+                LimitAction::Alert => AlertKind::LimitAlert,
+            },
+            1_000_000,
+        ),
+        Crossing::DegradeExhausted => (AlertKind::DegradeExhausted, 1_000_000),
+    };
+    Alert {
+        kind,
+        agent: identity.budget.clone(),
+        period: period.kind,
+        period_id: period.id.clone(),
+        spend_micro_usd: spent,
+        budget_micro_usd: limit,
+        threshold: threshold_ppm as f64 / 1e6,
+        action: budget.action.name().to_string(),
+        at_unix_secs: now,
+        period_end_unix_secs: period.end,
+    }
+}
+
+fn log_attribution(record: &Attribution) {
+    let task = record.task.as_deref().unwrap_or("-");
+    let user = record.user.as_deref().unwrap_or("-");
+    match &record.outcome {
+        Outcome::Charged {
+            metered,
+            micro_usd,
+            priced_as,
+            estimated,
+        } => {
+            let u = &metered.usage;
+            log::info!(
+                "call agent={} budget={} task={} user={} api={} model={} priced_as={} input={} cached_input={} cache_write={} output={} reasoning={} cost_micro_usd={} estimated={}",
+                record.agent,
+                record.budget,
+                task,
+                user,
+                record.api,
+                record.model,
+                priced_as.as_deref().unwrap_or("fallback"),
+                u.input,
+                u.cache_read,
+                u.cache_write_5m.saturating_add(u.cache_write_1h),
+                u.output,
+                u.reasoning,
+                micro_usd,
+                estimated
+            );
+        }
+        Outcome::Stopped { .. } => {}
+        Outcome::Unmetered(reason) => {
+            log::warn!(
+                "unmetered agent={} budget={} task={} user={} api={} model={} reason={}",
+                record.agent,
+                record.budget,
+                task,
+                user,
+                record.api,
+                record.model,
+                reason.reason()
+            );
+        }
+    }
+}
+
+/// Removes the usage-only events the filter asked for from the byte stream the client sees.
+///
+/// Forwards complete events only, holding back a trailing partial event until it completes
+/// (an SSE client cannot act on a partial event anyway, so time-to-token is unchanged).
+#[derive(Debug, Default)]
+struct UsageStripper {
+    held: Vec<u8>,
+}
+
+impl UsageStripper {
+    /// `chunk` spans stream offsets `chunk_start..chunk_start+len`; held bytes precede it.
+    /// `boundary` is the end of the last complete event; `drops` are spans to remove.
+    fn process(
+        &mut self,
+        chunk: &[u8],
+        chunk_start: u64,
+        boundary: u64,
+        drops: &[(u64, u64)],
+        end_of_stream: bool,
+    ) -> ChunkOutcome {
+        let held_start = chunk_start.saturating_sub(self.held.len() as u64);
+        let chunk_end = chunk_start.saturating_add(chunk.len() as u64);
+        let cut = if end_of_stream {
+            chunk_end
+        } else {
+            boundary.clamp(held_start, chunk_end)
+        };
+        if self.held.is_empty() && drops.is_empty() && cut == chunk_end {
+            return ChunkOutcome::Pass;
+        }
+        let mut stream = std::mem::take(&mut self.held);
+        stream.extend_from_slice(chunk);
+        let local =
+            |offset: u64| usize::try_from(offset.saturating_sub(held_start)).unwrap_or(usize::MAX);
+        let mut out = Vec::with_capacity(stream.len());
+        let mut position = held_start;
+        for &(start, end) in drops {
+            if start >= position && end <= cut {
+                out.extend_from_slice(
+                    stream
+                        .get(local(position)..local(start))
+                        .unwrap_or_default(),
+                );
+                position = end;
+            }
+        }
+        out.extend_from_slice(stream.get(local(position)..local(cut)).unwrap_or_default());
+        self.held = stream.get(local(cut)..).unwrap_or_default().to_vec();
+        if self.held.len() > MAX_EVENT_BYTES {
+            // An event this large is not a usage chunk: stop holding it back.
+            out.append(&mut self.held);
+        }
+        ChunkOutcome::Replace(out)
+    }
+}
+
+#[cfg(test)]
+mod tests;

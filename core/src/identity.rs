@@ -1,0 +1,122 @@
+//! Who a call is charged to: the agent header, mapped onto a configured budget.
+
+use crate::config::{Config, Unidentified};
+
+/// The budget that unidentified calls are charged to when the policy says `default`.
+pub const DEFAULT_BUDGET: &str = "default";
+const MAX_ID_LEN: usize = 64;
+
+/// Agent ids become stat-name segments and ledger keys: keep them to a safe alphabet.
+pub fn is_valid_agent_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Task and user ids are attribution metadata only: bounded and printable, or dropped.
+pub fn sanitize_attribute(value: Option<&str>) -> Option<String> {
+    let value = value?.trim();
+    if value.is_empty() {
+        return None;
+    }
+    let cleaned: String = value
+        .chars()
+        .take(128)
+        .map(|c| if c.is_ascii_graphic() { c } else { '_' })
+        .collect();
+    Some(cleaned)
+}
+
+/// Who the call is attributed to and which budget pays for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// What the agent header said (the attribution id in logs), `-` if absent.
+    pub agent: String,
+    /// The configured budget charged: the agent itself or `default`.
+    pub budget: String,
+    pub task: Option<String>,
+    pub user: Option<String>,
+}
+
+/// Why a call could not be attributed to a budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unattributed {
+    Missing,
+    Invalid,
+    Unknown(String),
+}
+
+impl Unattributed {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Unattributed::Missing => "missing",
+            Unattributed::Invalid => "invalid",
+            Unattributed::Unknown(_) => "unknown",
+        }
+    }
+
+    /// HTTP status and message for the client.
+    pub fn reply(&self, config: &Config) -> (u32, String) {
+        match self {
+            Unattributed::Missing => (
+                400,
+                format!("Missing `{}` header: every call through this gateway must name its agent.", config.agent_header),
+            ),
+            Unattributed::Invalid => (
+                400,
+                format!(
+                    "Invalid `{}` header: agent ids are 1-64 characters of A-Z, a-z, 0-9, `-` and `_`.",
+                    config.agent_header
+                ),
+            ),
+            Unattributed::Unknown(agent) => (
+                403,
+                format!("Agent `{agent}` has no budget configured at this gateway."),
+            ),
+        }
+    }
+}
+
+pub fn identify(
+    config: &Config,
+    agent: Option<&str>,
+    task: Option<&str>,
+    user: Option<&str>,
+) -> Result<Identity, Unattributed> {
+    let task = sanitize_attribute(task);
+    let user = sanitize_attribute(user);
+    let charge_default = |agent: String| Identity {
+        agent,
+        budget: DEFAULT_BUDGET.to_string(),
+        task: task.clone(),
+        user: user.clone(),
+    };
+    let agent = agent.map(str::trim).filter(|a| !a.is_empty());
+    match agent {
+        None => match config.missing_agent {
+            Unidentified::Reject => Err(Unattributed::Missing),
+            Unidentified::Default => Ok(charge_default("-".to_string())),
+        },
+        Some(id) if !is_valid_agent_id(id) => match config.unknown_agent {
+            Unidentified::Reject => Err(Unattributed::Invalid),
+            Unidentified::Default => Ok(charge_default(
+                sanitize_attribute(Some(id)).unwrap_or_default(),
+            )),
+        },
+        Some(id) if config.agents.contains_key(id) => Ok(Identity {
+            agent: id.to_string(),
+            budget: id.to_string(),
+            task,
+            user,
+        }),
+        Some(id) => match config.unknown_agent {
+            Unidentified::Reject => Err(Unattributed::Unknown(id.to_string())),
+            Unidentified::Default => Ok(charge_default(id.to_string())),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,67 @@
+//! OpenAI Embeddings (`/v1/embeddings`).
+//!
+//! Usage: `usage.prompt_tokens`, all of it uncached input (`total_tokens` repeats it; there
+//! is no output). Embeddings never stream: the dispatch sends a stream, should one come, to
+//! the chat meter, which reads an OpenAI-shaped usage chunk. [`StreamMeter`] exists only to
+//! keep every format's module the same shape.
+
+use super::{ErrorKind, EventFate, Metered, PreparedRequest, Progress, Unmetered};
+use crate::sse::SseEvent;
+use crate::usage::Usage;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+struct Response {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+}
+
+/// The model; embeddings requests have no stream flag and need no rewrite.
+pub fn prepare_request(body: &[u8]) -> PreparedRequest {
+    super::common_request(body)
+}
+
+pub fn usage_from_body(body: &[u8]) -> Result<Metered, Unmetered> {
+    let response: Response = serde_json::from_slice(body).map_err(|_| Unmetered::Malformed)?;
+    let usage = response.usage.ok_or(Unmetered::NoUsage)?;
+    Ok(Metered {
+        usage: Usage {
+            input: usage.prompt_tokens,
+            ..Usage::default()
+        },
+        model: response.model,
+    })
+}
+
+/// Not used by the dispatch (see the module docs): reads nothing, reports no usage.
+#[derive(Debug, Clone, Default)]
+pub struct StreamMeter {}
+
+impl StreamMeter {
+    pub fn on_event(&mut self, _event: &SseEvent) -> EventFate {
+        EventFate::Forward
+    }
+
+    pub fn finish(&self) -> Result<Metered, Unmetered> {
+        Err(Unmetered::NoUsage)
+    }
+
+    pub fn progress(&self) -> Progress {
+        Progress::default()
+    }
+}
+
+pub fn error_body(kind: ErrorKind, message: &str) -> Vec<u8> {
+    super::openai::error_body(kind, message)
+}
+
+#[cfg(test)]
+mod tests;

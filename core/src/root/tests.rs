@@ -1,0 +1,140 @@
+use super::*;
+use crate::host::fake::FakeHost;
+
+const NOW: i64 = 1_795_900_000; // 2026-11-28T...
+
+fn worker() -> Worker {
+    Worker::new(
+        Config::from_bytes(br#"{"agents":{"bot":{"daily_usd":1,"monthly_usd":10}}}"#).unwrap(),
+    )
+}
+
+#[test]
+fn tick_prepares_current_and_next_periods_once() {
+    let host = FakeHost::new().at_unix_secs(NOW);
+    let worker = worker();
+    worker.tick(&host);
+    let keys = host.shared_keys();
+    for prefix in [
+        "agent_budget/v1/d/2026-11-28/",
+        "agent_budget/v1/d/2026-11-29/",
+        "agent_budget/v1/m/2026-11/",
+        "agent_budget/v1/m/2026-12/",
+    ] {
+        assert_eq!(
+            keys.iter().filter(|k| k.starts_with(prefix)).count(),
+            16,
+            "{prefix}"
+        );
+    }
+    assert_eq!(
+        host.metric("agent_budget_limit_micro_usd.agent.bot.period.daily"),
+        Some(1_000_000)
+    );
+    assert_eq!(
+        host.metric("agent_budget_spend_micro_usd.agent.bot.period.monthly"),
+        Some(0)
+    );
+}
+
+#[test]
+fn rollover_prepares_ahead_and_releases_old_days() {
+    let host = FakeHost::new().at_unix_secs(NOW);
+    let worker = worker();
+    worker.tick(&host);
+    let ledger = Ledger::new(&host);
+    let today = Period::containing(PeriodKind::Daily, worker.config.time_zone, NOW);
+    ledger.add_spend(&today, "agent:bot", 5).unwrap();
+    host.set_unix_secs(NOW + 2 * 86_400);
+    worker.tick(&host);
+    assert!(host
+        .shared_keys()
+        .iter()
+        .any(|k| k.starts_with("agent_budget/v1/d/2026-12-01/")));
+    assert_eq!(
+        ledger.read(&today, "agent:bot").unwrap().spent,
+        0,
+        "released"
+    );
+}
+
+#[test]
+fn pending_charges_are_retried_on_tick() {
+    let host = FakeHost::new().at_unix_secs(NOW);
+    let worker = worker();
+    worker.tick(&host);
+    let today = Period::containing(PeriodKind::Daily, worker.config.time_zone, NOW);
+    worker.defer(PendingCharge {
+        period: today.clone(),
+        account: "agent:bot".into(),
+        micro_usd: 42,
+        release: 0,
+    });
+    assert_eq!(worker.pending_len(), 1);
+    worker.tick(&host);
+    assert_eq!(worker.pending_len(), 0);
+    assert_eq!(
+        Ledger::new(&host).read(&today, "agent:bot").unwrap().spent,
+        42
+    );
+    assert_eq!(
+        host.metric("agent_budget_spend_micro_usd.agent.bot.period.daily"),
+        Some(42)
+    );
+}
+
+#[test]
+fn alerts_are_delivered_retried_and_counted() {
+    let host = FakeHost::new().at_unix_secs(NOW);
+    let config =
+        br#"{"agents":{"bot":{"daily_usd":1}},"alerts":{"cluster":"hooks","format":"json"}}"#;
+    let worker = Worker::new(Config::from_bytes(config).unwrap());
+    worker.tick(&host);
+    let alert = Alert {
+        kind: crate::alerts::AlertKind::Soft,
+        agent: "bot".into(),
+        period: PeriodKind::Daily,
+        period_id: "2026-11-28".into(),
+        spend_micro_usd: 800_000,
+        budget_micro_usd: 1_000_000,
+        threshold: 0.8,
+        action: "stop".into(),
+        at_unix_secs: NOW,
+        period_end_unix_secs: NOW + 3_600,
+    };
+    worker.raise_alert(&host, alert.clone());
+    worker.raise_alert(&host, alert); // the same crossing again: queued once
+    assert_eq!(
+        host.metric("agent_budget_alerts.agent.bot.reason.soft"),
+        Some(2)
+    );
+    worker.tick(&host);
+    let sent = host.dispatched();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].cluster, "hooks");
+    assert!(sent[0]
+        .headers
+        .contains(&(":path".to_string(), "/".to_string())));
+    let body: serde_json::Value = serde_json::from_slice(&sent[0].body).unwrap();
+    assert_eq!(body["agent"], "bot");
+    // The receiver fails: retried after the backoff, not before.
+    worker.on_alert_reply(&host, sent[0].token, 500);
+    assert_eq!(
+        host.metric("agent_budget_alert_deliveries.reason.failed"),
+        Some(1)
+    );
+    worker.tick(&host);
+    assert_eq!(host.dispatched().len(), 1, "backing off");
+    host.set_unix_secs(NOW + 2);
+    worker.tick(&host);
+    let sent = host.dispatched();
+    assert_eq!(sent.len(), 2);
+    worker.on_alert_reply(&host, sent[1].token, 200);
+    assert_eq!(
+        host.metric("agent_budget_alert_deliveries.reason.delivered"),
+        Some(1)
+    );
+    host.set_unix_secs(NOW + 120);
+    worker.tick(&host);
+    assert_eq!(host.dispatched().len(), 2, "never sent again");
+}
