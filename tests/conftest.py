@@ -19,12 +19,17 @@ def mock():
 
 
 @pytest.fixture
-def gateway_factory(mock):
-    """Starts Envoy gateways in front of this test's mock; stops them afterwards."""
+def gateway(mock):
+    """Starts Envoy gateways in front of this test's mock; stops them afterwards.
+
+    gateway(plugin_config, **options) takes harness.Gateway's options (concurrency,
+    as_string, clusters, dynamic, envoy_args) and expect_failure for a configuration
+    Envoy must refuse.
+    """
     started = []
 
-    def start(plugin_config, **kwargs):
-        gw = Gateway(upstream_port=mock.port, plugin_config=plugin_config, **kwargs).start()
+    def start(plugin_config, expect_failure=False, **options):
+        gw = Gateway(upstream_port=mock.port, plugin_config=plugin_config, **options).start(expect_failure)
         started.append(gw)
         return gw
 

@@ -1,13 +1,14 @@
 """Starts real processes for integration tests: the mock provider and Envoy with the filter.
 
 Every test gets its own free loopback ports and its own Envoy (--disable-hot-restart), so
-tests can run in parallel. The Envoy bootstrap is envoy/agent-budget.yaml itself, with
-ports, the .wasm path and the plugin configuration swapped in.
+tests can run in parallel. The Envoy bootstrap is envoy/agent-budget.yaml itself (or
+envoy/agent-budget-dynamic.yaml with envoy/lds.yaml, for reloads), with ports, the .wasm
+path and the plugin configuration swapped in. The mock's usage figures and failure modes
+are set per request by the headers `knobs` builds.
 """
 
 from __future__ import annotations
 
-import copy
 import http.client
 import json
 import os
@@ -74,6 +75,16 @@ def request(port: int, method: str, path: str, body: bytes | None = None,
         conn.close()
 
 
+def _terminate(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM, and SIGKILL if the process has not exited within timeout."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 class Mock:
     """The mock provider (target/release/mock-provider) on a free port."""
 
@@ -90,75 +101,165 @@ class Mock:
         return request(self.port, "GET", "/mock/stats").json()
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        _terminate(self.proc, 5)
         self.dir.cleanup()
+
+
+DYNAMIC_BOOTSTRAP = REPO / "envoy/agent-budget-dynamic.yaml"
+LDS = REPO / "envoy/lds.yaml"
 
 
 def bootstrap(listen_port: int, admin_port: int, upstream_port: int, plugin_config,
               as_string: bool = False) -> dict:
-    """envoy/agent-budget.yaml with test ports and plugin configuration.
-
-    plugin_config is a dict (written as a google.protobuf.Struct, as in the shipped YAML)
-    or, with as_string, sent as a JSON StringValue.
-    """
-    config = copy.deepcopy(yaml.safe_load(BOOTSTRAP.read_text()))
-    config["admin"]["address"]["socket_address"]["port_value"] = admin_port
+    """envoy/agent-budget.yaml with test ports and plugin configuration (see _set_plugin)."""
+    config = _shipped_bootstrap(BOOTSTRAP, admin_port, upstream_port)
     listener = config["static_resources"]["listeners"][0]
     listener["address"]["socket_address"]["port_value"] = listen_port
-    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    wasm = _wasm_filter(hcm)["typed_config"]["config"]
-    wasm["vm_config"]["code"]["local"]["filename"] = str(WASM)
-    if as_string:
-        wasm["configuration"] = {
-            "@type": "type.googleapis.com/google.protobuf.StringValue",
-            "value": json.dumps(plugin_config) if not isinstance(plugin_config, str) else plugin_config,
-        }
-    else:
-        wasm["configuration"]["value"] = plugin_config
+    _set_plugin(_hcm(listener), plugin_config, as_string)
+    return config
+
+
+def dynamic_listener(listen_port: int, plugin_config, as_string: bool = False) -> dict:
+    """The listener of envoy/lds.yaml with a test port and plugin configuration (see _set_plugin)."""
+    listener = yaml.safe_load(LDS.read_text())["resources"][0]
+    listener["address"]["socket_address"]["port_value"] = listen_port
+    _set_plugin(_hcm(listener), plugin_config, as_string)
+    return listener
+
+
+def shipped_plugin_config() -> dict:
+    return plugin_config_of(yaml.safe_load(BOOTSTRAP.read_text()))
+
+
+def plugin_config_of(config: dict) -> dict:
+    """The agent_budget plugin configuration (the Struct) of a static bootstrap."""
+    hcm = _hcm(config["static_resources"]["listeners"][0])
+    return _wasm_filter(hcm)["typed_config"]["config"]["configuration"]["value"]
+
+
+def add_static_cluster(config: dict, name: str, port: int) -> dict:
+    """Points the bootstrap's cluster `name` at a plain HTTP/1.1 STATIC 127.0.0.1:port,
+    adding it if there is none (the shipped configs already name `alert_webhook`)."""
+    clusters = config["static_resources"].setdefault("clusters", [])
+    clusters[:] = [c for c in clusters if c.get("name") != name]
+    clusters.append({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}],
+        },
+    })
+    return config
+
+
+def _shipped_bootstrap(path: Path, admin_port: int, upstream_port: int) -> dict:
+    """A shipped bootstrap with the admin port and the llm_provider cluster's port swapped in."""
+    config = yaml.safe_load(path.read_text())
+    config["admin"]["address"]["socket_address"]["port_value"] = admin_port
     cluster = next(c for c in config["static_resources"]["clusters"] if c["name"] == "llm_provider")
     endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
     endpoint["address"]["socket_address"]["port_value"] = upstream_port
     return config
 
 
+def _hcm(listener: dict) -> dict:
+    return listener["filter_chains"][0]["filters"][0]["typed_config"]
+
+
 def _wasm_filter(hcm: dict) -> dict:
     return next(f for f in hcm["http_filters"] if f["name"] == "agent_budget")
 
 
-def shipped_plugin_config() -> dict:
-    config = yaml.safe_load(BOOTSTRAP.read_text())
-    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    return _wasm_filter(hcm)["typed_config"]["config"]["configuration"]["value"]
+def _set_plugin(hcm: dict, plugin_config, as_string: bool) -> None:
+    """Points the agent_budget filter at the built .wasm and gives it plugin_config: a dict
+    written as a google.protobuf.Struct (as in the shipped YAML) or, with as_string, sent
+    as a JSON StringValue; None keeps the file's own."""
+    wasm = _wasm_filter(hcm)["typed_config"]["config"]
+    wasm["vm_config"]["code"]["local"]["filename"] = str(WASM)
+    if plugin_config is None:
+        return
+    if as_string:
+        wasm["configuration"] = {
+            "@type": "type.googleapis.com/google.protobuf.StringValue",
+            "value": plugin_config if isinstance(plugin_config, str) else json.dumps(plugin_config),
+        }
+    else:
+        wasm["configuration"]["value"] = plugin_config
+
+
+# The mock provider's knobs (mock-provider/README.md). It answers 400 to any other x-mock-*
+# header, so a misspelt knob is refused here rather than by the provider mid-test.
+MOCK_KNOBS = frozenset({
+    "input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens",
+    "chunks", "chunk_delay_ms", "delay_ms", "status", "truncate_after", "content_encoding",
+    "model", "no_usage"})
+
+
+def knobs(agent: str | None = None, input_tokens: int | None = None,
+          output_tokens: int | None = None, **more) -> dict[str, str]:
+    """Request headers for a call through the mock: x-agent-id (unless agent is None) and one
+    x-mock-* header per knob, named after it (cache_write_tokens=400 gives
+    x-mock-cache-write-tokens: 400). A knob that is None keeps the mock's default."""
+    unknown = sorted(set(more) - MOCK_KNOBS)
+    if unknown:
+        raise TypeError("not a mock knob: " + ", ".join(unknown))
+    headers = {} if agent is None else {"x-agent-id": agent}
+    for name, value in {"input_tokens": input_tokens, "output_tokens": output_tokens, **more}.items():
+        if value is not None:
+            headers["x-mock-" + name.replace("_", "-")] = str(value)
+    return headers
 
 
 @dataclass
 class Gateway:
-    """A running Envoy with the filter in front of an upstream port."""
+    """A running Envoy with the filter in front of an upstream port.
+
+    The bootstrap is envoy/agent-budget.yaml or, with `dynamic`, envoy/agent-budget-dynamic.yaml,
+    whose listener (and with it the plugin configuration) Envoy reads from an lds.yaml in the
+    gateway's temp dir and reloads when write_listener renames a new one over it.
+    """
 
     upstream_port: int
-    plugin_config: object
+    plugin_config: object  # None: the shipped file's own
     concurrency: int = 2
     as_string: bool = False
+    dynamic: bool = False
+    # Static clusters to add or re-point: {name: port} (e.g. the alert webhook).
+    clusters: dict = field(default_factory=dict)
+    # Extra Envoy command-line arguments, e.g. ["--drain-strategy", "immediate"].
+    envoy_args: list = field(default_factory=list)
     port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
+    version: int = field(default=0, init=False)  # of the last lds.yaml written
 
     def start(self, expect_failure: bool = False) -> "Gateway":
         require_built()
         self.dir = tempfile.TemporaryDirectory(prefix="envoy-")
-        path = Path(self.dir.name) / "envoy.yaml"
-        path.write_text(yaml.safe_dump(bootstrap(
-            self.port, self.admin_port, self.upstream_port, self.plugin_config, self.as_string)))
-        self.log_path = Path(self.dir.name) / "envoy.log"
-        self.access_log_path = Path(self.dir.name) / "access.log"
+        home = Path(self.dir.name)
+        if self.dynamic:
+            config = _shipped_bootstrap(DYNAMIC_BOOTSTRAP, self.admin_port, self.upstream_port)
+            self.lds_path = home / "lds.yaml"
+            self.write_listener(self.plugin_config)
+            source = config["dynamic_resources"]["lds_config"]["path_config_source"]
+            source["path"] = str(self.lds_path)
+            source["watched_directory"] = {"path": self.dir.name}
+        else:
+            config = bootstrap(self.port, self.admin_port, self.upstream_port, self.plugin_config,
+                               self.as_string)
+        for name, port in self.clusters.items():
+            add_static_cluster(config, name, port)
+        path = home / "envoy.yaml"
+        path.write_text(yaml.safe_dump(config))
+        self.log_path = home / "envoy.log"
+        self.access_log_path = home / "access.log"
         self.log = open(self.log_path, "wb")
         self.access_log = open(self.access_log_path, "wb")
         self.proc = subprocess.Popen(
             [str(ENVOY), "-c", str(path), "--disable-hot-restart", "--concurrency", str(self.concurrency),
-             "-l", "info", "--log-path", str(self.log_path)],
+             "-l", "info", "--log-path", str(self.log_path), *self.envoy_args],
             stdout=self.access_log, stderr=subprocess.STDOUT, cwd=REPO)
         if expect_failure:
             try:
@@ -178,9 +279,23 @@ class Gateway:
         if self.proc.poll() is not None:
             raise AssertionError("Envoy exited:\n" + self.log_text()[-4000:])
         try:
-            return request(self.admin_port, "GET", "/ready", timeout=1).status == 200
+            if request(self.admin_port, "GET", "/ready", timeout=1).status != 200:
+                return False
+            if self.dynamic:  # the listener comes from LDS: wait until it accepts connections
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
         except OSError:
             return False
+
+    def write_listener(self, plugin_config) -> None:
+        """Atomically replaces lds.yaml (temp file + rename in the same directory)."""
+        self.version += 1
+        listener = dynamic_listener(self.port, plugin_config, self.as_string)
+        response = {"version_info": str(self.version), "resources": [
+            {"@type": "type.googleapis.com/envoy.config.listener.v3.Listener", **listener}]}
+        tmp = self.lds_path.with_name(f".lds.{self.version}.tmp")
+        tmp.write_text(yaml.safe_dump(response))
+        os.rename(tmp, self.lds_path)
 
     def log_text(self) -> str:
         if not self.log.closed:
@@ -209,13 +324,18 @@ class Gateway:
     def stats(self) -> "Stats":
         return Stats.parse(request(self.admin_port, "GET", "/stats/prometheus").body.decode())
 
+    def lds_stats(self) -> dict[str, int]:
+        """listener_manager.lds.* counters: update_success, update_rejected, update_attempt..."""
+        body = request(self.admin_port, "GET", r"/stats?filter=^listener_manager\.lds\.", timeout=5).body
+        out = {}
+        for line in body.decode().splitlines():
+            name, sep, value = line.partition(": ")
+            if sep and value.strip().lstrip("-").isdigit():
+                out[name.strip().rsplit(".", 1)[1]] = int(value)
+        return out
+
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        _terminate(self.proc, 10)
         self.log.close()
         self.access_log.close()
         self.dir.cleanup()
@@ -249,163 +369,3 @@ class Stats:
     def value(self, name: str, **labels) -> int:
         v = self.get(name, **labels)
         return 0 if v is None else int(v)
-
-
-# ---------------------------------------------------------------------------------------
-# Extra clusters (alert webhooks) and file-based dynamic listeners (reload tests).
-# ---------------------------------------------------------------------------------------
-
-DYNAMIC_BOOTSTRAP = REPO / "envoy/agent-budget-dynamic.yaml"
-LDS = REPO / "envoy/lds.yaml"
-
-
-def static_cluster(name: str, port: int, host: str = "127.0.0.1") -> dict:
-    """A plain HTTP/1.1 STATIC cluster on host:port, e.g. for the alert webhook."""
-    return {
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-                "socket_address": {"address": host, "port_value": port}}}}]}],
-        },
-    }
-
-
-def add_static_cluster(config: dict, name: str, port: int) -> dict:
-    """Points the bootstrap's cluster `name` at 127.0.0.1:port, adding a STATIC cluster of
-    that name if there is none (the shipped config already names `alert_webhook`)."""
-    clusters = config["static_resources"].setdefault("clusters", [])
-    clusters[:] = [c for c in clusters if c.get("name") != name]
-    clusters.append(static_cluster(name, port))
-    return config
-
-
-def _launch(gw: "Gateway", config: dict, expect_failure: bool = False, ready=None,
-            extra_args: list[str] | None = None) -> None:
-    """Gateway.start with a given bootstrap dict (written to gw.dir): the same process
-    handling, log files and readiness wait, so Gateway's other methods work unchanged."""
-    require_built()
-    if not hasattr(gw, "dir"):
-        gw.dir = tempfile.TemporaryDirectory(prefix="envoy-")
-    path = Path(gw.dir.name) / "envoy.yaml"
-    path.write_text(yaml.safe_dump(config))
-    gw.log_path = Path(gw.dir.name) / "envoy.log"
-    gw.access_log_path = Path(gw.dir.name) / "access.log"
-    gw.log = open(gw.log_path, "wb")
-    gw.access_log = open(gw.access_log_path, "wb")
-    gw.proc = subprocess.Popen(
-        [str(ENVOY), "-c", str(path), "--disable-hot-restart", "--concurrency", str(gw.concurrency),
-         "-l", "info", "--log-path", str(gw.log_path), *(extra_args or [])],
-        stdout=gw.access_log, stderr=subprocess.STDOUT, cwd=REPO)
-    if expect_failure:
-        try:
-            gw.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            gw.stop()
-            raise AssertionError("Envoy started although its configuration should be refused")
-        return
-    try:
-        wait_until(ready or gw._ready, 30, "Envoy to become ready")
-    except Exception:
-        gw.stop()
-        raise AssertionError("Envoy did not start:\n" + gw.log_text()[-4000:])
-
-
-@dataclass
-class ClusterGateway(Gateway):
-    """A Gateway whose bootstrap carries extra STATIC clusters: {name: port}."""
-
-    extra_clusters: dict = field(default_factory=dict)
-
-    def start(self, expect_failure: bool = False) -> "ClusterGateway":
-        self.dir = tempfile.TemporaryDirectory(prefix="envoy-")
-        config = bootstrap(self.port, self.admin_port, self.upstream_port, self.plugin_config,
-                           self.as_string)
-        for name, port in self.extra_clusters.items():
-            add_static_cluster(config, name, port)
-        _launch(self, config, expect_failure)
-        return self
-
-    def admin_stats(self) -> dict[str, int]:
-        """Envoy's own counters and gauges from /stats (not Prometheus): {name: value}."""
-        return admin_stats(self.admin_port)
-
-
-def admin_stats(admin_port: int, filter_regex: str | None = None) -> dict[str, int]:
-    path = "/stats" + (f"?filter={filter_regex}" if filter_regex else "")
-    out = {}
-    for line in request(admin_port, "GET", path, timeout=5).body.decode().splitlines():
-        name, sep, value = line.partition(": ")
-        if sep and value.strip().lstrip("-").isdigit():
-            out[name.strip()] = int(value)
-    return out
-
-
-def dynamic_listener(listen_port: int, plugin_config, wasm: Path = WASM) -> dict:
-    """The listener of envoy/lds.yaml with a test port, the built .wasm and a plugin config
-    (None keeps the file's own)."""
-    response = yaml.safe_load(LDS.read_text())
-    listener = copy.deepcopy(response["resources"][0])
-    listener["address"]["socket_address"]["port_value"] = listen_port
-    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    config = _wasm_filter(hcm)["typed_config"]["config"]
-    config["vm_config"]["code"]["local"]["filename"] = str(wasm)
-    if plugin_config is not None:  # None: the plugin configuration shipped in envoy/lds.yaml
-        config["configuration"]["value"] = plugin_config
-    return listener
-
-
-@dataclass
-class DynamicGateway(Gateway):
-    """Envoy from envoy/agent-budget-dynamic.yaml: static clusters, and the listener (with the
-    plugin configuration) read from an lds.yaml in the test's temp dir, reloaded by Envoy when
-    a new file is renamed over it (write_listener)."""
-
-    version: int = 0
-    # Extra Envoy command-line arguments, e.g. ["--drain-strategy", "immediate"].
-    envoy_args: list = field(default_factory=list)
-    # Static clusters to add or re-point: {name: port} (e.g. the alert webhook).
-    extra_clusters: dict = field(default_factory=dict)
-
-    def start(self, expect_failure: bool = False) -> "DynamicGateway":
-        self.dir = tempfile.TemporaryDirectory(prefix="envoy-dyn-")
-        self.lds_path = Path(self.dir.name) / "lds.yaml"
-        self.write_listener(self.plugin_config)
-        config = copy.deepcopy(yaml.safe_load(DYNAMIC_BOOTSTRAP.read_text()))
-        config["admin"]["address"]["socket_address"]["port_value"] = self.admin_port
-        source = config["dynamic_resources"]["lds_config"]["path_config_source"]
-        source["path"] = str(self.lds_path)
-        source["watched_directory"] = {"path": self.dir.name}
-        cluster = next(c for c in config["static_resources"]["clusters"] if c["name"] == "llm_provider")
-        endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-        endpoint["address"]["socket_address"]["port_value"] = self.upstream_port
-        for name, port in self.extra_clusters.items():
-            add_static_cluster(config, name, port)
-        _launch(self, config, expect_failure, ready=self._listening, extra_args=self.envoy_args)
-        return self
-
-    def _listening(self) -> bool:
-        if not self._ready():
-            return False
-        try:  # the listener comes from LDS: wait until it accepts connections
-            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-            return True
-        except OSError:
-            return False
-
-    def write_listener(self, plugin_config, listener: dict | None = None) -> None:
-        """Atomically replaces lds.yaml (temp file + rename in the same directory)."""
-        self.version += 1
-        listener = listener or dynamic_listener(self.port, plugin_config)
-        response = {"version_info": str(self.version), "resources": [
-            {"@type": "type.googleapis.com/envoy.config.listener.v3.Listener", **listener}]}
-        tmp = self.lds_path.with_name(f".lds.{self.version}.tmp")
-        tmp.write_text(yaml.safe_dump(response))
-        os.rename(tmp, self.lds_path)
-
-    def lds_stats(self) -> dict[str, int]:
-        """listener_manager.lds.* counters: update_success, update_rejected, update_attempt..."""
-        return {k.rsplit(".", 1)[1]: v for k, v in
-                admin_stats(self.admin_port, r"^listener_manager\.lds\.").items()}

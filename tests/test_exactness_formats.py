@@ -10,7 +10,7 @@ import http.client
 import json
 import random
 
-from harness import Gateway, wait_until
+from harness import knobs, wait_until
 
 CALLS = 10_000
 AGENTS = [f"fresh-{i:02d}" for i in range(40)]
@@ -45,9 +45,8 @@ def plan(rng):
         cache_write = rng.randint(0, 500) if name == "anthropic" else 0
         if name == "embeddings":
             out = 0
-        headers = {"x-agent-id": agent, "x-mock-input-tokens": str(inp), "x-mock-output-tokens": str(out),
-                   "x-mock-cached-tokens": str(cached), "x-mock-cache-write-tokens": str(cache_write),
-                   "x-mock-chunks": str(rng.randint(1, 6)), "content-type": "application/json"}
+        headers = {**knobs(agent, inp, out, cached_tokens=cached, cache_write_tokens=cache_write,
+                           chunks=rng.randint(1, 6)), "content-type": "application/json"}
         # What the filter must book: Anthropic reports input without the cache classes.
         uncached = inp if name == "anthropic" else inp - cached
         usage = {"input": uncached, "cached": cached, "cache_write": cache_write, "output": out}
@@ -73,53 +72,50 @@ def send(port, calls):
     return bad
 
 
-def test_ten_thousand_mixed_calls_are_charged_exactly(mock):
+def test_ten_thousand_mixed_calls_are_charged_exactly(gateway, mock):
     rng = random.Random(2026)
     calls = plan(rng)
-    gw = Gateway(upstream_port=mock.port, concurrency=4, plugin_config={
+    gw = gateway({
         "agents": {a: {"daily_usd": 1_000_000} for a in AGENTS},
         "pricing": {MODEL: {"input": 1, "output": 2, "cached_input": 0.5, "cache_write": 1.25}},
-    }).start()
-    try:
-        # Keep the order of first appearances: 16 clients each take every 16th call.
-        shares = [calls[i::16] for i in range(16)]
-        with concurrent.futures.ThreadPoolExecutor(16) as pool:
-            bad = [b for result in pool.map(lambda c: send(gw.port, c), shares) for b in result]
-        assert bad == []
+    }, concurrency=4)
+    # Keep the order of first appearances: 16 clients each take every 16th call.
+    shares = [calls[i::16] for i in range(16)]
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        bad = [b for result in pool.map(lambda c: send(gw.port, c), shares) for b in result]
+    assert bad == []
 
-        expected = {a: {"input": 0, "cached": 0, "cache_write": 0, "output": 0, "cost": 0, "calls": 0} for a in AGENTS}
-        for agent, _, _, _, usage in calls:
-            e = expected[agent]
-            for k in ("input", "cached", "cache_write", "output"):
-                e[k] += usage[k]
-            e["cost"] += cost(usage)
-            e["calls"] += 1
-        served = mock.stats()
-        assert served["total"]["calls"] == CALLS and served["unreported_calls"] == 0
+    expected = {a: {"input": 0, "cached": 0, "cache_write": 0, "output": 0, "cost": 0, "calls": 0} for a in AGENTS}
+    for agent, _, _, _, usage in calls:
+        e = expected[agent]
+        for k in ("input", "cached", "cache_write", "output"):
+            e[k] += usage[k]
+        e["cost"] += cost(usage)
+        e["calls"] += 1
+    served = mock.stats()
+    assert served["total"]["calls"] == CALLS and served["unreported_calls"] == 0
 
-        stats = gw.stats()
-        for agent in AGENTS:
-            e = expected[agent]
-            got = {
-                "input": stats.value("agent_budget_input_tokens", agent=agent),
-                "cached": stats.value("agent_budget_cached_input_tokens", agent=agent),
-                "cache_write": stats.value("agent_budget_cache_write_tokens", agent=agent),
-                "output": stats.value("agent_budget_output_tokens", agent=agent),
-                "cost": stats.value("agent_budget_cost_micro_usd", agent=agent),
-                "calls": stats.value("agent_budget_requests", agent=agent),
-            }
-            assert got == e, agent
-            assert served["agents"][agent]["calls"] == e["calls"]
-        assert stats.value("agent_budget_unmetered_requests", agent=AGENTS[0]) == 0
-        assert sum(stats.value("agent_budget_unmetered", reason=r) for r in
-                   ("no_usage", "malformed", "incomplete", "too_large", "compressed", "upstream_error")) == 0
+    stats = gw.stats()
+    for agent in AGENTS:
+        e = expected[agent]
+        got = {
+            "input": stats.value("agent_budget_input_tokens", agent=agent),
+            "cached": stats.value("agent_budget_cached_input_tokens", agent=agent),
+            "cache_write": stats.value("agent_budget_cache_write_tokens", agent=agent),
+            "output": stats.value("agent_budget_output_tokens", agent=agent),
+            "cost": stats.value("agent_budget_cost_micro_usd", agent=agent),
+            "calls": stats.value("agent_budget_requests", agent=agent),
+        }
+        assert got == e, agent
+        assert served["agents"][agent]["calls"] == e["calls"]
+    assert stats.value("agent_budget_unmetered_requests", agent=AGENTS[0]) == 0
+    assert sum(stats.value("agent_budget_unmetered", reason=r) for r in
+               ("no_usage", "malformed", "incomplete", "too_large", "compressed", "upstream_error")) == 0
 
-        # The shared ledger lost no increment, first writes included.
-        def ledger_matches():
-            now = gw.stats()
-            return all(now.value("agent_budget_spend_micro_usd", agent=a, period="daily") == expected[a]["cost"]
-                       for a in AGENTS)
-        wait_until(ledger_matches, 15, "every agent's ledger spend to equal its charges")
-        assert stats.value("agent_budget_ledger_errors", reason="late_create") == 0
-    finally:
-        gw.stop()
+    # The shared ledger lost no increment, first writes included.
+    def ledger_matches():
+        now = gw.stats()
+        return all(now.value("agent_budget_spend_micro_usd", agent=a, period="daily") == expected[a]["cost"]
+                   for a in AGENTS)
+    wait_until(ledger_matches, 15, "every agent's ledger spend to equal its charges")
+    assert stats.value("agent_budget_ledger_errors", reason="late_create") == 0

@@ -5,7 +5,7 @@ import json
 import socket
 import time
 
-from harness import Gateway
+from harness import knobs
 
 CHAT = "/v1/chat/completions"
 MESSAGES = "/v1/messages"
@@ -29,19 +29,18 @@ def raw_request(port, path, body, headers, stop_after_bytes=None):
     return got
 
 
-def slow_stream(agent="a", **extra):
-    return {"x-agent-id": agent, "x-mock-input-tokens": "1000", "x-mock-output-tokens": "200",
-            "x-mock-chunks": "100", "x-mock-chunk-delay-ms": "10", **extra}
+# A stream of 100 events over about a second, for a client to walk away from.
+SLOW_STREAM = knobs("a", 1000, 200, chunks=100, chunk_delay_ms=10)
 
 
-def test_client_leaving_mid_stream_is_charged_an_estimate(gateway_factory):
-    gw = gateway_factory(CONFIG)
+def test_client_leaving_mid_stream_is_charged_an_estimate(gateway):
+    gw = gateway(CONFIG)
     # Anthropic reports input in message_start: exact input, output estimated from the text.
     raw_request(gw.port, MESSAGES, {"model": "claude-haiku-4-5", "max_tokens": 200, "stream": True,
-                                    "messages": []}, slow_stream(), stop_after_bytes=3000)
+                                    "messages": []}, SLOW_STREAM, stop_after_bytes=3000)
     # OpenAI reports nothing before the end: input estimated from the request size.
     raw_request(gw.port, CHAT, {"model": "gpt-4o-mini", "stream": True, "messages": []},
-                slow_stream(), stop_after_bytes=3000)
+                SLOW_STREAM, stop_after_bytes=3000)
     time.sleep(0.5)  # the aborted streams are settled when Envoy logs them
     stats = gw.stats()
     assert stats.value("agent_budget_estimated_requests", agent="a") == 2
@@ -54,10 +53,10 @@ def test_client_leaving_mid_stream_is_charged_an_estimate(gateway_factory):
     assert records[CHAT]["estimated"] == "true"
 
 
-def test_upstream_truncated_stream_is_unmetered_incomplete(gateway_factory):
-    gw = gateway_factory(CONFIG)
+def test_upstream_truncated_stream_is_unmetered_incomplete(gateway):
+    gw = gateway(CONFIG)
     got = raw_request(gw.port, CHAT, {"model": "gpt-4o", "stream": True, "messages": []},
-                      {"x-agent-id": "a", "x-mock-truncate-after": "5", "x-mock-chunks": "50"})
+                      knobs("a", truncate_after=5, chunks=50))
     assert got.count(b"data: ") == 5  # what the upstream sent did reach the client
     time.sleep(0.3)
     stats = gw.stats()
@@ -65,46 +64,44 @@ def test_upstream_truncated_stream_is_unmetered_incomplete(gateway_factory):
     assert stats.value("agent_budget_cost_micro_usd", agent="a") == 0
 
 
-def test_oversized_body_reaches_client_unchanged_and_is_counted(gateway_factory):
-    gw = gateway_factory(CONFIG)
-    big = gw.post(CHAT, {"model": "gpt-4o", "messages": []},
-                  {"x-agent-id": "a", "x-mock-output-tokens": "3000"})
+def test_oversized_body_reaches_client_unchanged_and_is_counted(gateway):
+    gw = gateway(CONFIG)
+    big = gw.post(CHAT, {"model": "gpt-4o", "messages": []}, knobs("a", output_tokens=3000))
     assert big.status == 200 and len(big.body) > 4096
     assert big.json()["usage"]["completion_tokens"] == 3000  # intact JSON
-    small = gw.post(CHAT, {"model": "gpt-4o", "messages": []}, {"x-agent-id": "a", "x-mock-output-tokens": "10"})
+    small = gw.post(CHAT, {"model": "gpt-4o", "messages": []}, knobs("a", output_tokens=10))
     assert small.status == 200
     stats = gw.stats()
     assert stats.value("agent_budget_unmetered", reason="too_large") == 1
     assert stats.value("agent_budget_output_tokens", agent="a") == 10
 
 
-def test_compressed_response_is_never_metered_as_zero(gateway_factory):
-    gw = gateway_factory(CONFIG)
+def test_compressed_response_is_never_metered_as_zero(gateway):
+    gw = gateway(CONFIG)
     resp = gw.post(CHAT, {"model": "gpt-4o", "messages": []},
-                   {"x-agent-id": "a", "x-mock-content-encoding": "gzip", "accept-encoding": "gzip"})
+                   {**knobs("a", content_encoding="gzip"), "accept-encoding": "gzip"})
     assert resp.status == 200 and resp.headers["content-encoding"] == "gzip"
     stats = gw.stats()
     assert stats.value("agent_budget_unmetered", reason="compressed") == 1
     assert stats.value("agent_budget_unmetered_requests", agent="a") == 1
 
 
-def test_client_gets_gzip_from_envoy_after_the_filter_metered_identity(gateway_factory):
-    gw = gateway_factory(CONFIG)
+def test_client_gets_gzip_from_envoy_after_the_filter_metered_identity(gateway):
+    gw = gateway(CONFIG)
     # The shipped config compresses toward clients that accept gzip, after agent_budget has
     # read the identity-encoded body it asked the provider for.
     resp = gw.post(CHAT, {"model": "gpt-4o", "messages": []},
-                   {"x-agent-id": "a", "accept-encoding": "gzip", "x-mock-input-tokens": "100",
-                    "x-mock-output-tokens": "400"})
+                   {**knobs("a", 100, 400), "accept-encoding": "gzip"})
     assert resp.status == 200 and resp.headers.get("content-encoding") == "gzip"
     assert json.loads(gzip.decompress(resp.body))["usage"]["completion_tokens"] == 400
     assert gw.stats().value("agent_budget_cost_micro_usd", agent="a") == 250 + 4000
 
 
-def test_upstream_errors_are_not_charged(gateway_factory):
-    gw = gateway_factory(CONFIG)
+def test_upstream_errors_are_not_charged(gateway):
+    gw = gateway(CONFIG)
     for status in ("400", "429", "500", "503"):
         resp = gw.post(MESSAGES, {"model": "claude-haiku-4-5", "max_tokens": 5, "messages": []},
-                       {"x-agent-id": "a", "x-mock-status": status})
+                       knobs("a", status=status))
         assert resp.status == int(status)
         assert resp.json()["type"] == "error"  # the provider's own body, unchanged
     stats = gw.stats()

@@ -30,7 +30,7 @@ import anthropic
 import openai
 import pytest
 
-from harness import ClusterGateway, REPO, wait_until
+from harness import REPO, knobs, wait_until
 from webhook import Webhook
 
 # The mock serves whatever model is asked for; the SDK's deprecation notices are noise here.
@@ -50,36 +50,14 @@ def hook():
         yield h
 
 
-@pytest.fixture
-def start(mock):
-    """Starts an Envoy (ClusterGateway) in front of this test's mock, with extra clusters."""
-    started = []
-
-    def start(plugin_config, clusters=None, concurrency=2):
-        gw = ClusterGateway(upstream_port=mock.port, plugin_config=plugin_config,
-                            concurrency=concurrency, extra_clusters=clusters or {}).start()
-        started.append(gw)
-        return gw
-
-    yield start
-    for gw in started:
-        gw.stop()
+def oai(gw, agent, input_tokens=1000, output_tokens=50, **more) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{gw.port}/v1", api_key="test", max_retries=0,
+                         default_headers=knobs(agent, input_tokens, output_tokens, **more))
 
 
-def knobs(agent, inp=1000, out=50, **extra):
-    headers = {"x-agent-id": agent, "x-mock-input-tokens": str(inp), "x-mock-output-tokens": str(out)}
-    headers.update({k: str(v) for k, v in extra.items()})
-    return headers
-
-
-def oai(gw, agent, max_retries=0, **kw) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"http://127.0.0.1:{gw.port}/v1", api_key="test",
-                         default_headers=knobs(agent, **kw), max_retries=max_retries)
-
-
-def claude(gw, agent, max_retries=0, **kw) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=f"http://127.0.0.1:{gw.port}", api_key="test",
-                               default_headers=knobs(agent, **kw), max_retries=max_retries)
+def claude(gw, agent) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=f"http://127.0.0.1:{gw.port}", api_key="test", max_retries=0,
+                               default_headers=knobs(agent, 1000, 50))
 
 
 def chat(client, model="gpt-4o", **kw):
@@ -128,9 +106,9 @@ def alerts_in(deliveries) -> list[dict]:
 
 # --- 1. stop: the SDKs raise RateLimitError and do not retry ----------------------------
 
-def test_openai_sdk_raises_rate_limit_error_and_does_not_retry(start, mock):
+def test_openai_sdk_raises_rate_limit_error_and_does_not_retry(gateway, mock):
     tz, to_reset = offset_resetting_soon()
-    gw = start({"time_zone": tz, "agents": {"bot": {"daily_usd": 0.009, "action": "stop"}}})
+    gw = gateway({"time_zone": tz, "agents": {"bot": {"daily_usd": 0.009, "action": "stop"}}})
     client = oai(gw, "bot")
     for _ in range(3):
         assert chat(client).usage.prompt_tokens == 1000
@@ -151,7 +129,7 @@ def test_openai_sdk_raises_rate_limit_error_and_does_not_retry(start, mock):
 
     # Default SDK retries (max_retries=2): still one attempt per call, raised at once.
     retrying = openai.OpenAI(base_url=f"http://127.0.0.1:{gw.port}/v1", api_key="test",
-                             default_headers=knobs("bot"))
+                             default_headers=knobs("bot", 1000, 50))
     assert retrying.max_retries == 2
     rejected = gw.stats().value("agent_budget_rejected", agent="bot")
     began = time.monotonic()
@@ -165,10 +143,10 @@ def test_openai_sdk_raises_rate_limit_error_and_does_not_retry(start, mock):
     assert mock.stats()["agents"]["bot"]["calls"] == 3
 
 
-def test_anthropic_sdk_raises_rate_limit_error_and_does_not_retry(start, mock):
+def test_anthropic_sdk_raises_rate_limit_error_and_does_not_retry(gateway, mock):
     tz, to_reset = offset_resetting_soon()
     # One sonnet call (3750) uses up 0.0035.
-    gw = start({"time_zone": tz, "agents": {"bot": {"daily_usd": 0.0035}}})
+    gw = gateway({"time_zone": tz, "agents": {"bot": {"daily_usd": 0.0035}}})
     assert message(claude(gw, "bot")).usage.input_tokens == 1000
     with pytest.raises(anthropic.RateLimitError) as caught:
         message(claude(gw, "bot"))
@@ -181,7 +159,7 @@ def test_anthropic_sdk_raises_rate_limit_error_and_does_not_retry(start, mock):
     assert 1 <= int(err.response.headers["retry-after"]) <= 120
 
     retrying = anthropic.Anthropic(base_url=f"http://127.0.0.1:{gw.port}", api_key="test",
-                                   default_headers=knobs("bot"))
+                                   default_headers=knobs("bot", 1000, 50))
     assert retrying.max_retries == 2
     began = time.monotonic()
     for stream in (False, True):
@@ -238,8 +216,8 @@ def anthropic_call(gw, stream):
     ("anthropic", anthropic_call, "claude-sonnet-4-5", "claude-haiku-4-5", SONNET, HAIKU),
 ], ids=["openai", "anthropic"])
 def test_degrade_serves_the_cheaper_model_once_the_budget_is_spent(
-        start, mock, sdk, call, full, cheap, full_cost, cheap_cost, stream):
-    gw = start(degrade_config(0.003))
+        gateway, mock, sdk, call, full, cheap, full_cost, cheap_cost, stream):
+    gw = gateway(degrade_config(0.003))
     model, headers = call(gw, stream)
     assert model == full and "x-agent-budget-degraded-from" not in headers
     assert gw.stats().value("agent_budget_cost_micro_usd", agent="deg") == full_cost
@@ -262,11 +240,11 @@ def test_degrade_serves_the_cheaper_model_once_the_budget_is_spent(
 
 
 @pytest.mark.parametrize("sdk", ["openai", "anthropic"])
-def test_degrade_stops_once_the_degrade_allowance_is_spent(start, mock, sdk):
+def test_degrade_stops_once_the_degrade_allowance_is_spent(gateway, mock, sdk):
     full_cost, cheap_cost = (GPT4O, MINI) if sdk == "openai" else (SONNET, HAIKU)
     # Budget $0.003; the allowance lets exactly two degraded calls through.
     allowance = full_cost + 2 * cheap_cost - 3000
-    gw = start(degrade_config(0.003, degrade_usd=allowance / 1e6))
+    gw = gateway(degrade_config(0.003, degrade_usd=allowance / 1e6))
     call, error = (openai_call, openai.RateLimitError) if sdk == "openai" else \
         (anthropic_call, anthropic.RateLimitError)
     models = [call(gw, False)[0] for _ in range(3)]
@@ -290,7 +268,7 @@ def gemini(gw, model, agent="gem", stream=False):
     return gw.post(f"/v1beta/models/{model}:{method}",
                    {"contents": [{"role": "user", "parts": [{"text": "hello"}]}],
                     "generationConfig": {"maxOutputTokens": 50}},
-                   knobs(agent))
+                   knobs(agent, 1000, 50))
 
 
 def gemini_model_version(resp, stream):
@@ -303,10 +281,10 @@ def gemini_model_version(resp, stream):
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
-def test_degrade_rewrites_the_gemini_path_model(start, mock, stream):
+def test_degrade_rewrites_the_gemini_path_model(gateway, mock, stream):
     # Gemini's model is in the path, so degrade is decided at the request headers, before
     # the body's maxOutputTokens is known: the worst case uses default_max_output_tokens.
-    gw = start({"agents": {"gem": {"daily_usd": 0.00175, "action": "degrade",
+    gw = gateway({"agents": {"gem": {"daily_usd": 0.00175, "action": "degrade",
                                    "degrade_to": {"gemini-2.5-pro": "gemini-2.5-flash"}}},
                 "default_max_output_tokens": 50})
     first = gemini(gw, "gemini-2.5-pro", stream=stream)
@@ -326,22 +304,22 @@ def test_degrade_rewrites_the_gemini_path_model(start, mock, stream):
     assert mock.stats()["agents"]["gem"]["calls"] == 2
 
 
-def test_gemini_call_that_does_not_fit_is_degraded_not_stopped(start, mock):
+def test_gemini_call_that_does_not_fit_is_degraded_not_stopped(gateway, mock):
     # Nothing spent of $0.01; a call without maxOutputTokens has a worst case of 4096 output
     # tokens x $10/M = $0.041 > $0.01: an OpenAI call here is degraded (next test).
-    gw = start({"agents": {"gem": {"daily_usd": 0.01, "action": "degrade",
+    gw = gateway({"agents": {"gem": {"daily_usd": 0.01, "action": "degrade",
                                    "degrade_to": {"gemini-2.5-pro": "gemini-2.5-flash"}}}})
     resp = gw.post("/v1beta/models/gemini-2.5-pro:generateContent",
-                   {"contents": [{"role": "user", "parts": [{"text": "hello"}]}]}, knobs("gem"))
+                   {"contents": [{"role": "user", "parts": [{"text": "hello"}]}]}, knobs("gem", 1000, 50))
     assert resp.status == 200, resp.body
     assert resp.json()["modelVersion"] == "gemini-2.5-flash"
     assert resp.headers["x-agent-budget-degraded-to"] == "gemini-2.5-flash"
 
 
-def test_openai_call_that_does_not_fit_is_degraded(start, mock):
+def test_openai_call_that_does_not_fit_is_degraded(gateway, mock):
     # Counterpart of the Gemini case above: a gpt-4o call with no max_tokens (worst case
     # 4096 x $10/M = $0.041) on a $0.01 budget is degraded rather than stopped.
-    gw = start(degrade_config(0.01))
+    gw = gateway(degrade_config(0.01))
     raw = oai(gw, "deg").chat.completions.with_raw_response.create(model="gpt-4o", messages=HELLO)
     assert raw.parse().model == "gpt-4o-mini"
     assert raw.headers["x-agent-budget-degraded-to"] == "gpt-4o-mini"
@@ -349,8 +327,8 @@ def test_openai_call_that_does_not_fit_is_degraded(start, mock):
 
 # --- 3. alert-and-continue ---------------------------------------------------------------
 
-def test_alert_action_lets_calls_through_and_alerts_once_per_crossing(start, hook):
-    gw = start({"agents": {"al": {"daily_usd": 0.01, "action": "alert"}},
+def test_alert_action_lets_calls_through_and_alerts_once_per_crossing(gateway, hook):
+    gw = gateway({"agents": {"al": {"daily_usd": 0.01, "action": "alert"}},
                 "alerts": alerts_config()}, clusters={WEBHOOK: hook.port})
     client = oai(gw, "al")
     for _ in range(3):  # 9000: past the 80 % soft threshold
@@ -397,8 +375,8 @@ def test_alert_action_lets_calls_through_and_alerts_once_per_crossing(start, hoo
     assert_stays(lambda: len(hook.all) == 2, 1.2, "no further webhook calls")
 
 
-def test_alert_json_format_sends_one_object_with_text_per_alert(start, hook):
-    gw = start({"agents": {"al": {"daily_usd": 0.01, "action": "alert"}},
+def test_alert_json_format_sends_one_object_with_text_per_alert(gateway, hook):
+    gw = gateway({"agents": {"al": {"daily_usd": 0.01, "action": "alert"}},
                 "alerts": alerts_config(format="json", path="/hooks/budget")},
                clusters={WEBHOOK: hook.port})
     client = oai(gw, "al")
@@ -420,8 +398,8 @@ def test_alert_json_format_sends_one_object_with_text_per_alert(start, hook):
     assert_stays(lambda: len(hook.all) == 2, 1.2, "no further webhook calls")
 
 
-def test_overage_is_booked_per_period_past_each_budget(start):
-    gw = start({"agents": {"al": {"daily_usd": 0.01, "monthly_usd": 0.012, "action": "alert"}}})
+def test_overage_is_booked_per_period_past_each_budget(gateway):
+    gw = gateway({"agents": {"al": {"daily_usd": 0.01, "monthly_usd": 0.012, "action": "alert"}}})
     client = oai(gw, "al")
     for _ in range(5):
         raw = client.chat.completions.with_raw_response.create(
@@ -435,11 +413,11 @@ def test_overage_is_booked_per_period_past_each_budget(start):
     assert stats.value("agent_budget_rejected", agent="al") == 0
 
 
-def test_concurrent_crossing_on_four_workers_alerts_exactly_once(start, hook, mock):
+def test_concurrent_crossing_on_four_workers_alerts_exactly_once(gateway, hook, mock):
     calls = 60
-    gw = start({"agents": {"al": {"daily_usd": 0.05, "action": "alert"}},
+    gw = gateway({"agents": {"al": {"daily_usd": 0.05, "action": "alert"}},
                 "alerts": alerts_config()}, clusters={WEBHOOK: hook.port}, concurrency=4)
-    client = oai(gw, "al", **{"x-mock-delay-ms": 50})
+    client = oai(gw, "al", delay_ms=50)
     barrier = threading.Barrier(calls)
 
     def one(_):
@@ -466,12 +444,12 @@ def test_concurrent_crossing_on_four_workers_alerts_exactly_once(start, hook, mo
     assert stats.value("agent_budget_overage_micro_usd", agent="al", period="daily") == total - 50_000
 
 
-def test_failed_webhook_deliveries_are_retried_until_one_succeeds(start, mock):
+def test_failed_webhook_deliveries_are_retried_until_one_succeeds(gateway, mock):
     with Webhook(fail_first=2) as hook:
-        gw = start({"agents": {"al": {"daily_usd": 0.01, "action": "alert"}},
+        gw = gateway({"agents": {"al": {"daily_usd": 0.01, "action": "alert"}},
                     "alerts": alerts_config()}, clusters={WEBHOOK: hook.port})
         # One call of 3600 input tokens: $0.009, crossing the soft threshold only.
-        chat(oai(gw, "al", inp=3600))
+        chat(oai(gw, "al", input_tokens=3600))
         [delivered] = hook.wait_for(1, timeout=15)
         assert [r.status for r in hook.all] == [500, 500, 200]
         # The same alert each time; it arrived (was accepted) exactly once.
@@ -488,8 +466,8 @@ def test_failed_webhook_deliveries_are_retried_until_one_succeeds(start, mock):
 
 # --- 4. soft alerts for stop agents ------------------------------------------------------
 
-def test_stop_agent_gets_a_soft_alert_at_80_percent_once_then_a_limit_alert(start, hook):
-    gw = start({"agents": {"bot": {"daily_usd": 0.01, "action": "stop"}},
+def test_stop_agent_gets_a_soft_alert_at_80_percent_once_then_a_limit_alert(gateway, hook):
+    gw = gateway({"agents": {"bot": {"daily_usd": 0.01, "action": "stop"}},
                 "alerts": alerts_config()}, clusters={WEBHOOK: hook.port})
     client = oai(gw, "bot")
     chat(client)
@@ -514,8 +492,8 @@ def test_stop_agent_gets_a_soft_alert_at_80_percent_once_then_a_limit_alert(star
     assert_stays(lambda: len(hook.all) == 2, 1.2, "soft alert raised once per period")
 
 
-def test_custom_soft_thresholds_agent_and_global(start, hook):
-    gw = start({"soft_threshold": 0.3,
+def test_custom_soft_thresholds_agent_and_global(gateway, hook):
+    gw = gateway({"soft_threshold": 0.3,
                 "agents": {"half": {"daily_usd": 0.01, "soft_threshold": 0.5},
                            "third": {"daily_usd": 0.01}},
                 "alerts": alerts_config(format="json")}, clusters={WEBHOOK: hook.port})
@@ -540,8 +518,8 @@ def test_custom_soft_thresholds_agent_and_global(start, hook):
     ("x-task-id", "task_daily_usd", "task"),
     ("x-user-id", "user_daily_usd", "user"),
 ])
-def test_cap_stops_one_task_or_user_while_the_agent_continues(start, mock, header, field, scope):
-    gw = start({"agents": {"svc": {"daily_usd": 1, "action": "stop", field: 0.006}}})
+def test_cap_stops_one_task_or_user_while_the_agent_continues(gateway, mock, header, field, scope):
+    gw = gateway({"agents": {"svc": {"daily_usd": 1, "action": "stop", field: 0.006}}})
     client = oai(gw, "svc")
     for _ in range(2):
         chat(client, extra_headers={header: "a"})
@@ -600,8 +578,8 @@ def record_overshoot(key: str, figures: dict) -> None:
 
 
 @pytest.mark.parametrize("reservations", [True, False], ids=["reservations", "no_reservations"])
-def test_overshoot_of_200_concurrent_calls_racing_the_last_dollar(start, mock, reservations):
-    gw = start({"reservations": reservations,
+def test_overshoot_of_200_concurrent_calls_racing_the_last_dollar(gateway, mock, reservations):
+    gw = gateway({"reservations": reservations,
                 "agents": {"race": {"daily_usd": OVERSHOOT_BUDGET / 1e6, "action": "stop"}}},
                concurrency=4)
     body_sizes = []
@@ -610,8 +588,8 @@ def test_overshoot_of_200_concurrent_calls_racing_the_last_dollar(start, mock, r
         event_hooks={"request": [lambda r: body_sizes.append(len(r.content))]})
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{gw.port}/v1", api_key="test", max_retries=0,
                            http_client=http_client,
-                           default_headers=knobs("race", inp=OVERSHOOT_IN, out=OVERSHOOT_OUT,
-                                                 **{"x-mock-delay-ms": OVERSHOOT_DELAY_MS}))
+                           default_headers=knobs("race", OVERSHOOT_IN, OVERSHOOT_OUT,
+                                                 delay_ms=OVERSHOOT_DELAY_MS))
     # A prompt sized so that the filter's worst case (bytes / 3 input tokens, all of
     # max_tokens out) equals the real cost (1000 input tokens, 750 out): the SDK sends a
     # 3000-byte body.

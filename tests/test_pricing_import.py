@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import BOOTSTRAP
+from harness import BOOTSTRAP, knobs, plugin_config_of
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts/import-litellm-prices"
@@ -355,10 +355,7 @@ def test_yaml_pastes_into_the_shipped_envoy_config(default_run, default_pricing)
     old = re.search(r"^ +# Prices extend.*\n +pricing:\n( +mock-model:.*\n)", shipped, re.M)
     assert old, "envoy/agent-budget.yaml no longer has the pricing block this test replaces"
     pasted = shipped.replace(old.group(0), default_run.stdout.decode())
-    config = yaml.safe_load(pasted)
-    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    wasm = next(f for f in hcm["http_filters"] if f["name"] == "agent_budget")
-    value = wasm["typed_config"]["config"]["configuration"]["value"]
+    value = plugin_config_of(yaml.safe_load(pasted))
     assert value["pricing"] == default_pricing
     assert "agents" in value
 
@@ -430,17 +427,16 @@ def _charge(gw, path, model, tokens, agent="a") -> int:
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
     if path == MESSAGES:
         body["max_tokens"] = 16
-    resp = gw.post(path, body, {"x-agent-id": agent, "x-mock-input-tokens": str(tokens),
-                                "x-mock-output-tokens": "0"})
+    resp = gw.post(path, body, knobs(agent, tokens, 0))
     assert resp.status == 200, resp.body
     return _cost(gw, agent) - before
 
 
-def test_envoy_charges_with_an_imported_subset(gateway_factory):
+def test_envoy_charges_with_an_imported_subset(gateway):
     proc = ok("--input", str(FIXTURE), "--models", r"^(gpt-4o|gpt-5\.4-mini$|claude-opus-4-7$)")
     pricing = pricing_of(proc)
     assert len(pricing) < 10
-    gw = gateway_factory({"agents": {"a": {"daily_usd": 100}}, "pricing": pricing})
+    gw = gateway({"agents": {"a": {"daily_usd": 100}}, "pricing": pricing})
     # 1M input tokens of gpt-4o-mini at $0.15/M.
     assert _charge(gw, CHAT, "gpt-4o-mini", 1_000_000) == 150_000
     # Unknown to the built-in table (the $15/M fallback would charge 15_000_000): $0.75/M.
@@ -448,21 +444,21 @@ def test_envoy_charges_with_an_imported_subset(gateway_factory):
     # Built-in would price it as the claude-opus-4 family ($15/M): LiteLLM's $5/M wins.
     assert _charge(gw, MESSAGES, "claude-opus-4-7", 1_000_000) == 5_000_000
     # The same calls without the import: the fallback and the built-in family.
-    bare = gateway_factory({"agents": {"a": {"daily_usd": 100}}})
+    bare = gateway({"agents": {"a": {"daily_usd": 100}}})
     assert _charge(bare, CHAT, "gpt-5.4-mini-2026-03-17", 1_000_000) == 15_000_000
     assert _charge(bare, MESSAGES, "claude-opus-4-7", 1_000_000) == 15_000_000
 
 
-def test_envoy_accepts_the_full_default_import_as_yaml_and_json(gateway_factory):
+def test_envoy_accepts_the_full_default_import_as_yaml_and_json(gateway):
     yaml_pricing = pricing_of(ok("--input", str(FIXTURE)))
     json_text = ok("--input", str(FIXTURE), "--format", "json").stdout.decode()
     assert len(yaml_pricing) > 100
     # As a YAML map (google.protobuf.Struct), the way envoy/agent-budget.yaml carries it.
-    gw = gateway_factory({"agents": {"a": {"daily_usd": 100}}, "pricing": yaml_pricing})
+    gw = gateway({"agents": {"a": {"daily_usd": 100}}, "pricing": yaml_pricing})
     assert _charge(gw, CHAT, "gpt-5.4-mini", 1_000_000) == 750_000
     assert _charge(gw, MESSAGES, "claude-opus-4-7-20260416", 1_000_000) == 5_000_000
     # As the JSON StringValue, with the exact decimal text the importer wrote.
     config = '{"agents": {"a": {"daily_usd": 100}},' + json_text.strip()[1:]
-    gw = gateway_factory(config, as_string=True)
+    gw = gateway(config, as_string=True)
     assert _charge(gw, CHAT, "gpt-4.1-nano", 1_000_000) == 100_000
     assert _charge(gw, CHAT, "gpt-6-luna", 1_000_000) == 100_000

@@ -16,33 +16,19 @@ import time
 import openai
 import pytest
 
-from harness import DynamicGateway, request, wait_until
+from harness import knobs, request, wait_until
 from webhook import Webhook
 
 CALL = 3000  # gpt-4o, 1000 input + 50 output tokens
 HELLO = [{"role": "user", "content": "hello"}]
 ALERTS = {"cluster": "alert_webhook"}
-
-
-@pytest.fixture
-def dynamic(mock):
-    started = []
-
-    def start(plugin_config, **kwargs):
-        gw = DynamicGateway(upstream_port=mock.port, plugin_config=plugin_config,
-                            envoy_args=["--drain-strategy", "immediate"], **kwargs).start()
-        started.append(gw)
-        return gw
-
-    yield start
-    for gw in started:
-        gw.stop()
+# Every gateway here: the listener from an LDS file, drained immediately (see above).
+DYNAMIC = {"dynamic": True, "envoy_args": ["--drain-strategy", "immediate"]}
 
 
 def client(gw, agent) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"http://127.0.0.1:{gw.port}/v1", api_key="test", max_retries=0,
-                         default_headers={"x-agent-id": agent, "x-mock-input-tokens": "1000",
-                                          "x-mock-output-tokens": "50"})
+                         default_headers=knobs(agent, 1000, 50))
 
 
 def call(c: openai.OpenAI):
@@ -69,8 +55,8 @@ def reload(gw, plugin_config, agent, limit_usd) -> None:
                f"the new limit {limit_usd} on new connections")
 
 
-def test_new_budget_and_action_apply_without_restart_and_spend_is_kept(dynamic, mock):
-    gw = dynamic({"agents": {"bot": {"daily_usd": 0.02, "action": "alert"}}})
+def test_new_budget_and_action_apply_without_restart_and_spend_is_kept(gateway, mock):
+    gw = gateway({"agents": {"bot": {"daily_usd": 0.02, "action": "alert"}}}, **DYNAMIC)
     kept_alive = client(gw, "bot")
     for _ in range(2):
         call(kept_alive)
@@ -113,9 +99,9 @@ def test_new_budget_and_action_apply_without_restart_and_spend_is_kept(dynamic, 
     assert mock.stats()["agents"]["bot"]["calls"] == 3 + extra // CALL
 
 
-def test_invalid_configuration_is_rejected_and_the_last_good_one_keeps_serving(dynamic, mock):
+def test_invalid_configuration_is_rejected_and_the_last_good_one_keeps_serving(gateway, mock):
     good = {"agents": {"bot": {"daily_usd": 0.02, "action": "stop"}, "other": {"daily_usd": 1}}}
-    gw = dynamic(good)
+    gw = gateway(good, **DYNAMIC)
     call(client(gw, "bot"))
 
     gw.write_listener({"agents": {"bot": {"daily_usd": -5, "action": "stop"}, "other": {"daily_usd": 1}}})
@@ -139,8 +125,8 @@ def test_invalid_configuration_is_rejected_and_the_last_good_one_keeps_serving(d
     assert gw.lds_stats()["update_rejected"] == 1
 
 
-def test_the_shipped_dynamic_configuration_serves_and_reloads(dynamic, mock):
-    gw = dynamic(None)  # envoy/lds.yaml's own plugin configuration
+def test_the_shipped_dynamic_configuration_serves_and_reloads(gateway, mock):
+    gw = gateway(None, **DYNAMIC)  # envoy/lds.yaml's own plugin configuration
     raw = call(client(gw, "research-bot"))
     assert raw.headers["x-agent-budget-limit-usd"] == "5.000000"
     assert probe(gw, "support-bot")["x-agent-budget-limit-usd"] == "0.020000"
@@ -152,10 +138,10 @@ def alertnames(deliveries) -> set[tuple[str, str]]:
     return {(a["labels"]["alertname"], a["annotations"]["budget_usd"]) for d in deliveries for a in d.body}
 
 
-def test_raising_a_budget_mid_period_alerts_the_crossings_of_the_new_budget(dynamic, mock):
+def test_raising_a_budget_mid_period_alerts_the_crossings_of_the_new_budget(gateway, mock):
     with Webhook() as hook:
-        gw = dynamic({"agents": {"bot": {"daily_usd": 0.006}}, "alerts": ALERTS},
-                     extra_clusters={"alert_webhook": hook.port})
+        gw = gateway({"agents": {"bot": {"daily_usd": 0.006}}, "alerts": ALERTS},
+                     clusters={"alert_webhook": hook.port}, **DYNAMIC)
         old = client(gw, "bot")
         call(old)
         call(old)  # $0.006: soft and limit of the $0.006 budget
@@ -174,10 +160,10 @@ def test_raising_a_budget_mid_period_alerts_the_crossings_of_the_new_budget(dyna
                                          ("AgentBudgetExhausted", "0.012000")}
 
 
-def test_lowering_a_budget_below_the_spend_alerts_that_it_is_used_up(dynamic, mock):
+def test_lowering_a_budget_below_the_spend_alerts_that_it_is_used_up(gateway, mock):
     with Webhook() as hook:
-        gw = dynamic({"agents": {"bot": {"daily_usd": 0.02}}, "alerts": ALERTS},
-                     extra_clusters={"alert_webhook": hook.port})
+        gw = gateway({"agents": {"bot": {"daily_usd": 0.02}}, "alerts": ALERTS},
+                     clusters={"alert_webhook": hook.port}, **DYNAMIC)
         c = client(gw, "bot")
         call(c)
         call(c)  # $0.006 of $0.02: no alert
@@ -187,8 +173,8 @@ def test_lowering_a_budget_below_the_spend_alerts_that_it_is_used_up(dynamic, mo
         assert ("AgentBudgetExhausted", "0.004000") in alertnames(hook.wait_for(1, timeout=4))
 
 
-def test_the_limit_gauge_shows_the_new_limit_after_a_reload(dynamic, mock):
-    gw = dynamic({"agents": {"bot": {"daily_usd": 0.02}}})
+def test_the_limit_gauge_shows_the_new_limit_after_a_reload(gateway, mock):
+    gw = gateway({"agents": {"bot": {"daily_usd": 0.02}}}, **DYNAMIC)
     limit = lambda: gw.stats().value("agent_budget_limit_micro_usd", agent="bot", period="daily")
     wait_until(lambda: limit() == 20_000, 7, "the limit gauge")
     # Each plugin instance refreshes the gauges every 5 ticks from its own start: reloading
