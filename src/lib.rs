@@ -10,8 +10,7 @@
 
 use agent_budget_core::config::Config;
 use agent_budget_core::filter::{
-    Attribution, Call, ChunkOutcome, EndCause, HeadAction, HeaderEdits, LocalReply, Outcome,
-    RequestHead, ResponseHead,
+    Call, ChunkOutcome, EndCause, HeadAction, HeaderEdits, LocalReply, RequestHead, ResponseHead,
 };
 use agent_budget_core::host::{Host, HostError, MetricKind, Versioned};
 use agent_budget_core::root::{Worker, TICK_MILLIS};
@@ -255,8 +254,8 @@ fn property(path: &[&str]) -> Option<String> {
 }
 
 impl AgentBudgetHttp {
-    /// Publishes the attribution record as filter state, readable in access logs as
-    /// `%FILTER_STATE(wasm.agent_budget.cost_micro_usd:PLAIN)%` and the like.
+    /// Publishes the attribution record as one filter-state value (a JSON object), readable
+    /// in access logs as `%FILTER_STATE(wasm.agent_budget:PLAIN)%`: one host call per call.
     fn export_attribution(&mut self) {
         if self.attribution_exported {
             return;
@@ -265,57 +264,8 @@ impl AgentBudgetHttp {
             return;
         };
         self.attribution_exported = true;
-        for (name, value) in attribution_properties(record) {
-            let _ = hostcalls::set_property(vec![name], Some(value.as_bytes()));
-        }
+        let _ = hostcalls::set_property(vec!["agent_budget"], Some(record.record().as_bytes()));
     }
-}
-
-fn attribution_properties(record: &Attribution) -> Vec<(&'static str, String)> {
-    let mut properties = vec![
-        ("agent_budget.agent", record.agent.clone()),
-        ("agent_budget.budget", record.budget.clone()),
-        (
-            "agent_budget.task",
-            record.task.clone().unwrap_or_else(|| "-".to_string()),
-        ),
-        (
-            "agent_budget.user",
-            record.user.clone().unwrap_or_else(|| "-".to_string()),
-        ),
-        ("agent_budget.model", record.model.clone()),
-    ];
-    match &record.outcome {
-        Outcome::Charged {
-            metered,
-            micro_usd,
-            estimated,
-            ..
-        } => {
-            properties.push((
-                "agent_budget.input_tokens",
-                metered.usage.total_input().to_string(),
-            ));
-            properties.push((
-                "agent_budget.output_tokens",
-                metered.usage.output.to_string(),
-            ));
-            properties.push(("agent_budget.cost_micro_usd", micro_usd.to_string()));
-            if *estimated {
-                properties.push(("agent_budget.estimated", "true".to_string()));
-            }
-        }
-        Outcome::Unmetered(reason) => {
-            properties.push(("agent_budget.unmetered", reason.reason().to_string()));
-        }
-        Outcome::Stopped { status } => {
-            properties.push(("agent_budget.stopped", status.to_string()));
-        }
-    }
-    if let Some(from) = &record.degraded_from {
-        properties.push(("agent_budget.degraded_from", from.clone()));
-    }
-    properties
 }
 
 impl Context for AgentBudgetHttp {}
@@ -344,6 +294,8 @@ impl HttpContext for AgentBudgetHttp {
                 head.path = value;
             } else if name == "content-length" {
                 head.content_length = value.trim().parse().ok();
+            } else if name == "accept-encoding" {
+                head.accept_encoding = !value.trim().eq_ignore_ascii_case("identity");
             } else if name == config.agent_header {
                 head.agent = Some(value);
             } else if name == config.task_header {
@@ -427,10 +379,15 @@ impl HttpContext for AgentBudgetHttp {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let chunk = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        // Envoy often ends a body with an empty call: nothing to read then.
+        let chunk = if body_size == 0 {
+            Vec::new()
+        } else {
+            hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        };
         match self
             .call
             .on_response_body(&ProxyHost, &chunk, end_of_stream)

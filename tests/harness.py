@@ -27,6 +27,8 @@ WASM = REPO / "target/wasm32-wasip1/release/agent_budget.wasm"
 MOCK = REPO / "target/release/mock-provider"
 ENVOY = REPO / ".venv/bin/envoy"
 BOOTSTRAP = REPO / "envoy/agent-budget.yaml"
+# The filter's tick period (1 s) plus a margin.
+FLUSH_WAIT_S = 1.2
 
 
 def require_built() -> None:
@@ -312,7 +314,13 @@ class Gateway:
         records = []
         for line in self.access_log_path.read_text(errors="replace").splitlines():
             if line.startswith("{"):
-                records.append(json.loads(line))
+                record = json.loads(line)
+                # The filter's record is one JSON object inside the line (null for a call
+                # the filter did not attribute).
+                attribution = record.pop("agent_budget", None)
+                if isinstance(attribution, str) and attribution.startswith("{"):
+                    record.update(json.loads(attribution))
+                records.append(record)
         return records
 
     def post(self, path: str, body: dict | bytes, headers: dict[str, str] | None = None) -> Response:
@@ -322,6 +330,9 @@ class Gateway:
         return request(self.port, "POST", path, data, all_headers)
 
     def stats(self) -> "Stats":
+        """The filter's figures once every worker has ticked: counts and gauges reach Envoy
+        on each worker's 1 s tick, so a read right after a call would miss them."""
+        time.sleep(FLUSH_WAIT_S)
         return Stats.parse(request(self.admin_port, "GET", "/stats/prometheus").body.decode())
 
     def lds_stats(self) -> dict[str, int]:

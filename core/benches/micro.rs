@@ -14,7 +14,7 @@
 use agent_budget_core::config::Config;
 use agent_budget_core::filter::{Call, EndCause, HeadAction, RequestHead, ResponseHead};
 use agent_budget_core::host::fake::FakeHost;
-use agent_budget_core::ledger::Ledger;
+use agent_budget_core::ledger::{Account, AccountKey, Ledger};
 use agent_budget_core::period::{Period, PeriodKind, TimeZone};
 use agent_budget_core::pricing::PriceTable;
 use agent_budget_core::providers::Api;
@@ -116,30 +116,37 @@ fn ledger(c: &mut Criterion) {
     let ledger = Ledger::new(&host);
     let day = Period::containing(PeriodKind::Daily, TimeZone::UTC, 1_795_900_000);
     let month = Period::containing(PeriodKind::Monthly, TimeZone::UTC, 1_795_900_000);
-    ledger.ensure_period(&day).unwrap();
-    ledger.ensure_period(&month).unwrap();
+    ledger.ensure_shards().unwrap();
     // A few other accounts in the shards, as in a gateway with several agents.
     for i in 0..32 {
-        let name = format!("agent-{i}");
+        let name = AccountKey::Agent(format!("agent-{i}"));
         ledger.add_spend(&day, &name, 1).unwrap();
         ledger.add_spend(&month, &name, 1).unwrap();
     }
+    let bot = AccountKey::Agent("research-bot".to_string());
     let mut group = c.benchmark_group("ledger");
     group.bench_function("add_spend", |b| {
         b.iter(|| {
             ledger
-                .add_spend(black_box(&day), black_box("research-bot"), 155)
+                .add_spend(black_box(&day), black_box(&bot), 155)
                 .unwrap()
         })
     });
-    // One call's booking: the day and the month account.
+    // One call's booking: the day and the month in one update.
     group.bench_function("charge_day_and_month", |b| {
         b.iter(|| {
             ledger
-                .add_spend(&day, black_box("research-bot"), 155)
-                .unwrap();
-            ledger
-                .add_spend(&month, black_box("research-bot"), 155)
+                .update_periods(black_box(&bot), &[&day, &month], None, |before| {
+                    Some(
+                        before
+                            .iter()
+                            .map(|a| Account {
+                                spent: a.spent + 155,
+                                ..*a
+                            })
+                            .collect(),
+                    )
+                })
                 .unwrap()
         })
     });

@@ -4,29 +4,56 @@
 //! Reserving before forwarding is what bounds overspend under concurrency: calls racing the
 //! last dollar each need room for their own worst case, so together they can never commit
 //! more than the budget (plus, at most, one estimate that undershot the truth).
+//!
+//! A call books on up to three accounts: the agent's (its day and its month, one ledger
+//! entry set, so one read and one write move both), and the daily caps of its task and of
+//! its user when configured. The read made to decide the call is kept and reused by the
+//! reservation's write.
 
 use crate::config::AgentBudget;
 use crate::host::Host;
 use crate::identity::Identity;
-use crate::ledger::{Account, Ledger, LedgerError, Updated};
+use crate::ledger::{Account, AccountKey, Ledger, LedgerError, Snapshot};
 use crate::period::Period;
 use crate::policy::{Line, Scope};
-use crate::root::{account_of, PendingCharge, Worker};
 
-/// One ledger account the call is charged to.
+/// One period of an account the call is charged to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Target {
-    scope: Scope,
+struct Slot {
     period: Period,
-    account: String,
-    /// The budget on this account, if any (the agent's monthly spend is tracked even when it
+    /// The budget on this period, if any (the agent's monthly spend is tracked even when it
     /// has only a daily budget).
     limit: Option<u64>,
-    /// What this call holds reserved on the account.
+    /// What this call holds reserved here.
     reserved: u64,
 }
 
-/// The result of settling one target.
+/// One ledger account the call is charged to, with its periods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    scope: Scope,
+    key: AccountKey,
+    slots: Vec<Slot>,
+    /// The read made to decide the call, for the reservation's first write.
+    snapshot: Option<Snapshot>,
+}
+
+impl Target {
+    fn limited(&self) -> bool {
+        self.slots.iter().any(|s| s.limit.is_some())
+    }
+
+    fn line(&self, slot: &Slot, limit: u64, state: Account) -> Line {
+        Line {
+            scope: self.scope.clone(),
+            period: slot.period.clone(),
+            limit,
+            state,
+        }
+    }
+}
+
+/// The result of settling one period of one account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settled {
     pub scope: Scope,
@@ -35,209 +62,289 @@ pub struct Settled {
     pub after: Account,
 }
 
+/// A charge the ledger refused for now (contention, host error), retried on ticks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingCharge {
+    pub key: AccountKey,
+    pub period: Period,
+    pub micro_usd: u64,
+    /// Reservation to return along with the charge.
+    pub release: u64,
+}
+
+/// What a booking step could not do: counted and logged by the caller, and the charges to
+/// retry later.
+#[derive(Debug, Default)]
+pub struct Trouble {
+    pub errors: Vec<LedgerError>,
+    pub deferred: Vec<PendingCharge>,
+}
+
 #[derive(Debug, Default)]
 pub struct Booking {
     targets: Vec<Target>,
 }
 
-/// Ledger account of a task cap (per agent budget) and of a user cap.
-pub fn task_account(budget: &str, task: &str) -> String {
-    format!("task:{budget}/{task}")
-}
-
-pub fn user_account(budget: &str, user: &str) -> String {
-    format!("user:{budget}/{user}")
-}
-
 impl Booking {
-    /// Reads every account the call will be charged to; returns the booking and the lines
-    /// that carry a limit (for the policy). A ledger read error is logged and counted and the
-    /// line is left out of the decision (one bad key must not stop every agent), but the
-    /// account is still charged: a charge that fails waits for a readable ledger.
+    /// Reads every limited account the call will be charged to (one read per account);
+    /// returns the booking and the lines (for the policy). A ledger read error is reported
+    /// and the line left out of the decision (one bad key must not stop every agent), but
+    /// the account is still charged: a charge that fails waits for a readable ledger.
     pub fn open(
         host: &dyn Host,
-        worker: &Worker,
         identity: &Identity,
         budget: &AgentBudget,
-        now: i64,
+        periods: &[Period; 2],
+        trouble: &mut Trouble,
     ) -> (Booking, Vec<Line>) {
-        let [day, month] = worker.current_periods(now);
-        let mut targets = Vec::new();
-        for period in [day.clone(), month] {
-            let limit = budget.limit(period.kind);
+        let [day, month] = periods;
+        let mut targets = vec![Target {
+            scope: Scope::Agent,
+            key: AccountKey::Agent(identity.budget.clone()),
+            slots: [day, month]
+                .into_iter()
+                .map(|period| Slot {
+                    period: period.clone(),
+                    limit: budget.limit(period.kind),
+                    reserved: 0,
+                })
+                .collect(),
+            snapshot: None,
+        }];
+        let caps = [
+            (budget.task_daily, &identity.task, true),
+            (budget.user_daily, &identity.user, false),
+        ];
+        for (cap, id, is_task) in caps {
+            let (Some(cap), Some(id)) = (cap, id) else {
+                continue;
+            };
+            let (scope, key) = if is_task {
+                (
+                    Scope::Task(id.clone()),
+                    AccountKey::Task {
+                        budget: identity.budget.clone(),
+                        task: id.clone(),
+                    },
+                )
+            } else {
+                (
+                    Scope::User(id.clone()),
+                    AccountKey::User {
+                        budget: identity.budget.clone(),
+                        user: id.clone(),
+                    },
+                )
+            };
             targets.push(Target {
-                scope: Scope::Agent,
-                period,
-                account: account_of(&identity.budget),
-                limit,
-                reserved: 0,
-            });
-        }
-        if let (Some(cap), Some(task)) = (budget.task_daily, &identity.task) {
-            targets.push(Target {
-                scope: Scope::Task(task.clone()),
-                period: day.clone(),
-                account: task_account(&identity.budget, task),
-                limit: Some(cap),
-                reserved: 0,
-            });
-        }
-        if let (Some(cap), Some(user)) = (budget.user_daily, &identity.user) {
-            targets.push(Target {
-                scope: Scope::User(user.clone()),
-                period: day,
-                account: user_account(&identity.budget, user),
-                limit: Some(cap),
-                reserved: 0,
+                scope,
+                key,
+                slots: vec![Slot {
+                    period: day.clone(),
+                    limit: Some(cap),
+                    reserved: 0,
+                }],
+                snapshot: None,
             });
         }
         let ledger = Ledger::new(host);
         let mut lines = Vec::new();
         // Only limited accounts are read: the others are charged but decide nothing.
-        for target in &targets {
-            let Some(limit) = target.limit else {
-                continue;
-            };
-            match ledger.read(&target.period, &target.account) {
-                Ok(state) => lines.push(Line {
-                    scope: target.scope.clone(),
-                    period: target.period.clone(),
-                    account: target.account.clone(),
-                    limit,
-                    state,
-                }),
-                Err(error) => worker.ledger_error(host, &error),
+        for target in targets.iter_mut().filter(|t| t.limited()) {
+            match ledger.snapshot(&target.key) {
+                Ok(snapshot) => {
+                    for slot in &target.slots {
+                        if let Some(limit) = slot.limit {
+                            lines.push(target.line(slot, limit, snapshot.account(&slot.period)));
+                        }
+                    }
+                    target.snapshot = Some(snapshot);
+                }
+                Err(error) => trouble.errors.push(error),
             }
         }
         (Booking { targets }, lines)
     }
 
-    /// Reserves `estimate` on every limited account, atomically per account; the agent's
-    /// accounts may go `agent_allowance` past their limit. On the first account where it does
-    /// not fit, releases what was reserved and returns that account's line.
+    /// Reserves `estimate` on every limited period, atomically per account; the agent's
+    /// periods may go `agent_allowance` past their limit. On the first line where it does
+    /// not fit, releases what was reserved and returns that line.
     pub fn reserve(
         &mut self,
         host: &dyn Host,
-        worker: &Worker,
         estimate: u64,
         agent_allowance: u64,
+        trouble: &mut Trouble,
     ) -> Result<(), Box<Line>> {
         let ledger = Ledger::new(host);
-        for index in 0..self.targets.len() {
-            let Some(target) = self.targets.get(index) else {
-                break;
-            };
-            let Some(limit) = target.limit else {
-                continue;
-            };
+        let mut misfit = None;
+        for target in self.targets.iter_mut().filter(|t| t.limited()) {
             let allowance = if target.scope == Scope::Agent {
                 agent_allowance
             } else {
                 0
             };
-            let result = ledger.try_update(&target.period, &target.account, |a| {
-                let line_fits = a.spent.saturating_add(a.reserved).saturating_add(estimate)
-                    <= limit.saturating_add(allowance);
-                line_fits.then(|| Account {
-                    reserved: a.reserved.saturating_add(estimate),
-                    ..a
-                })
-            });
+            let periods: Vec<&Period> = target.slots.iter().map(|s| &s.period).collect();
+            let limits: Vec<Option<u64>> = target.slots.iter().map(|s| s.limit).collect();
+            let result =
+                ledger.update_periods(&target.key, &periods, target.snapshot.take(), |before| {
+                    let fits = before.iter().zip(&limits).all(|(a, limit)| match limit {
+                        Some(limit) => {
+                            a.spent.saturating_add(a.reserved).saturating_add(estimate)
+                                <= limit.saturating_add(allowance)
+                        }
+                        None => true,
+                    });
+                    fits.then(|| {
+                        before
+                            .iter()
+                            .zip(&limits)
+                            .map(|(a, limit)| match limit {
+                                Some(_) => Account {
+                                    reserved: a.reserved.saturating_add(estimate),
+                                    ..*a
+                                },
+                                None => *a,
+                            })
+                            .collect()
+                    })
+                });
             match result {
                 Ok(Some(_)) => {
-                    if let Some(target) = self.targets.get_mut(index) {
-                        target.reserved = estimate;
+                    for slot in target.slots.iter_mut().filter(|s| s.limit.is_some()) {
+                        slot.reserved = estimate;
                     }
                 }
                 Ok(None) => {
-                    let line = Line {
-                        scope: target.scope.clone(),
-                        period: target.period.clone(),
-                        account: target.account.clone(),
-                        limit,
-                        state: ledger
-                            .read(&target.period, &target.account)
-                            .unwrap_or_default(),
-                    };
-                    self.release(host, worker);
-                    return Err(Box::new(line));
+                    misfit = misfit_line(&ledger, target, estimate, allowance);
+                    if misfit.is_some() {
+                        break;
+                    }
                 }
                 // A ledger failure must not block traffic: proceed without this reservation.
-                Err(error) => worker.ledger_error(host, &error),
+                Err(error) => trouble.errors.push(error),
             }
         }
-        Ok(())
+        match misfit {
+            Some(line) => {
+                self.release(host, trouble);
+                Err(Box::new(line))
+            }
+            None => Ok(()),
+        }
     }
 
     /// Returns the reservations held (the call failed before costing anything, or is about
     /// to reserve again); the accounts stay booked for a later settlement.
-    pub fn release(&mut self, host: &dyn Host, worker: &Worker) {
+    pub fn release(&mut self, host: &dyn Host, trouble: &mut Trouble) {
         let ledger = Ledger::new(host);
-        for target in self.targets.iter_mut().filter(|t| t.reserved > 0) {
-            let reserved = std::mem::take(&mut target.reserved);
-            let result = ledger.update(&target.period, &target.account, |a| Account {
-                reserved: a.reserved.saturating_sub(reserved),
-                ..a
-            });
-            if let Err(error) = result {
-                worker.ledger_error(host, &error);
-                worker.defer(PendingCharge {
-                    period: target.period.clone(),
-                    account: target.account.clone(),
-                    micro_usd: 0,
-                    release: reserved,
-                });
+        for target in &mut self.targets {
+            let held: Vec<u64> = target
+                .slots
+                .iter_mut()
+                .map(|s| std::mem::take(&mut s.reserved))
+                .collect();
+            if held.iter().all(|r| *r == 0) {
+                continue;
             }
+            book(&ledger, target, 0, &held, trouble);
         }
     }
 
-    /// Books `micro_usd` on every account and returns the reservations; reports each
-    /// account's spend before and after for crossing detection. A charge the ledger cannot
-    /// take now is kept by the worker and retried on ticks.
-    pub fn settle(&mut self, host: &dyn Host, worker: &Worker, micro_usd: u64) -> Vec<Settled> {
+    /// Books `micro_usd` on every period and returns the reservations; reports each period's
+    /// spend before and after for crossing detection. A charge the ledger cannot take now is
+    /// handed back in `trouble` to be retried on ticks.
+    pub fn settle(
+        &mut self,
+        host: &dyn Host,
+        micro_usd: u64,
+        trouble: &mut Trouble,
+    ) -> Vec<Settled> {
         let ledger = Ledger::new(host);
         let mut settled = Vec::new();
-        for target in std::mem::take(&mut self.targets) {
-            if micro_usd == 0 && target.reserved == 0 {
+        for mut target in std::mem::take(&mut self.targets) {
+            let held: Vec<u64> = target
+                .slots
+                .iter_mut()
+                .map(|s| std::mem::take(&mut s.reserved))
+                .collect();
+            if micro_usd == 0 && held.iter().all(|r| *r == 0) {
                 continue;
             }
-            let reserved = target.reserved;
-            let result = ledger.update(&target.period, &target.account, |a| Account {
-                spent: a.spent.saturating_add(micro_usd),
-                reserved: a.reserved.saturating_sub(reserved),
-            });
-            match result {
-                Ok(Updated {
-                    before,
-                    account,
-                    created_shard,
-                }) => {
-                    if created_shard {
-                        worker.ledger_error(
-                            host,
-                            &LedgerError::LateCreate {
-                                period: target.period.id.clone(),
-                            },
-                        );
-                    }
+            if let Some((before, after)) = book(&ledger, &target, micro_usd, &held, trouble) {
+                for ((slot, before), after) in target.slots.iter().zip(before).zip(after) {
                     settled.push(Settled {
-                        scope: target.scope,
-                        period: target.period,
+                        scope: target.scope.clone(),
+                        period: slot.period.clone(),
                         before,
-                        after: account,
-                    });
-                }
-                Err(error) => {
-                    worker.ledger_error(host, &error);
-                    worker.defer(PendingCharge {
-                        period: target.period,
-                        account: target.account,
-                        micro_usd,
-                        release: reserved,
+                        after,
                     });
                 }
             }
         }
         settled
     }
+}
+
+/// Adds `micro_usd` to every period of the target and returns `held` reservations, in one
+/// write; on failure reports it and defers the charge.
+fn book(
+    ledger: &Ledger,
+    target: &Target,
+    micro_usd: u64,
+    held: &[u64],
+    trouble: &mut Trouble,
+) -> Option<(Vec<Account>, Vec<Account>)> {
+    let periods: Vec<&Period> = target.slots.iter().map(|s| &s.period).collect();
+    let result = ledger.update_periods(&target.key, &periods, None, |before| {
+        Some(
+            before
+                .iter()
+                .zip(held)
+                .map(|(a, held)| Account {
+                    spent: a.spent.saturating_add(micro_usd),
+                    reserved: a.reserved.saturating_sub(*held),
+                })
+                .collect(),
+        )
+    });
+    match result {
+        Ok(Some(updated)) => {
+            if updated.created_shard {
+                trouble.errors.push(LedgerError::LateCreate {
+                    key: Ledger::shard_key(crate::ledger::shard_of(&target.key.name())),
+                });
+            }
+            Some((updated.before, updated.after))
+        }
+        Ok(None) => None,
+        Err(error) => {
+            trouble.errors.push(error);
+            for (slot, held) in target.slots.iter().zip(held) {
+                trouble.deferred.push(PendingCharge {
+                    key: target.key.clone(),
+                    period: slot.period.clone(),
+                    micro_usd,
+                    release: *held,
+                });
+            }
+            None
+        }
+    }
+}
+
+/// The line a reservation did not fit: the target's limited period with the least room.
+fn misfit_line(ledger: &Ledger, target: &Target, estimate: u64, allowance: u64) -> Option<Line> {
+    let snapshot = ledger.snapshot(&target.key).ok();
+    target
+        .slots
+        .iter()
+        .filter_map(|slot| {
+            let state = snapshot
+                .as_ref()
+                .map(|s| s.account(&slot.period))
+                .unwrap_or_default();
+            slot.limit.map(|limit| target.line(slot, limit, state))
+        })
+        .min_by_key(|line| (line.fits(estimate, allowance), line.remaining()))
 }

@@ -79,6 +79,8 @@ pub struct RawConfig {
     #[serde(default)]
     reservations: Option<bool>,
     #[serde(default)]
+    budget_headers: Option<BudgetHeaders>,
+    #[serde(default)]
     default_max_output_tokens: Option<u32>,
     #[serde(default)]
     alerts: Option<RawAlerts>,
@@ -223,6 +225,20 @@ pub enum Unidentified {
     Default,
 }
 
+/// Which calls carry the `x-agent-budget-*` response headers (each header costs a host
+/// call per call).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetHeaders {
+    /// Every call of a configured agent.
+    #[default]
+    All,
+    /// Only calls the limit acted on: refused, degraded, or let through past the budget.
+    OnLimit,
+    /// None.
+    None,
+}
+
 /// What happens once a period's budget is used up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -296,6 +312,8 @@ pub struct Config {
     pub reservations: bool,
     /// Output tokens assumed for a call whose request sets no maximum.
     pub default_max_output_tokens: u64,
+    /// Which calls get the `x-agent-budget-*` response headers.
+    pub budget_headers: BudgetHeaders,
     pub alerts: Option<AlertsConfig>,
 }
 
@@ -680,6 +698,7 @@ impl TryFrom<RawConfig> for Config {
             api_overrides,
             azure_deployments: raw.azure_deployments,
             reservations: raw.reservations.unwrap_or(true),
+            budget_headers: raw.budget_headers.unwrap_or_default(),
             default_max_output_tokens: u64::from(default_max_output_tokens),
             alerts,
         })

@@ -5,14 +5,14 @@
 //! a local reply). Nothing here touches the host except through [`Host`].
 
 use crate::alerts::{Alert, AlertKind};
-use crate::booking::{Booking, Settled};
-use crate::config::{AgentBudget, LimitAction};
+pub use crate::attribution::{Attribution, Outcome};
+use crate::booking::{Booking, Settled, Trouble};
+use crate::config::{AgentBudget, BudgetHeaders, LimitAction};
 use crate::degrade::{self, Rewrite};
 use crate::host::Host;
 use crate::identity::{identify, Identity};
-use crate::ledger::{Account, Ledger};
-use crate::metrics;
-use crate::metrics::{AgentCounter, AgentGauge, ReasonCounter, UNPRICED_CALLS};
+use crate::ledger::{Account, AccountKey, Ledger};
+use crate::metrics::{AgentCounter, AgentId, Counter, ReasonCounter};
 use crate::period::Period;
 use crate::policy::{self, Crossing, Decision, Line, Scope, StopReason};
 use crate::pricing::format_usd;
@@ -34,6 +34,8 @@ pub struct RequestHead {
     pub agent: Option<String>,
     pub task: Option<String>,
     pub user: Option<String>,
+    /// The client accepts a compressed response (the filter then asks for identity).
+    pub accept_encoding: bool,
     /// False when the headers ended the request (no body follows).
     pub has_body: bool,
     /// The request's declared body size, if any (for Gemini's header-time degrade).
@@ -112,36 +114,6 @@ pub struct ResponseHead {
     pub end_of_stream: bool,
 }
 
-/// A finished call's attribution record (metadata only, never prompt or completion text).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attribution {
-    pub agent: String,
-    pub budget: String,
-    pub task: Option<String>,
-    pub user: Option<String>,
-    pub api: &'static str,
-    pub model: String,
-    /// The model the agent asked for, when `degrade` served a cheaper one.
-    pub degraded_from: Option<String>,
-    pub outcome: Outcome,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Charged {
-        metered: Metered,
-        micro_usd: u64,
-        priced_as: Option<String>,
-        /// The usage is an estimate (the client left before the provider reported usage).
-        estimated: bool,
-    },
-    Unmetered(Unmetered),
-    /// The filter refused the call (budget used up) with this status.
-    Stopped {
-        status: u32,
-    },
-}
-
 enum ResponseMode {
     /// Waiting for response headers.
     Pending,
@@ -174,6 +146,10 @@ pub struct Call {
     stage: Stage,
     api: Option<Api>,
     identity: Option<Identity>,
+    /// The agent budget's metric id, once identified.
+    agent: Option<AgentId>,
+    /// When the call started: the one clock read of the call (periods, resets, alerts).
+    now: i64,
     /// The model to price by when the response names none: an Azure deployment's configured
     /// model, else the request body's `model`, else the model or deployment the path names.
     requested_model: Option<String>,
@@ -181,6 +157,8 @@ pub struct Call {
     request_bytes: u64,
     strip_usage: bool,
     budget_headers: Vec<(String, String)>,
+    /// A budget of the agent was used up when the call came (`alert` lets it through).
+    past_limit: bool,
     /// The ledger accounts this call is checked against and charged to.
     booking: Booking,
     /// `degrade` applies to this call (its budget is used up).
@@ -201,10 +179,13 @@ impl Call {
             stage: Stage::Request,
             api: None,
             identity: None,
+            agent: None,
+            now: 0,
             requested_model: None,
             request_bytes: 0,
             strip_usage: false,
             budget_headers: Vec::new(),
+            past_limit: false,
             booking: Booking::default(),
             degrading: false,
             degraded: None,
@@ -252,9 +233,10 @@ impl Call {
         ) {
             Ok(identity) => identity,
             Err(unattributed) => {
-                worker
-                    .metrics
-                    .reason(host, ReasonCounter::Unattributed, unattributed.reason());
+                worker.metrics.count(
+                    Counter::Reason(ReasonCounter::Unattributed, unattributed.reason()),
+                    1,
+                );
                 let (status, message) = unattributed.reply(config);
                 let kind = if status == 403 {
                     ErrorKind::PermissionDenied
@@ -265,11 +247,12 @@ impl Call {
                 return reply_only(error_reply(error_api, kind, &message, Vec::new()));
             }
         };
-        worker
-            .metrics
-            .agent(host, AgentCounter::Requests, &identity.budget, 1);
-
         let now = host.now_unix_secs();
+        self.now = now;
+        worker.serving();
+        self.agent = worker.metrics.agents().id(&identity.budget);
+        self.count(AgentCounter::Requests, 1);
+
         let Some(budget) = config.budget(&identity.budget) else {
             // identify() only returns configured budgets.
             self.stage = Stage::Forwarded;
@@ -278,20 +261,19 @@ impl Call {
                 edits: HeaderEdits::default(),
             };
         };
-        let (booking, lines) = Booking::open(host, &worker, &identity, budget, now);
-        for line in lines.iter().filter(|l| l.scope == Scope::Agent) {
-            worker.metrics.gauge(
-                host,
-                AgentGauge::SpendMicroUsd,
-                &identity.budget,
-                line.period.kind,
-                line.state.spent,
-            );
-        }
+        let mut trouble = Trouble::default();
+        let periods = worker.current_periods(now);
+        let (booking, lines) = Booking::open(host, &identity, budget, &periods, &mut trouble);
+        worker.report(trouble);
         self.booking = booking;
-        self.budget_headers = policy::headline(&lines)
-            .map(|line| policy::budget_headers(line, now))
-            .unwrap_or_default();
+        self.past_limit = lines
+            .iter()
+            .any(|l| l.scope == Scope::Agent && l.exhausted());
+        if config.budget_headers != BudgetHeaders::None {
+            self.budget_headers = policy::headline(&lines)
+                .map(|line| policy::budget_headers(line, now))
+                .unwrap_or_default();
+        }
 
         let mut edits = HeaderEdits::default();
         match policy::decide(budget, &lines) {
@@ -329,11 +311,14 @@ impl Call {
         };
         if self.api.is_some() {
             // The filter must read what it meters: ask for an uncompressed response (Envoy can
-            // still compress toward the client after this filter).
-            outcome
-                .edits
-                .set
-                .push(("accept-encoding".to_string(), "identity".to_string()));
+            // still compress toward the client after this filter). Without the header a
+            // provider answers uncompressed anyway.
+            if head.accept_encoding {
+                outcome
+                    .edits
+                    .set
+                    .push(("accept-encoding".to_string(), "identity".to_string()));
+            }
             if head.has_body {
                 outcome.action = HeadAction::WaitForBody;
                 // The headers leave before the body is read: when the body may be rewritten
@@ -399,7 +384,12 @@ impl Call {
             LimitAction::Degrade | LimitAction::Stop => 0,
         };
         let estimate = self.worst_case(max_output);
-        let Err(line) = self.booking.reserve(host, &worker, estimate, allowance) else {
+        let mut trouble = Trouble::default();
+        let reserved = self
+            .booking
+            .reserve(host, estimate, allowance, &mut trouble);
+        worker.report(trouble);
+        let Err(line) = reserved else {
             return outcome;
         };
         // The call's worst case does not fit what is left: the agent's limit action applies.
@@ -411,7 +401,12 @@ impl Call {
                 self.degrade_body(api, body, budget, &mut outcome);
                 let allowance = budget.degrade_allowance.unwrap_or(u64::MAX);
                 let estimate = self.worst_case(max_output);
-                match self.booking.reserve(host, &worker, estimate, allowance) {
+                let mut trouble = Trouble::default();
+                let reserved = self
+                    .booking
+                    .reserve(host, estimate, allowance, &mut trouble);
+                worker.report(trouble);
+                match reserved {
                     Ok(()) => return outcome,
                     Err(_) => StopReason::DegradeExhausted,
                 }
@@ -423,7 +418,7 @@ impl Call {
         let Some(identity) = self.identity.take() else {
             return outcome;
         };
-        let now = host.now_unix_secs();
+        let now = self.now;
         let estimate = self.worst_case(max_output);
         outcome.reply = Some(self.stop(
             host,
@@ -510,9 +505,7 @@ impl Call {
         worst_case: Option<(u64, u64)>,
         now: i64,
     ) -> LocalReply {
-        self.worker
-            .metrics
-            .agent(host, AgentCounter::Rejected, &identity.budget, 1);
+        self.count(AgentCounter::Rejected, 1);
         log::info!(
             "stopped agent={} budget={} scope={} period={} reason={:?} committed_micro_usd={} limit_micro_usd={}",
             identity.agent,
@@ -537,7 +530,8 @@ impl Call {
                 );
             }
         }
-        let reply = budget_exceeded_reply(api, &identity, line, reason, worst_case, now);
+        let headers = self.worker.config.budget_headers != BudgetHeaders::None;
+        let reply = budget_exceeded_reply(api, &identity, line, reason, worst_case, now, headers);
         self.attribution = Some(Attribution {
             agent: identity.agent,
             budget: identity.budget,
@@ -553,7 +547,9 @@ impl Call {
                 status: reply.status,
             },
         });
-        self.booking.release(host, &self.worker);
+        let mut trouble = Trouble::default();
+        self.booking.release(host, &mut trouble);
+        self.worker.report(trouble);
         self.stage = Stage::Replied;
         reply
     }
@@ -562,11 +558,17 @@ impl Call {
         if !matches!(self.stage, Stage::Forwarded) {
             return HeaderEdits::default();
         }
-        let mut edits = HeaderEdits {
-            set: self.budget_headers.clone(),
-            remove: Vec::new(),
+        let limit_acted = self.degraded.is_some() || self.past_limit;
+        let mut edits = HeaderEdits::default();
+        let with_headers = match self.worker.config.budget_headers {
+            BudgetHeaders::All => true,
+            BudgetHeaders::OnLimit => limit_acted,
+            BudgetHeaders::None => false,
         };
-        if let Some((from, to)) = &self.degraded {
+        if with_headers {
+            edits.set = std::mem::take(&mut self.budget_headers);
+        }
+        if let (true, Some((from, to))) = (with_headers, &self.degraded) {
             edits
                 .set
                 .push(("x-agent-budget-degraded-from".to_string(), from.clone()));
@@ -742,13 +744,14 @@ impl Call {
         let outcome = match result {
             Ok((metered, estimated)) => self.charge(host, &identity, metered, estimated),
             Err(reason) => {
-                self.worker
-                    .metrics
-                    .reason(host, ReasonCounter::Unmetered, reason.reason());
-                self.worker
-                    .metrics
-                    .agent(host, AgentCounter::Unmetered, &identity.budget, 1);
-                self.booking.release(host, &self.worker);
+                self.worker.metrics.count(
+                    Counter::Reason(ReasonCounter::Unmetered, reason.reason()),
+                    1,
+                );
+                self.count(AgentCounter::Unmetered, 1);
+                let mut trouble = Trouble::default();
+                self.booking.release(host, &mut trouble);
+                self.worker.report(trouble);
                 Outcome::Unmetered(reason)
             }
         };
@@ -766,7 +769,7 @@ impl Call {
             degraded_from: self.degraded.as_ref().map(|(from, _)| from.clone()),
             outcome,
         };
-        log_attribution(&attribution);
+        attribution.log();
         self.attribution = Some(attribution);
     }
 
@@ -789,7 +792,7 @@ impl Call {
         let (price, priced_as) = match config.prices.resolve(model) {
             Some(resolved) => (*resolved.price, Some(resolved.family.to_string())),
             None => {
-                worker.metrics.add(host, UNPRICED_CALLS.to_string(), 1);
+                worker.metrics.count(Counter::UnpricedCalls, 1);
                 if worker.first_unpriced(model) {
                     log::warn!("model `{model}` has no price; charging the fallback price (add it under `pricing`)");
                 }
@@ -798,34 +801,27 @@ impl Call {
         };
         let micro_usd = price.cost_micro_usd(&metered.usage);
         let usage = metered.usage;
-        let budget = identity.budget.as_str();
-        let metrics = &worker.metrics;
-        metrics.agent(host, AgentCounter::InputTokens, budget, usage.input);
-        metrics.agent(
-            host,
-            AgentCounter::CachedInputTokens,
-            budget,
-            usage.cache_read,
-        );
-        metrics.agent(
-            host,
+        self.count(AgentCounter::InputTokens, usage.input);
+        self.count(AgentCounter::CachedInputTokens, usage.cache_read);
+        self.count(
             AgentCounter::CacheWriteTokens,
-            budget,
             usage.cache_write_5m.saturating_add(usage.cache_write_1h),
         );
-        metrics.agent(host, AgentCounter::OutputTokens, budget, usage.output);
-        metrics.agent(host, AgentCounter::ReasoningTokens, budget, usage.reasoning);
-        metrics.agent(host, AgentCounter::CostMicroUsd, budget, micro_usd);
+        self.count(AgentCounter::OutputTokens, usage.output);
+        self.count(AgentCounter::ReasoningTokens, usage.reasoning);
+        self.count(AgentCounter::CostMicroUsd, micro_usd);
 
-        let settled = self.booking.settle(host, worker, micro_usd);
-        if let Some(agent_budget) = config.budget(budget) {
+        let mut trouble = Trouble::default();
+        let settled = self.booking.settle(host, micro_usd, &mut trouble);
+        worker.report(trouble);
+        if let Some(agent_budget) = config.budget(&identity.budget) {
             self.after_settle(host, identity, agent_budget, &settled);
         }
         if self.degraded.is_some() {
-            metrics.agent(host, AgentCounter::DegradedRequests, budget, 1);
+            self.count(AgentCounter::DegradedRequests, 1);
         }
         if estimated {
-            metrics.agent(host, AgentCounter::EstimatedRequests, budget, 1);
+            self.count(AgentCounter::EstimatedRequests, 1);
         }
         Outcome::Charged {
             metered,
@@ -835,8 +831,17 @@ impl Call {
         }
     }
 
-    /// What a settled charge set off: live-view gauges, threshold crossings (each alerted
-    /// once per agent and period across all workers) and, for `alert`, the overage.
+    /// Counts toward one of the call's agent counters (nothing for an unknown agent).
+    fn count(&self, counter: AgentCounter, delta: u64) {
+        if let Some(agent) = self.agent {
+            self.worker
+                .metrics
+                .count(Counter::Agent(counter, agent), delta);
+        }
+    }
+
+    /// What a settled charge set off: threshold crossings (each alerted once per agent and
+    /// period across all workers) and, for `alert`, the overage.
     fn after_settle(
         &self,
         host: &dyn Host,
@@ -846,16 +851,8 @@ impl Call {
     ) {
         let worker = &self.worker;
         let ledger = Ledger::new(host);
-        let now = host.now_unix_secs();
         for entry in settled.iter().filter(|s| s.scope == Scope::Agent) {
             let kind = entry.period.kind;
-            worker.metrics.gauge(
-                host,
-                AgentGauge::SpendMicroUsd,
-                &identity.budget,
-                kind,
-                entry.after.spent,
-            );
             let Some(limit) = budget.limit(kind) else {
                 continue;
             };
@@ -866,20 +863,18 @@ impl Call {
                 budget,
                 &entry.period,
                 entry.after.spent,
-                now,
+                self.now,
             );
             if budget.action == LimitAction::Alert {
                 let overage = policy::overage(limit, entry.before.spent, entry.after.spent);
                 if overage > 0 {
-                    let account = format!("overage:{}", identity.budget);
+                    let account = AccountKey::Overage(identity.budget.clone());
                     if let Err(error) = ledger.add_spend(&entry.period, &account, overage) {
-                        worker.ledger_error(host, &error);
+                        worker.ledger_error(&error);
                     }
-                    worker.metrics.add(
-                        host,
-                        metrics::agent_period_name(metrics::OVERAGE, &identity.budget, kind),
-                        overage,
-                    );
+                    if let Some(agent) = self.agent {
+                        worker.metrics.count(Counter::Overage(agent, kind), overage);
+                    }
                 }
             }
         }
@@ -938,6 +933,7 @@ fn budget_exceeded_reply(
     reason: StopReason,
     worst_case: Option<(u64, u64)>,
     now: i64,
+    with_budget_headers: bool,
 ) -> LocalReply {
     let wait = line.period.seconds_until_reset(now);
     let what = match reason {
@@ -976,7 +972,11 @@ fn budget_exceeded_reply(
         ),
     };
     // The headers describe the line that stopped the call, consistently with the message.
-    let mut headers = policy::budget_headers(line, now);
+    let mut headers = if with_budget_headers {
+        policy::budget_headers(line, now)
+    } else {
+        Vec::new()
+    };
     headers.push(("retry-after".to_string(), wait.to_string()));
     error_reply(api, ErrorKind::BudgetExceeded, &message, headers)
 }
@@ -997,21 +997,27 @@ fn raise_levels(
     };
     let ledger = Ledger::new(host);
     for (crossing, mark) in policy::levels_reached(budget, period.kind, spent) {
-        let flag = format!(
-            "alerted:{}:{}:{mark}",
-            identity.budget,
-            crossing_name(crossing)
-        );
+        let flag = AccountKey::Alerted {
+            budget: identity.budget.clone(),
+            level: crossing_name(crossing),
+            mark,
+        };
+        if worker.knows_flag(&flag, period) {
+            continue;
+        }
         match ledger.try_update(period, &flag, |a| {
             (a.spent == 0).then_some(Account { spent: 1, ..a })
         }) {
-            Ok(Some(_)) => worker.raise_alert(
-                host,
-                alert_for(crossing, identity, budget, period, spent, limit, now),
-            ),
+            Ok(Some(_)) => worker.raise_alert(alert_for(
+                crossing, identity, budget, period, spent, limit, now,
+            )),
             Ok(None) => {}
-            Err(error) => worker.ledger_error(host, &error),
+            Err(error) => {
+                worker.ledger_error(&error);
+                continue;
+            }
         }
+        worker.remember_flag(flag, period);
     }
 }
 
@@ -1055,51 +1061,6 @@ fn alert_for(
         action: budget.action.name().to_string(),
         at_unix_secs: now,
         period_end_unix_secs: period.end,
-    }
-}
-
-fn log_attribution(record: &Attribution) {
-    let task = record.task.as_deref().unwrap_or("-");
-    let user = record.user.as_deref().unwrap_or("-");
-    match &record.outcome {
-        Outcome::Charged {
-            metered,
-            micro_usd,
-            priced_as,
-            estimated,
-        } => {
-            let u = &metered.usage;
-            log::info!(
-                "call agent={} budget={} task={} user={} api={} model={} priced_as={} input={} cached_input={} cache_write={} output={} reasoning={} cost_micro_usd={} estimated={}",
-                record.agent,
-                record.budget,
-                task,
-                user,
-                record.api,
-                record.model,
-                priced_as.as_deref().unwrap_or("fallback"),
-                u.input,
-                u.cache_read,
-                u.cache_write_5m.saturating_add(u.cache_write_1h),
-                u.output,
-                u.reasoning,
-                micro_usd,
-                estimated
-            );
-        }
-        Outcome::Stopped { .. } => {}
-        Outcome::Unmetered(reason) => {
-            log::warn!(
-                "unmetered agent={} budget={} task={} user={} api={} model={} reason={}",
-                record.agent,
-                record.budget,
-                task,
-                user,
-                record.api,
-                record.model,
-                reason.reason()
-            );
-        }
     }
 }
 

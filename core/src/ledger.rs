@@ -1,34 +1,75 @@
-//! Spend counters in proxy-wasm shared data, shared by every worker of one Envoy.
+//! Spend counters in the host's shared store (proxy-wasm shared data), shared by every worker
+//! of one Envoy.
 //!
-//! ## Why sharded period blobs
+//! ## Why fixed shard keys, with every period of an account in one entry set
 //! Envoy's `set_shared_data` ignores the cas when the key does not exist yet, so two workers
 //! that both find a key missing both "create" it and one increment is lost. Counters
-//! therefore never live in keys that the hot path creates: each period (a day or a month)
-//! has a fixed set of [`SHARDS`] keys, `agent_budget/v1/{d|m}/{period}/{shard}`, created empty
-//! before the period starts (at configure time, on the main thread before workers exist,
-//! and on ticks for the next period). An account (an agent's budget) is an entry inside the
-//! shard blob its name hashes to, added and updated with bounded CAS loops on a key that
-//! already exists, so every update is checked. If the hot path ever finds a shard missing
-//! (the clock jumped past every tick), it creates it and reports it, since that one write
-//! cannot be checked.
+//! therefore never live in keys that the hot path creates: the ledger is a fixed set of
+//! [`SHARDS`] keys, `agent_budget/v2/{shard}`, created empty at configure time (on the main
+//! thread, before workers exist). An account is a set of entries inside the shard blob its
+//! name hashes to, one entry per period (a day, a month), updated with bounded CAS loops on
+//! a key that already exists, so every update is checked. Because an agent's daily and
+//! monthly entries sit in the same blob, one read and one write move both: a call's
+//! reservation and its settlement are one CAS each, not one per period. A write also drops
+//! the entries of periods before the previous one of the kinds it writes, so the store stays
+//! bounded without a sweep on the hot path. If the hot path ever finds a shard missing
+//! (another plugin deleted it), it creates it and reports it, since that write is unchecked.
 
 use crate::host::{Host, HostError, Versioned};
-use crate::period::Period;
+use crate::period::{Period, PeriodKind};
 use std::fmt;
 
-/// Shard keys per period: spreads CAS contention between accounts.
-pub const SHARDS: u32 = 16;
+/// Shard keys: spreads CAS contention between accounts.
+pub const SHARDS: u32 = 32;
 /// CAS attempts before an update gives up (the caller keeps the charge and retries later).
 pub const MAX_CAS_ATTEMPTS: u32 = 64;
-const KEY_PREFIX: &str = "agent_budget/v1";
-const BLOB_MAGIC: &[u8; 2] = b"L1";
-const ENTRY_FIXED_BYTES: usize = 1 + 8 + 8;
+const KEY_PREFIX: &str = "agent_budget/v2";
+const BLOB_MAGIC: &[u8; 2] = b"L2";
+/// kind (1) + period end (8) + name length (1) + spent (8) + reserved (8).
+const ENTRY_FIXED_BYTES: usize = 1 + 8 + 1 + 8 + 8;
 
 /// One account's counters within a period, in micro-USD.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Account {
     pub spent: u64,
     pub reserved: u64,
+}
+
+/// Who or what a ledger account counts for. The only way to name an account, so every
+/// module spells the same account the same way.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum AccountKey {
+    /// An agent budget's spend.
+    Agent(String),
+    /// A task's spend under an agent budget (for `task_daily_usd`).
+    Task { budget: String, task: String },
+    /// A user's spend under an agent budget (for `user_daily_usd`).
+    User { budget: String, user: String },
+    /// `alert` action: spend past the budget.
+    Overage(String),
+    /// Set once the alert of `level` at `mark` micro-USD was raised for the budget.
+    Alerted {
+        budget: String,
+        level: &'static str,
+        mark: u64,
+    },
+}
+
+impl AccountKey {
+    /// The entry name in the shard blob (and what the shard is hashed from).
+    pub fn name(&self) -> String {
+        match self {
+            AccountKey::Agent(budget) => format!("agent:{budget}"),
+            AccountKey::Task { budget, task } => format!("task:{budget}/{task}"),
+            AccountKey::User { budget, user } => format!("user:{budget}/{user}"),
+            AccountKey::Overage(budget) => format!("overage:{budget}"),
+            AccountKey::Alerted {
+                budget,
+                level,
+                mark,
+            } => format!("alerted:{budget}:{level}:{mark}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,10 +88,23 @@ pub enum LedgerError {
     },
     /// Account names are at most 255 bytes.
     NameTooLong,
-    /// A period's shards were missing and created on the hot path (an unchecked write).
+    /// A shard was missing and created on the hot path (an unchecked write).
     LateCreate {
-        period: String,
+        key: String,
     },
+}
+
+impl LedgerError {
+    /// The `reason` label of the ledger-error counter.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            LedgerError::Contended { .. } => "contended",
+            LedgerError::Corrupt { .. } => "corrupt",
+            LedgerError::Host { .. } => "host",
+            LedgerError::NameTooLong => "name_too_long",
+            LedgerError::LateCreate { .. } => "late_create",
+        }
+    }
 }
 
 impl fmt::Display for LedgerError {
@@ -65,23 +119,36 @@ impl fmt::Display for LedgerError {
             LedgerError::Corrupt { key } => write!(f, "{key}: stored value is not a ledger blob"),
             LedgerError::Host { key, error } => write!(f, "{key}: {error}"),
             LedgerError::NameTooLong => f.write_str("account name longer than 255 bytes"),
-            LedgerError::LateCreate { period } => {
-                write!(
-                    f,
-                    "period {period} was created on the hot path (no tick prepared it)"
-                )
+            LedgerError::LateCreate { key } => {
+                write!(f, "{key} was missing and created on the hot path")
             }
         }
     }
 }
 
-/// The result of an update: the account after it, and whether the shard had to be created
-/// on the spot (an unchecked write: see the module doc).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An account's shard as read at one moment: the state to decide on, and the version a
+/// later write can be checked against without reading it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    name: String,
+    blob: Blob,
+    /// 0 when the shard did not exist.
+    cas: u32,
+}
+
+impl Snapshot {
+    /// The account in `period` as of this snapshot.
+    pub fn account(&self, period: &Period) -> Account {
+        self.blob.get(&self.name, period)
+    }
+}
+
+/// The result of an update: the account in each period before and after it, and whether
+/// the shard had to be created on the spot (an unchecked write: see the module doc).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Updated {
-    /// The account as the winning CAS found it, and as it left it.
-    pub before: Account,
-    pub account: Account,
+    pub before: Vec<Account>,
+    pub after: Vec<Account>,
     pub created_shard: bool,
 }
 
@@ -94,27 +161,21 @@ impl<'h> Ledger<'h> {
         Ledger { host }
     }
 
-    pub fn shard_key(period: &Period, shard: u32) -> String {
-        let kind = match period.kind {
-            crate::period::PeriodKind::Daily => 'd',
-            crate::period::PeriodKind::Monthly => 'm',
-        };
-        format!("{KEY_PREFIX}/{kind}/{}/{shard:02}", period.id)
+    pub fn shard_key(shard: u32) -> String {
+        format!("{KEY_PREFIX}/{shard:02}")
     }
 
-    fn key_for(period: &Period, account: &str) -> String {
-        Ledger::shard_key(period, shard_of(account))
+    fn key_for(name: &str) -> String {
+        Ledger::shard_key(shard_of(name))
     }
 
-    /// Creates the period's missing shard keys, empty. Safe to race: nobody adds to a
-    /// period's shards before they exist, and empty over empty loses nothing.
-    /// Returns how many keys this call created.
-    pub fn ensure_period(&self, period: &Period) -> Result<u32, LedgerError> {
+    /// Creates the missing shard keys, empty. Safe to race: nobody adds to a shard before it
+    /// exists, and empty over empty loses nothing. Returns how many keys this call created.
+    pub fn ensure_shards(&self) -> Result<u32, LedgerError> {
         let mut created = 0;
         for shard in 0..SHARDS {
-            let key = Ledger::shard_key(period, shard);
-            let existing = self.get(&key)?;
-            if existing.is_none() {
+            let key = Ledger::shard_key(shard);
+            if self.get(&key)?.is_none() {
                 self.set(&key, BLOB_MAGIC, 0)?;
                 created += 1;
             }
@@ -122,76 +183,95 @@ impl<'h> Ledger<'h> {
         Ok(created)
     }
 
-    /// Empties a finished period's shards so shared data does not grow forever.
-    pub fn release_period(&self, period: &Period) -> Result<(), LedgerError> {
+    /// Drops entries of periods before the previous one of `current`'s kinds from every
+    /// shard: keeps shared data bounded for accounts that are no longer written.
+    pub fn prune(&self, current: &[Period]) -> Result<(), LedgerError> {
         for shard in 0..SHARDS {
-            let key = Ledger::shard_key(period, shard);
-            if let Some(current) = self.get(&key)? {
-                if current.value.len() > BLOB_MAGIC.len() {
-                    // A lost race here only means the next release retries it.
-                    let _ = self.set(&key, BLOB_MAGIC, current.cas);
-                }
+            let key = Ledger::shard_key(shard);
+            let Some(stored) = self.get(&key)? else {
+                continue;
+            };
+            let mut blob =
+                Blob::decode(&stored.value).ok_or(LedgerError::Corrupt { key: key.clone() })?;
+            if blob.prune(current) {
+                // A lost race only means the next prune retries it.
+                let _ = self.set(&key, &blob.encode(), stored.cas);
             }
         }
         Ok(())
     }
 
-    pub fn read(&self, period: &Period, account: &str) -> Result<Account, LedgerError> {
-        let key = Ledger::key_for(period, account);
-        match self.get(&key)? {
-            None => Ok(Account::default()),
-            Some(current) => {
-                let blob = Blob::decode(&current.value).ok_or(LedgerError::Corrupt { key })?;
-                Ok(blob.get(account))
+    /// Reads the account's shard once.
+    pub fn snapshot(&self, account: &AccountKey) -> Result<Snapshot, LedgerError> {
+        let name = account.name();
+        let key = Ledger::key_for(&name);
+        self.load(&key, name)
+    }
+
+    fn load(&self, key: &str, name: String) -> Result<Snapshot, LedgerError> {
+        match self.get(key)? {
+            None => Ok(Snapshot {
+                name,
+                blob: Blob::default(),
+                cas: 0,
+            }),
+            Some(stored) => {
+                let blob = Blob::decode(&stored.value).ok_or_else(|| LedgerError::Corrupt {
+                    key: key.to_string(),
+                })?;
+                Ok(Snapshot {
+                    name,
+                    blob,
+                    cas: stored.cas,
+                })
             }
         }
     }
 
-    /// Applies `change` to the account atomically (bounded CAS loop); returns the new state.
-    pub fn update(
-        &self,
-        period: &Period,
-        account: &str,
-        change: impl Fn(Account) -> Account,
-    ) -> Result<Updated, LedgerError> {
-        // A change that never refuses always yields an update; None cannot come back.
-        self.try_update(period, account, |a| Some(change(a)))?
-            .ok_or_else(|| LedgerError::Contended {
-                key: Ledger::key_for(period, account),
-            })
+    pub fn read(&self, period: &Period, account: &AccountKey) -> Result<Account, LedgerError> {
+        Ok(self.snapshot(account)?.account(period))
     }
 
-    /// Like [`Ledger::update`], but `change` may refuse (None) after seeing the current
-    /// state, atomically: `Ok(None)` means it refused and nothing was written.
-    pub fn try_update(
+    /// Applies `change` to the account's entries in `periods` atomically (bounded CAS loop).
+    /// `change` sees the entries in the order of `periods` and may refuse (None) after seeing
+    /// them: `Ok(None)` means it refused and nothing was written. `start`, a snapshot read
+    /// earlier, saves the first read; a stale one costs one CAS miss and a fresh read.
+    pub fn update_periods(
         &self,
-        period: &Period,
-        account: &str,
-        change: impl Fn(Account) -> Option<Account>,
+        account: &AccountKey,
+        periods: &[&Period],
+        start: Option<Snapshot>,
+        change: impl Fn(&[Account]) -> Option<Vec<Account>>,
     ) -> Result<Option<Updated>, LedgerError> {
-        if account.len() > usize::from(u8::MAX) {
+        let name = match start {
+            Some(ref snapshot) => snapshot.name.clone(),
+            None => account.name(),
+        };
+        if name.len() > usize::from(u8::MAX) {
             return Err(LedgerError::NameTooLong);
         }
-        let key = Ledger::key_for(period, account);
+        let key = Ledger::key_for(&name);
+        let mut next = start;
         for _ in 0..MAX_CAS_ATTEMPTS {
-            let (mut blob, cas) = match self.get(&key)? {
-                Some(current) => {
-                    let blob = Blob::decode(&current.value)
-                        .ok_or_else(|| LedgerError::Corrupt { key: key.clone() })?;
-                    (blob, current.cas)
-                }
-                None => (Blob::default(), 0),
+            let snapshot = match next.take() {
+                Some(snapshot) => snapshot,
+                None => self.load(&key, name.clone())?,
             };
-            let before = blob.get(account);
-            let Some(after) = change(before) else {
+            let before: Vec<Account> = periods.iter().map(|p| snapshot.account(p)).collect();
+            let Some(after) = change(&before) else {
                 return Ok(None);
             };
-            blob.put(account, after);
+            let Snapshot { mut blob, cas, .. } = snapshot;
+            for (period, account) in periods.iter().zip(&after) {
+                blob.put(&name, period, *account);
+            }
+            let current: Vec<Period> = periods.iter().map(|p| (*p).clone()).collect();
+            blob.prune(&current);
             match self.set(&key, &blob.encode(), cas) {
                 Ok(()) => {
                     return Ok(Some(Updated {
                         before,
-                        account: after,
+                        after,
                         created_shard: cas == 0,
                     }));
                 }
@@ -205,11 +285,37 @@ impl<'h> Ledger<'h> {
         Err(LedgerError::Contended { key })
     }
 
-    /// Adds `micro_usd` to the account's spend.
+    /// [`Ledger::update_periods`] for one period.
+    pub fn try_update(
+        &self,
+        period: &Period,
+        account: &AccountKey,
+        change: impl Fn(Account) -> Option<Account>,
+    ) -> Result<Option<Updated>, LedgerError> {
+        self.update_periods(account, &[period], None, |before| {
+            let first = before.first().copied().unwrap_or_default();
+            change(first).map(|after| vec![after])
+        })
+    }
+
+    /// Applies a change that never refuses to one period.
+    pub fn update(
+        &self,
+        period: &Period,
+        account: &AccountKey,
+        change: impl Fn(Account) -> Account,
+    ) -> Result<Updated, LedgerError> {
+        self.try_update(period, account, |a| Some(change(a)))?
+            .ok_or_else(|| LedgerError::Contended {
+                key: Ledger::key_for(&account.name()),
+            })
+    }
+
+    /// Adds `micro_usd` to the account's spend in `period`.
     pub fn add_spend(
         &self,
         period: &Period,
-        account: &str,
+        account: &AccountKey,
         micro_usd: u64,
     ) -> Result<Updated, LedgerError> {
         self.update(period, account, |a| Account {
@@ -238,40 +344,60 @@ impl<'h> Ledger<'h> {
 }
 
 /// FNV-1a: stable across workers and builds (std's hasher is randomly seeded).
-pub fn shard_of(account: &str) -> u32 {
+pub fn shard_of(name: &str) -> u32 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in account.bytes() {
+    for byte in name.bytes() {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
     (hash % u64::from(SHARDS)) as u32
 }
 
-/// A shard's entries: `L1` then, per account, name length (u8), name, spent and reserved
-/// (u64 little-endian).
+fn kind_byte(kind: PeriodKind) -> u8 {
+    match kind {
+        PeriodKind::Daily => b'd',
+        PeriodKind::Monthly => b'm',
+    }
+}
+
+/// One entry: an account in one period. A period is named by its kind and its end, which
+/// is unique per kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    kind: u8,
+    end: i64,
+    name: String,
+    account: Account,
+}
+
+/// A shard's entries: `L2` then, per entry, kind (`d`/`m`), period end (i64), name length
+/// (u8), name, spent and reserved (u64), all little-endian.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct Blob {
-    entries: Vec<(String, Account)>,
+    entries: Vec<Entry>,
 }
 
 impl Blob {
     fn decode(bytes: &[u8]) -> Option<Blob> {
         let mut rest = bytes.strip_prefix(BLOB_MAGIC.as_slice())?;
         let mut entries = Vec::new();
-        while let Some((&name_len, tail)) = rest.split_first() {
+        while !rest.is_empty() {
+            let (&kind, tail) = rest.split_first()?;
+            let (end, tail) = split_u64(tail)?;
+            let (&name_len, tail) = tail.split_first()?;
             let name_len = usize::from(name_len);
-            if tail.len() < name_len + ENTRY_FIXED_BYTES - 1 {
+            if tail.len() < name_len + 16 {
                 return None;
             }
             let (name, tail) = tail.split_at(name_len);
-            let (spent, tail) = tail.split_at(8);
-            let (reserved, tail) = tail.split_at(8);
-            let name = String::from_utf8(name.to_vec()).ok()?;
-            let account = Account {
-                spent: u64::from_le_bytes(spent.try_into().ok()?),
-                reserved: u64::from_le_bytes(reserved.try_into().ok()?),
-            };
-            entries.push((name, account));
+            let (spent, tail) = split_u64(tail)?;
+            let (reserved, tail) = split_u64(tail)?;
+            entries.push(Entry {
+                kind,
+                end: i64::from_le_bytes(end.to_le_bytes()),
+                name: String::from_utf8(name.to_vec()).ok()?,
+                account: Account { spent, reserved },
+            });
             rest = tail;
         }
         Some(Blob { entries })
@@ -282,34 +408,68 @@ impl Blob {
             + self
                 .entries
                 .iter()
-                .map(|(name, _)| name.len() + ENTRY_FIXED_BYTES)
+                .map(|e| e.name.len() + ENTRY_FIXED_BYTES)
                 .sum::<usize>();
         let mut out = Vec::with_capacity(size);
         out.extend_from_slice(BLOB_MAGIC);
-        for (name, account) in &self.entries {
+        for entry in &self.entries {
+            out.push(entry.kind);
+            out.extend_from_slice(&entry.end.to_le_bytes());
             // Names are checked to fit a u8 before they are put.
-            out.push(u8::try_from(name.len()).unwrap_or(u8::MAX));
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(&account.spent.to_le_bytes());
-            out.extend_from_slice(&account.reserved.to_le_bytes());
+            out.push(u8::try_from(entry.name.len()).unwrap_or(u8::MAX));
+            out.extend_from_slice(entry.name.as_bytes());
+            out.extend_from_slice(&entry.account.spent.to_le_bytes());
+            out.extend_from_slice(&entry.account.reserved.to_le_bytes());
         }
         out
     }
 
-    fn get(&self, name: &str) -> Account {
+    fn find(&self, name: &str, period: &Period) -> Option<&Entry> {
+        let kind = kind_byte(period.kind);
         self.entries
             .iter()
-            .find(|(entry, _)| entry == name)
-            .map(|(_, account)| *account)
+            .find(|e| e.kind == kind && e.end == period.end && e.name == name)
+    }
+
+    fn get(&self, name: &str, period: &Period) -> Account {
+        self.find(name, period)
+            .map(|e| e.account)
             .unwrap_or_default()
     }
 
-    fn put(&mut self, name: &str, account: Account) {
-        match self.entries.iter_mut().find(|(entry, _)| entry == name) {
-            Some((_, slot)) => *slot = account,
-            None => self.entries.push((name.to_string(), account)),
+    fn put(&mut self, name: &str, period: &Period, account: Account) {
+        let kind = kind_byte(period.kind);
+        match self
+            .entries
+            .iter_mut()
+            .find(|e| e.kind == kind && e.end == period.end && e.name == name)
+        {
+            Some(entry) => entry.account = account,
+            None => self.entries.push(Entry {
+                kind,
+                end: period.end,
+                name: name.to_string(),
+                account,
+            }),
         }
     }
+
+    /// Drops entries of each of `current`'s kinds that ended before that period started
+    /// (older than the previous period, whose end is the current start). True if any went.
+    fn prune(&mut self, current: &[Period]) -> bool {
+        let before = self.entries.len();
+        self.entries.retain(|entry| {
+            !current
+                .iter()
+                .any(|p| kind_byte(p.kind) == entry.kind && entry.end < p.start)
+        });
+        self.entries.len() != before
+    }
+}
+
+fn split_u64(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let (head, tail) = bytes.split_first_chunk::<8>()?;
+    Some((u64::from_le_bytes(*head), tail))
 }
 
 #[cfg(test)]

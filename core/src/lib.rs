@@ -12,6 +12,7 @@
 //! so nothing here can reach the host any other way.
 
 pub mod alerts;
+pub mod attribution;
 pub mod booking;
 pub mod config;
 pub mod degrade;

@@ -4,8 +4,9 @@
 //! `stats_tags` rules in `envoy/stats-tags.yaml` turn those segments into Prometheus labels,
 //! giving `agent_budget_requests{agent="research-bot"}`. Label values are configured agent
 //! names, reasons and periods only, so cardinality is bounded by the configuration.
-//! Each name is defined once per worker and its id cached; a refused definition degrades
-//! to a no-op instead of failing the call.
+//! Metrics are typed ([`Counter`], [`Gauge`]); each name is built and defined once per
+//! worker and its id cached; a refused definition degrades to a no-op instead of failing
+//! the call. Counts accumulate per worker and reach Envoy on the tick.
 
 use crate::host::{Host, MetricKind};
 use crate::period::PeriodKind;
@@ -13,7 +14,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 /// Per-agent counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AgentCounter {
     /// Calls attributed to the agent's budget (rejected ones included).
     Requests,
@@ -40,20 +41,6 @@ pub enum AgentCounter {
 }
 
 impl AgentCounter {
-    pub const ALL: [AgentCounter; 11] = [
-        AgentCounter::Requests,
-        AgentCounter::Rejected,
-        AgentCounter::InputTokens,
-        AgentCounter::CachedInputTokens,
-        AgentCounter::CacheWriteTokens,
-        AgentCounter::OutputTokens,
-        AgentCounter::ReasoningTokens,
-        AgentCounter::CostMicroUsd,
-        AgentCounter::Unmetered,
-        AgentCounter::EstimatedRequests,
-        AgentCounter::DegradedRequests,
-    ];
-
     fn stem(self) -> &'static str {
         match self {
             AgentCounter::Requests => "agent_budget_requests",
@@ -72,7 +59,7 @@ impl AgentCounter {
 }
 
 /// Per-agent, per-period gauges: the live view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AgentGauge {
     /// Spend so far in the current period, from the shared ledger.
     SpendMicroUsd,
@@ -90,7 +77,7 @@ impl AgentGauge {
 }
 
 /// Gateway-wide counters with a reason label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ReasonCounter {
     /// Calls that could not be metered, by reason (`no_usage`, `malformed`, ...).
     Unmetered,
@@ -113,93 +100,171 @@ impl ReasonCounter {
     }
 }
 
-/// Calls charged at the fallback price because their model has no price.
-pub const UNPRICED_CALLS: &str = "agent_budget_unpriced_calls";
-/// `alert` action: spend past the budget, per agent and period (counter).
-pub const OVERAGE: &str = "agent_budget_overage_micro_usd";
-/// Alerts raised, per agent and kind (`soft`, `limit_stop`, `limit_alert`...).
-pub const ALERTS: &str = "agent_budget_alerts";
+/// A configured agent budget, by its position among the configured names: metric keys
+/// carry this instead of the name, so counting on the hot path neither formats nor copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AgentId(u32);
 
-/// `{stem}.agent.{budget}.period.{period}` for per-period counters.
-pub fn agent_period_name(stem: &str, budget: &str, period: PeriodKind) -> String {
+/// A counter, typed: its name is built only when it is first defined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Counter {
+    Agent(AgentCounter, AgentId),
+    /// `alert` action: spend past the budget, per agent and period (micro-USD).
+    Overage(AgentId, PeriodKind),
+    /// Alerts raised, per agent and kind (`soft`, `limit_stop`, `limit_alert`...).
+    Alerts(AgentId, &'static str),
+    Reason(ReasonCounter, &'static str),
+    /// Calls charged at the fallback price because their model has no price.
+    UnpricedCalls,
+}
+
+/// A gauge, typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Gauge {
+    Agent(AgentGauge, AgentId, PeriodKind),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Metric {
+    Counter(Counter),
+    Gauge(Gauge),
+}
+
+/// `{stem}.agent.{budget}.period.{period}` for per-period metrics.
+fn agent_period_name(stem: &str, budget: &str, period: PeriodKind) -> String {
     format!("{stem}.agent.{budget}.period.{}", period.name())
 }
 
-/// `{stem}.agent.{budget}.reason.{reason}`.
-pub fn agent_reason_name(stem: &str, budget: &str, reason: &str) -> String {
-    format!("{stem}.agent.{budget}.reason.{reason}")
+/// The agent budgets' ids, and the names they stand for.
+#[derive(Debug, Default)]
+pub struct Agents {
+    names: Vec<String>,
 }
 
-pub fn agent_counter_name(counter: AgentCounter, budget: &str) -> String {
-    format!("{}.agent.{budget}", counter.stem())
+impl Agents {
+    /// `names` in the configuration's (sorted) order.
+    pub fn new(names: impl IntoIterator<Item = String>) -> Agents {
+        Agents {
+            names: names.into_iter().collect(),
+        }
+    }
+
+    pub fn id(&self, name: &str) -> Option<AgentId> {
+        let index = self.names.binary_search_by(|n| n.as_str().cmp(name)).ok()?;
+        u32::try_from(index).ok().map(AgentId)
+    }
+
+    pub fn name(&self, id: AgentId) -> &str {
+        self.names
+            .get(id.0 as usize)
+            .map(String::as_str)
+            .unwrap_or("unknown")
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = AgentId> + '_ {
+        (0..self.names.len()).filter_map(|i| u32::try_from(i).ok().map(AgentId))
+    }
 }
 
-pub fn agent_gauge_name(gauge: AgentGauge, budget: &str, period: PeriodKind) -> String {
-    agent_period_name(gauge.stem(), budget, period)
+impl Metric {
+    fn kind(self) -> MetricKind {
+        match self {
+            Metric::Counter(_) => MetricKind::Counter,
+            Metric::Gauge(_) => MetricKind::Gauge,
+        }
+    }
+
+    /// The stat name, labels as segments (see the module doc).
+    fn name(self, agents: &Agents) -> String {
+        match self {
+            Metric::Counter(Counter::Agent(counter, agent)) => {
+                format!("{}.agent.{}", counter.stem(), agents.name(agent))
+            }
+            Metric::Counter(Counter::Overage(agent, period)) => {
+                agent_period_name("agent_budget_overage_micro_usd", agents.name(agent), period)
+            }
+            Metric::Counter(Counter::Alerts(agent, kind)) => format!(
+                "agent_budget_alerts.agent.{}.reason.{kind}",
+                agents.name(agent)
+            ),
+            Metric::Counter(Counter::Reason(counter, reason)) => {
+                format!("{}.reason.{reason}", counter.stem())
+            }
+            Metric::Counter(Counter::UnpricedCalls) => "agent_budget_unpriced_calls".to_string(),
+            Metric::Gauge(Gauge::Agent(gauge, agent, period)) => {
+                agent_period_name(gauge.stem(), agents.name(agent), period)
+            }
+        }
+    }
 }
 
-pub fn reason_counter_name(counter: ReasonCounter, reason: &str) -> String {
-    format!("{}.reason.{reason}", counter.stem())
-}
-
-/// Metric ids of one worker, defined on first use.
+/// One worker's metrics: counts add up in memory and leave on [`Metrics::flush`] (the tick),
+/// one host call per metric that moved, instead of one per count on the hot path. Ids are
+/// defined on first use and cached.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    ids: RefCell<HashMap<String, Option<u32>>>,
+    agents: Agents,
+    pending: RefCell<HashMap<Counter, u64>>,
+    ids: RefCell<HashMap<Metric, Option<u32>>>,
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
-        Metrics::default()
+    pub fn new(agents: Agents) -> Metrics {
+        Metrics {
+            agents,
+            ..Metrics::default()
+        }
     }
 
-    fn id(&self, host: &dyn Host, kind: MetricKind, name: String) -> Option<u32> {
-        if let Some(id) = self.ids.borrow().get(&name) {
+    pub fn agents(&self) -> &Agents {
+        &self.agents
+    }
+
+    /// Counts `delta` now; it reaches the host at the next flush.
+    pub fn count(&self, counter: Counter, delta: u64) {
+        if delta == 0 {
+            return;
+        }
+        let mut pending = self.pending.borrow_mut();
+        let slot = pending.entry(counter).or_insert(0);
+        *slot = slot.saturating_add(delta);
+    }
+
+    /// Hands every pending count to the host.
+    pub fn flush(&self, host: &dyn Host) {
+        let pending: Vec<(Counter, u64)> = self.pending.borrow_mut().drain().collect();
+        for (counter, delta) in pending {
+            if let Some(id) = self.id(host, Metric::Counter(counter)) {
+                let _ = host.increment_metric(id, i64::try_from(delta).unwrap_or(i64::MAX));
+            }
+        }
+    }
+
+    /// Defines a counter without counting, so it shows (as 0) before anything happens.
+    pub fn declare(&self, host: &dyn Host, counter: Counter) {
+        let _ = self.id(host, Metric::Counter(counter));
+    }
+
+    pub fn set(&self, host: &dyn Host, gauge: Gauge, value: u64) {
+        if let Some(id) = self.id(host, Metric::Gauge(gauge)) {
+            let _ = host.record_metric(id, value);
+        }
+    }
+
+    fn id(&self, host: &dyn Host, metric: Metric) -> Option<u32> {
+        if let Some(id) = self.ids.borrow().get(&metric) {
             return *id;
         }
-        let id = match host.define_metric(kind, &name) {
+        let name = metric.name(&self.agents);
+        let id = match host.define_metric(metric.kind(), &name) {
             Ok(id) => Some(id),
             Err(error) => {
                 log::warn!("metric {name} unavailable: {error}");
                 None
             }
         };
-        self.ids.borrow_mut().insert(name, id);
+        self.ids.borrow_mut().insert(metric, id);
         id
-    }
-
-    pub fn add(&self, host: &dyn Host, name: String, delta: u64) {
-        if delta == 0 && self.ids.borrow().contains_key(&name) {
-            return;
-        }
-        if let Some(id) = self.id(host, MetricKind::Counter, name) {
-            let _ = host.increment_metric(id, i64::try_from(delta).unwrap_or(i64::MAX));
-        }
-    }
-
-    pub fn set(&self, host: &dyn Host, name: String, value: u64) {
-        if let Some(id) = self.id(host, MetricKind::Gauge, name) {
-            let _ = host.record_metric(id, value);
-        }
-    }
-
-    pub fn agent(&self, host: &dyn Host, counter: AgentCounter, budget: &str, delta: u64) {
-        self.add(host, agent_counter_name(counter, budget), delta);
-    }
-
-    pub fn gauge(
-        &self,
-        host: &dyn Host,
-        gauge: AgentGauge,
-        budget: &str,
-        period: PeriodKind,
-        value: u64,
-    ) {
-        self.set(host, agent_gauge_name(gauge, budget, period), value);
-    }
-
-    pub fn reason(&self, host: &dyn Host, counter: ReasonCounter, reason: &str) {
-        self.add(host, reason_counter_name(counter, reason), 1);
     }
 }
 

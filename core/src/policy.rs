@@ -32,8 +32,6 @@ impl Scope {
 pub struct Line {
     pub scope: Scope,
     pub period: Period,
-    /// Ledger account name.
-    pub account: String,
     pub limit: u64,
     pub state: Account,
 }

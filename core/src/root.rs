@@ -2,51 +2,47 @@
 //! ledger could not take yet, and the periodic upkeep run on ticks.
 
 use crate::alerts::{self, Alert, Outbox, PayloadFormat};
+use crate::booking::{PendingCharge, Trouble};
 use crate::config::{AlertFormat, Config};
 use crate::host::Host;
-use crate::ledger::{Ledger, LedgerError};
-use crate::metrics::{self, AgentGauge, Metrics, ReasonCounter};
+use crate::ledger::{Account, AccountKey, Ledger, LedgerError};
+use crate::metrics::{AgentGauge, Agents, Counter, Gauge, Metrics, ReasonCounter};
 use crate::period::{Period, PeriodKind};
-use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
-/// How often the root context runs [`Worker::tick`]: alerts go out within a second.
+/// How often the root context runs [`Worker::tick`]: alerts go out and counters reach
+/// Envoy within a second.
 pub const TICK_MILLIS: u64 = 1_000;
-/// Ticks between refreshes of the live-view gauges from the ledger.
+/// Ticks between refreshes of the live-view gauges from the ledger while no call comes.
 const GAUGE_REFRESH_TICKS: u64 = 5;
 /// Alerts queued per worker before the oldest are dropped (and counted).
 const MAX_QUEUED_ALERTS: usize = 1_000;
 /// Pending charges kept per worker before the oldest are dropped (and logged).
 const MAX_PENDING: usize = 10_000;
-
-/// A charge the ledger refused for now (contention, host error), retried on ticks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PendingCharge {
-    pub period: Period,
-    pub account: String,
-    pub micro_usd: u64,
-    /// Reservation to return along with the charge.
-    pub release: u64,
-}
+/// Alert flags remembered per worker before the memory starts over (it is only a cache).
+const MAX_KNOWN_FLAGS: usize = 10_000;
 
 pub struct Worker {
     pub config: Config,
     pub metrics: Metrics,
     pending: RefCell<Vec<PendingCharge>>,
     unpriced_logged: RefCell<BTreeSet<String>>,
+    /// The current day and month, recomputed only when the day ends.
+    periods: RefCell<Option<[Period; 2]>>,
     /// Ids of the current periods the last upkeep prepared, to act on rollovers only.
     prepared: RefCell<Vec<String>>,
-    ticks: std::cell::Cell<u64>,
+    ticks: Cell<u64>,
+    /// A call started since the last tick: the live-view gauges are due.
+    served: Cell<bool>,
+    /// Alert flags this worker knows are set in the ledger (flag, period end): skips the
+    /// ledger read for levels long reached.
+    known_flags: RefCell<HashSet<(AccountKey, i64)>>,
     /// Alerts this worker raised and still has to deliver (None: no `alerts` configured).
     outbox: RefCell<Option<Outbox>>,
     /// Webhook calls awaiting a reply: dispatch token → outbox delivery id.
-    in_flight: RefCell<std::collections::HashMap<u32, u64>>,
-    delivery_counts: std::cell::Cell<[u64; 4]>,
-}
-
-/// The ledger account of a budget.
-pub fn account_of(budget: &str) -> String {
-    format!("agent:{budget}")
+    in_flight: RefCell<HashMap<u32, u64>>,
+    delivery_counts: Cell<[u64; 4]>,
 }
 
 impl Worker {
@@ -58,74 +54,109 @@ impl Worker {
             };
             Outbox::new(format, alerts.max_attempts, MAX_QUEUED_ALERTS)
         });
+        let agents = Agents::new(config.agents.keys().cloned());
         Worker {
             config,
-            metrics: Metrics::new(),
+            metrics: Metrics::new(agents),
             pending: RefCell::new(Vec::new()),
             unpriced_logged: RefCell::new(BTreeSet::new()),
+            periods: RefCell::new(None),
             prepared: RefCell::new(Vec::new()),
-            ticks: std::cell::Cell::new(0),
+            ticks: Cell::new(0),
+            served: Cell::new(false),
+            known_flags: RefCell::new(HashSet::new()),
             outbox: RefCell::new(outbox),
-            in_flight: RefCell::new(std::collections::HashMap::new()),
-            delivery_counts: std::cell::Cell::new([0; 4]),
+            in_flight: RefCell::new(HashMap::new()),
+            delivery_counts: Cell::new([0; 4]),
         }
     }
 
+    /// The day and month containing `now`, cached until the day ends.
     pub fn current_periods(&self, now: i64) -> [Period; 2] {
-        PeriodKind::ALL.map(|kind| Period::containing(kind, self.config.time_zone, now))
+        let mut cached = self.periods.borrow_mut();
+        if let Some(periods) = cached.as_ref() {
+            if periods.iter().all(|p| p.start <= now && now < p.end) {
+                return periods.clone();
+            }
+        }
+        let periods =
+            PeriodKind::ALL.map(|kind| Period::containing(kind, self.config.time_zone, now));
+        *cached = Some(periods.clone());
+        periods
     }
 
-    /// Start-up and tick upkeep: makes sure the current and next periods' ledger keys exist
-    /// before anyone charges them, frees the period before the previous one, retries pending
-    /// charges, and refreshes the live-view gauges.
+    /// Notes that a call started: the gauges refresh on the next tick.
+    pub fn serving(&self) {
+        self.served.set(true);
+    }
+
+    /// Start-up and tick upkeep: makes sure the ledger's keys exist before anyone charges
+    /// them and drops finished periods on a rollover, retries pending charges, hands the
+    /// counts to the host, refreshes the live-view gauges and delivers alerts.
     pub fn tick(&self, host: &dyn Host) {
         let now = host.now_unix_secs();
         let current = self.current_periods(now);
         let ids: Vec<String> = current.iter().map(|p| p.id.clone()).collect();
         if *self.prepared.borrow() != ids {
             let ledger = Ledger::new(host);
-            let mut ok = true;
-            for period in &current {
-                let previous =
-                    Period::containing(period.kind, self.config.time_zone, period.start - 1);
-                let before_previous =
-                    Period::containing(period.kind, self.config.time_zone, previous.start - 1);
-                for result in [
-                    ledger.ensure_period(period).map(|_| ()),
-                    ledger
-                        .ensure_period(&period.next(self.config.time_zone))
-                        .map(|_| ()),
-                    ledger.release_period(&before_previous),
-                ] {
-                    if let Err(error) = result {
-                        ok = false;
-                        self.ledger_error(host, &error);
-                    }
-                }
+            let prepared = ledger.ensure_shards().and_then(|_| ledger.prune(&current));
+            match prepared {
+                Ok(()) => *self.prepared.borrow_mut() = ids,
+                Err(error) => self.ledger_error(&error),
             }
-            if ok {
-                *self.prepared.borrow_mut() = ids;
-            }
+            self.known_flags.borrow_mut().clear();
         }
         let retried = self.retry_pending(host);
         let ticks = self.ticks.get();
         self.ticks.set(ticks.wrapping_add(1));
-        if retried || ticks % GAUGE_REFRESH_TICKS == 0 {
-            self.refresh_gauges(host, &current, ticks == 0);
+        let served = self.served.replace(false);
+        if retried || served || ticks % GAUGE_REFRESH_TICKS == 0 {
+            // Limits are published at configure time and by plugins that serve calls, not
+            // by every tick: a draining listener's old plugin keeps ticking for minutes
+            // after a reload.
+            self.refresh_gauges(host, &current, ticks == 0 || served);
         }
         self.deliver_alerts(host, now);
+        self.metrics.flush(host);
+    }
+
+    /// Counts and logs what a booking step could not do, and keeps its charges for retry.
+    pub fn report(&self, trouble: Trouble) {
+        for error in &trouble.errors {
+            self.ledger_error(error);
+        }
+        for charge in trouble.deferred {
+            self.defer(charge);
+        }
+    }
+
+    /// True if this worker already knows the alert flag is set in `period`.
+    pub fn knows_flag(&self, flag: &AccountKey, period: &Period) -> bool {
+        self.known_flags
+            .borrow()
+            .contains(&(flag.clone(), period.end))
+    }
+
+    pub fn remember_flag(&self, flag: AccountKey, period: &Period) {
+        let mut known = self.known_flags.borrow_mut();
+        if known.len() >= MAX_KNOWN_FLAGS {
+            known.clear();
+        }
+        known.insert((flag, period.end));
     }
 
     /// Logs, counts and queues an alert this worker won the right to raise.
-    pub fn raise_alert(&self, host: &dyn Host, alert: Alert) {
+    pub fn raise_alert(&self, alert: Alert) {
         log::warn!("{}", alerts::log_line(&alert));
-        let name = metrics::agent_reason_name(metrics::ALERTS, &alert.agent, alert.kind.name());
-        self.metrics.add(host, name, 1);
+        if let Some(agent) = self.metrics.agents().id(&alert.agent) {
+            self.metrics
+                .count(Counter::Alerts(agent, alert.kind.name()), 1);
+        }
         if let Some(outbox) = self.outbox.borrow_mut().as_mut() {
             outbox.push(alert);
         }
         // A full queue drops its oldest alert.
-        self.sync_delivery_metrics(host);
+        self.sync_delivery_metrics();
     }
 
     fn deliver_alerts(&self, host: &dyn Host, now: i64) {
@@ -137,7 +168,7 @@ impl Worker {
             None => return,
         };
         // `due` times out unanswered attempts and gives up on exhausted alerts.
-        self.sync_delivery_metrics(host);
+        self.sync_delivery_metrics();
         for delivery in due {
             let headers = [
                 (":method", "POST"),
@@ -160,7 +191,7 @@ impl Worker {
                         "alert webhook to cluster {} not sent: {error}",
                         settings.cluster
                     );
-                    self.record_delivery(host, delivery.id, false, now);
+                    self.record_delivery(delivery.id, false, now);
                 }
             }
         }
@@ -175,18 +206,19 @@ impl Worker {
         if !ok {
             log::warn!("alert webhook answered {status}; will retry");
         }
-        self.record_delivery(host, id, ok, host.now_unix_secs());
+        self.record_delivery(id, ok, host.now_unix_secs());
+        self.metrics.flush(host);
     }
 
-    fn record_delivery(&self, host: &dyn Host, id: u64, ok: bool, now: i64) {
+    fn record_delivery(&self, id: u64, ok: bool, now: i64) {
         if let Some(outbox) = self.outbox.borrow_mut().as_mut() {
             outbox.sent(id, ok, now);
         }
-        self.sync_delivery_metrics(host);
+        self.sync_delivery_metrics();
     }
 
     /// Moves the outbox's running totals into the delivery counters.
-    fn sync_delivery_metrics(&self, host: &dyn Host) {
+    fn sync_delivery_metrics(&self) {
         let counts = {
             let outbox = self.outbox.borrow();
             let Some(outbox) = outbox.as_ref() else {
@@ -201,46 +233,34 @@ impl Worker {
         };
         let previous = self.delivery_counts.replace(counts);
         for ((reason, now_count), before) in ["delivered", "failed", "given_up", "dropped"]
-            .iter()
+            .into_iter()
             .zip(counts)
             .zip(previous)
         {
-            let delta = now_count.saturating_sub(before);
-            if delta > 0 {
-                self.metrics.add(
-                    host,
-                    metrics::reason_counter_name(ReasonCounter::AlertDeliveries, reason),
-                    delta,
-                );
-            }
+            self.metrics.count(
+                Counter::Reason(ReasonCounter::AlertDeliveries, reason),
+                now_count.saturating_sub(before),
+            );
         }
     }
 
+    /// Publishes spend per agent and period from the ledger (one read per agent), and the
+    /// limits when `with_limits`.
     fn refresh_gauges(&self, host: &dyn Host, current: &[Period; 2], with_limits: bool) {
         let ledger = Ledger::new(host);
-        for (name, budget) in &self.config.agents {
+        for (agent, (name, budget)) in self.metrics.agents().ids().zip(&self.config.agents) {
+            let snapshot = ledger.snapshot(&AccountKey::Agent(name.clone()));
             for period in current {
-                // Limits are published at configure time and by each call, not here: a
-                // draining listener's old plugin keeps ticking for minutes after a reload.
                 if with_limits {
                     if let Some(limit) = budget.limit(period.kind) {
-                        self.metrics.gauge(
-                            host,
-                            AgentGauge::LimitMicroUsd,
-                            name,
-                            period.kind,
-                            limit,
-                        );
+                        let gauge = Gauge::Agent(AgentGauge::LimitMicroUsd, agent, period.kind);
+                        self.metrics.set(host, gauge, limit);
                     }
                 }
-                if let Ok(account) = ledger.read(period, &account_of(name)) {
-                    self.metrics.gauge(
-                        host,
-                        AgentGauge::SpendMicroUsd,
-                        name,
-                        period.kind,
-                        account.spent,
-                    );
+                if let Ok(snapshot) = &snapshot {
+                    let gauge = Gauge::Agent(AgentGauge::SpendMicroUsd, agent, period.kind);
+                    self.metrics
+                        .set(host, gauge, snapshot.account(period).spent);
                 }
             }
         }
@@ -255,11 +275,9 @@ impl Worker {
         let ledger = Ledger::new(host);
         let mut still = Vec::new();
         for charge in pending {
-            let result = ledger.update(&charge.period, &charge.account, |a| {
-                crate::ledger::Account {
-                    spent: a.spent.saturating_add(charge.micro_usd),
-                    reserved: a.reserved.saturating_sub(charge.release),
-                }
+            let result = ledger.update(&charge.period, &charge.key, |a| Account {
+                spent: a.spent.saturating_add(charge.micro_usd),
+                reserved: a.reserved.saturating_sub(charge.release),
             });
             if result.is_err() {
                 still.push(charge);
@@ -280,7 +298,7 @@ impl Worker {
             log::error!(
                 "pending-charge queue full, dropping {} micro-USD for {} in {}",
                 dropped.micro_usd,
-                dropped.account,
+                dropped.key.name(),
                 dropped.period.id
             );
         }
@@ -291,16 +309,11 @@ impl Worker {
         self.pending.borrow().len()
     }
 
-    pub fn ledger_error(&self, host: &dyn Host, error: &LedgerError) {
-        let reason = match error {
-            LedgerError::Contended { .. } => "contended",
-            LedgerError::Corrupt { .. } => "corrupt",
-            LedgerError::Host { .. } => "host",
-            LedgerError::NameTooLong => "name_too_long",
-            LedgerError::LateCreate { .. } => "late_create",
-        };
-        self.metrics
-            .reason(host, ReasonCounter::LedgerErrors, reason);
+    pub fn ledger_error(&self, error: &LedgerError) {
+        self.metrics.count(
+            Counter::Reason(ReasonCounter::LedgerErrors, error.reason()),
+            1,
+        );
         log::error!("ledger: {error}");
     }
 

@@ -5,8 +5,7 @@
 use super::*;
 use crate::config::Config;
 use crate::host::fake::FakeHost;
-use crate::ledger::{Ledger, MAX_CAS_ATTEMPTS};
-use crate::root::account_of;
+use crate::ledger::{AccountKey, Ledger, MAX_CAS_ATTEMPTS};
 use crate::usage::Usage;
 use serde_json::Value;
 
@@ -146,6 +145,8 @@ fn run_call(host: &FakeHost, worker: &Rc<Worker>, exchange: &Exchange<'_>) -> Ra
             agent: exchange.agent.map(str::to_string),
             task: exchange.task.map(str::to_string),
             user: exchange.user.map(str::to_string),
+            // As the SDKs send it (gzip, br...).
+            accept_encoding: true,
             has_body: !exchange.request.is_empty(),
             ..RequestHead::default()
         },
@@ -216,8 +217,14 @@ fn now(host: &FakeHost) -> i64 {
     (host as &dyn Host).now_unix_secs()
 }
 
-fn metric(host: &FakeHost, name: &str) -> i64 {
+/// A metric as Envoy would show it after the next tick (counts leave on ticks).
+fn metric(host: &FakeHost, worker: &Worker, name: &str) -> i64 {
+    worker.metrics.flush(host);
     host.metric(name).unwrap_or(0)
+}
+
+fn account_of(budget: &str) -> AccountKey {
+    AccountKey::Agent(budget.to_string())
 }
 
 fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
@@ -330,6 +337,8 @@ fn openai_json_call_is_charged_at_list_price() {
     assert_eq!(ran.outcomes, vec![ChunkOutcome::Pass]);
     assert_eq!(ran.client, OPENAI_CHAT);
 
+    // Counts and gauges leave on the tick.
+    worker.tick(&host);
     let expected_metrics = [
         ("agent_budget_requests.agent.bot", 1),
         ("agent_budget_input_tokens.agent.bot", 507),
@@ -347,7 +356,7 @@ fn openai_json_call_is_charged_at_list_price() {
         ("agent_budget_unpriced_calls", 0),
     ];
     for (name, want) in expected_metrics {
-        assert_eq!(metric(&host, name), want, "{name}");
+        assert_eq!(metric(&host, &worker, name), want, "{name}");
     }
     assert_eq!(spent(&host, &worker, "bot"), (CHAT_COST, CHAT_COST));
 
@@ -383,9 +392,9 @@ fn openai_json_call_is_charged_at_list_price() {
     let again = run_call(&host, &worker, &Exchange::openai("bot", OPENAI_CHAT));
     assert_eq!(charged(&again.call).0, CHAT_COST);
     assert_eq!(spent(&host, &worker, "bot"), (2 * CHAT_COST, 2 * CHAT_COST));
-    assert_eq!(metric(&host, "agent_budget_requests.agent.bot"), 2);
+    assert_eq!(metric(&host, &worker, "agent_budget_requests.agent.bot"), 2);
     assert_eq!(
-        metric(&host, "agent_budget_cost_micro_usd.agent.bot"),
+        metric(&host, &worker, "agent_budget_cost_micro_usd.agent.bot"),
         10_016
     );
 }
@@ -451,7 +460,7 @@ fn anthropic_json_prices_each_cache_tier() {
         ("agent_budget_output_tokens.agent.bot", 503),
         ("agent_budget_cost_micro_usd.agent.bot", 27_222),
     ] {
-        assert_eq!(metric(&host, name), want, "{name}");
+        assert_eq!(metric(&host, &worker, name), want, "{name}");
     }
     assert_eq!(ran.client, ANTHROPIC_MESSAGE);
     assert_eq!(ran.rewritten, None);
@@ -477,13 +486,16 @@ fn anthropic_stream_charges_the_final_output_once_at_every_split() {
         );
         assert_eq!(spent(&host, &worker, "bot"), (want, want), "{name}");
         assert_eq!(
-            metric(&host, "agent_budget_output_tokens.agent.bot"),
+            metric(&host, &worker, "agent_budget_output_tokens.agent.bot"),
             15,
             "{name}"
         );
-        assert_eq!(metric(&host, "agent_budget_input_tokens.agent.bot"), 25);
         assert_eq!(
-            metric(&host, "agent_budget_cached_input_tokens.agent.bot"),
+            metric(&host, &worker, "agent_budget_input_tokens.agent.bot"),
+            25
+        );
+        assert_eq!(
+            metric(&host, &worker, "agent_budget_cached_input_tokens.agent.bot"),
             100
         );
         // Anthropic streams always carry usage: nothing is asked for, nothing is removed.
@@ -684,8 +696,14 @@ fn stops_once_the_daily_budget_is_spent_and_resumes_after_midnight() {
     assert_eq!(body["type"], "error");
     assert_eq!(body["error"]["type"], "rate_limit_error");
 
-    assert_eq!(metric(&host, "agent_budget_rejected.agent.tight"), 2);
-    assert_eq!(metric(&host, "agent_budget_requests.agent.tight"), 4);
+    assert_eq!(
+        metric(&host, &worker, "agent_budget_rejected.agent.tight"),
+        2
+    );
+    assert_eq!(
+        metric(&host, &worker, "agent_budget_requests.agent.tight"),
+        4
+    );
     assert_eq!(
         spent(&host, &worker, "tight"),
         (10_016, 10_016),
@@ -716,7 +734,10 @@ fn stops_once_the_daily_budget_is_spent_and_resumes_after_midnight() {
     );
     assert_eq!(charged(&ran.call).0, CHAT_COST);
     assert_eq!(spent(&host, &worker, "tight"), (CHAT_COST, 3 * CHAT_COST));
-    assert_eq!(metric(&host, "agent_budget_rejected.agent.tight"), 3);
+    assert_eq!(
+        metric(&host, &worker, "agent_budget_rejected.agent.tight"),
+        3
+    );
 }
 
 #[test]
@@ -753,7 +774,10 @@ fn stops_once_the_monthly_budget_is_spent_until_the_first_of_next_month() {
             Some("0.000000")
         );
     }
-    assert_eq!(metric(&host, "agent_budget_rejected.agent.monthly"), 2);
+    assert_eq!(
+        metric(&host, &worker, "agent_budget_rejected.agent.monthly"),
+        2
+    );
 
     // A new day does not help a monthly budget; a new month does.
     host.set_unix_secs(NOW + TO_MIDNIGHT as i64);
@@ -796,7 +820,7 @@ fn stop_decision_at_the_limit_not_before() {
                 assert_eq!(ran.head.action, HeadAction::WaitForBody, "{case}");
                 assert_eq!(charged(&ran.call).0, CHAT_COST, "{case}");
                 assert_eq!(
-                    metric(&host, "agent_budget_rejected.agent.bot"),
+                    metric(&host, &worker, "agent_budget_rejected.agent.bot"),
                     0,
                     "{case}"
                 );
@@ -820,7 +844,7 @@ fn stop_decision_at_the_limit_not_before() {
                     "{case}"
                 );
                 assert_eq!(
-                    metric(&host, "agent_budget_rejected.agent.bot"),
+                    metric(&host, &worker, "agent_budget_rejected.agent.bot"),
                     1,
                     "{case}"
                 );
@@ -828,12 +852,17 @@ fn stop_decision_at_the_limit_not_before() {
             }
         }
         assert_eq!(
-            metric(&host, "agent_budget_requests.agent.bot"),
+            metric(&host, &worker, "agent_budget_requests.agent.bot"),
             1,
             "{case}"
         );
-        // The gauge shows what the ledger said when the call was decided, or after its charge.
-        let gauge = metric(&host, "agent_budget_spend_micro_usd.agent.bot.period.daily");
+        // After the tick, the gauge shows what the ledger holds.
+        worker.tick(&host);
+        let gauge = metric(
+            &host,
+            &worker,
+            "agent_budget_spend_micro_usd.agent.bot.period.daily",
+        );
         assert_eq!(
             gauge,
             i64::try_from(spent(&host, &worker, "bot").0).unwrap()
@@ -991,7 +1020,7 @@ fn unattributed_calls_are_rejected_in_the_provider_shape() {
             _ => assert!(message.contains("`x-agent-id`"), "{message}"),
         }
         let counter = format!("agent_budget_unattributed.reason.{reason}");
-        assert_eq!(metric(&host, &counter), 1, "{case}");
+        assert_eq!(metric(&host, &worker, &counter), 1, "{case}");
         assert!(
             !host
                 .metric_names()
@@ -1030,9 +1059,12 @@ fn unattributed_calls_are_charged_to_default_when_configured() {
         assert_eq!(charged(&ran.call).0, CHAT_COST, "{agent:?}");
         assert_eq!(spent(&host, &worker, "default"), (CHAT_COST, CHAT_COST));
         assert_eq!(spent(&host, &worker, "bot"), (0, 0));
-        assert_eq!(metric(&host, "agent_budget_requests.agent.default"), 1);
         assert_eq!(
-            metric(&host, "agent_budget_cost_micro_usd.agent.default"),
+            metric(&host, &worker, "agent_budget_requests.agent.default"),
+            1
+        );
+        assert_eq!(
+            metric(&host, &worker, "agent_budget_cost_micro_usd.agent.default"),
             5008
         );
         assert_eq!(
@@ -1222,7 +1254,7 @@ fn unmetered_outcomes_are_counted_and_never_charged() {
         assert_eq!(attribution.outcome, Outcome::Unmetered(reason), "{name}");
         assert_eq!(attribution.budget, "bot", "{name}");
         let counter = format!("agent_budget_unmetered.reason.{}", reason.reason());
-        assert_eq!(metric(&host, &counter), 1, "{name}");
+        assert_eq!(metric(&host, &worker, &counter), 1, "{name}");
         assert_eq!(
             host.metric_names()
                 .iter()
@@ -1232,17 +1264,17 @@ fn unmetered_outcomes_are_counted_and_never_charged() {
             "{name}: one reason only"
         );
         assert_eq!(
-            metric(&host, "agent_budget_unmetered_requests.agent.bot"),
+            metric(&host, &worker, "agent_budget_unmetered_requests.agent.bot"),
             1,
             "{name}"
         );
         assert_eq!(
-            metric(&host, "agent_budget_cost_micro_usd.agent.bot"),
+            metric(&host, &worker, "agent_budget_cost_micro_usd.agent.bot"),
             0,
             "{name}"
         );
         assert_eq!(
-            metric(&host, "agent_budget_requests.agent.bot"),
+            metric(&host, &worker, "agent_budget_requests.agent.bot"),
             1,
             "{name}"
         );
@@ -1365,7 +1397,7 @@ fn unknown_models_pay_the_fallback_and_the_served_model_wins() {
             "{case}"
         );
         assert_eq!(
-            metric(&host, "agent_budget_unpriced_calls"),
+            metric(&host, &worker, "agent_budget_unpriced_calls"),
             unpriced,
             "{case}"
         );
@@ -1385,7 +1417,7 @@ fn unpriced_calls_count_every_call() {
     for _ in 0..3 {
         run_call(&host, &worker, &Exchange::openai("bot", body));
     }
-    assert_eq!(metric(&host, "agent_budget_unpriced_calls"), 3);
+    assert_eq!(metric(&host, &worker, "agent_budget_unpriced_calls"), 3);
     // 15 + 75 = 90 µ$ per call at the built-in fallback.
     assert_eq!(spent(&host, &worker, "bot").0, 270);
 }
@@ -1459,7 +1491,7 @@ fn paths_the_filter_does_not_meter_only_get_budget_headers() {
     );
     assert_eq!(ran.outcomes, vec![ChunkOutcome::Pass]);
     assert_eq!(ran.call.attribution, None);
-    assert_eq!(metric(&host, "agent_budget_requests.agent.bot"), 1);
+    assert_eq!(metric(&host, &worker, "agent_budget_requests.agent.bot"), 1);
     assert_eq!(spent(&host, &worker, "bot"), (0, 0));
 }
 
@@ -1653,21 +1685,27 @@ fn usage_stripper_releases_an_oversized_event() {
 #[test]
 fn contended_charges_are_deferred_and_retried_on_tick() {
     // (forced CAS failures, periods deferred, daily/monthly spend before the retry)
+    // (forced CAS failures, periods deferred, contended updates, daily/monthly spend before
+    // the retry). The agent's day and month move in one update.
     let cases = [
-        // Exactly the daily update's attempts: the day is deferred, the month lands.
-        (MAX_CAS_ATTEMPTS, 1, (0, CHAT_COST)),
-        // Enough to defeat both periods' updates.
-        (1000, 2, (0, 0)),
+        // One short of the settlement's attempts: it lands.
+        (MAX_CAS_ATTEMPTS - 1, 0, 0, (CHAT_COST, CHAT_COST)),
+        // Enough to defeat it: both periods wait for the tick.
+        (MAX_CAS_ATTEMPTS, 2, 1, (0, 0)),
     ];
-    for (failures, deferred, before) in cases {
+    for (failures, deferred, contended, before) in cases {
         let (host, worker) = setup(CONFIG);
         host.fail_next_cas_writes(failures);
         let ran = run_call(&host, &worker, &Exchange::openai("bot", OPENAI_CHAT));
         assert_eq!(charged(&ran.call).0, CHAT_COST, "{failures}: still charged");
         assert_eq!(worker.pending_len(), deferred, "{failures}");
         assert_eq!(
-            metric(&host, "agent_budget_ledger_errors.reason.contended"),
-            i64::try_from(deferred).unwrap(),
+            metric(
+                &host,
+                &worker,
+                "agent_budget_ledger_errors.reason.contended"
+            ),
+            contended,
             "{failures}"
         );
         assert_eq!(spent(&host, &worker, "bot"), before, "{failures}");
@@ -1681,7 +1719,11 @@ fn contended_charges_are_deferred_and_retried_on_tick() {
             "{failures}"
         );
         assert_eq!(
-            metric(&host, "agent_budget_spend_micro_usd.agent.bot.period.daily"),
+            metric(
+                &host,
+                &worker,
+                "agent_budget_spend_micro_usd.agent.bot.period.daily"
+            ),
             5008
         );
     }
@@ -1691,37 +1733,41 @@ fn contended_charges_are_deferred_and_retried_on_tick() {
 fn corrupt_ledger_fails_open() {
     let (host, worker) = setup(CONFIG);
     let [day, _] = worker.current_periods(NOW);
-    let key = Ledger::shard_key(&day, crate::ledger::shard_of(&account_of("bot")));
+    let key = Ledger::shard_key(crate::ledger::shard_of(&account_of("bot").name()));
     host.shared_set(&key, b"not a ledger blob", 0).unwrap();
+    let _ = day;
     let ran = run_call(&host, &worker, &Exchange::openai("bot", OPENAI_CHAT));
     assert_eq!(ran.head.action, HeadAction::WaitForBody, "allowed");
-    // Only the monthly period could be read: it heads the budget headers.
-    assert_eq!(
-        header(&ran.edits.set, "x-agent-budget-period"),
-        Some("monthly")
-    );
+    // No period could be read: nothing to describe in budget headers.
+    assert_eq!(header(&ran.edits.set, "x-agent-budget-period"), None);
     assert_eq!(charged(&ran.call).0, CHAT_COST);
-    assert!(metric(&host, "agent_budget_ledger_errors.reason.corrupt") >= 2);
+    assert!(metric(&host, &worker, "agent_budget_ledger_errors.reason.corrupt") >= 2);
     assert_eq!(
         worker.pending_len(),
-        1,
-        "the daily charge waits for a readable ledger"
+        2,
+        "the day's and the month's charges wait for a readable ledger"
     );
-    let month = Ledger::new(&host)
-        .read(&worker.current_periods(NOW)[1], &account_of("bot"))
-        .unwrap();
-    assert_eq!(month.spent, CHAT_COST);
+    host.shared_set(&key, b"L2", 0).unwrap();
+    worker.tick(&host);
+    assert_eq!(worker.pending_len(), 0);
+    assert_eq!(spent(&host, &worker, "bot"), (CHAT_COST, CHAT_COST));
 }
 
 #[test]
-fn charging_a_period_no_tick_prepared_is_reported() {
-    let (host, worker) = setup(CONFIG);
-    // Two days later with no tick in between: the day's shards do not exist yet.
-    host.set_unix_secs(NOW + 2 * 86_400);
+fn charging_a_shard_no_tick_created_is_reported() {
+    // A worker that never ticked: the ledger's shards do not exist yet.
+    let host = FakeHost::new().at_unix_secs(NOW);
+    let config =
+        Config::from_bytes(br#"{"agents":{"bot":{"daily_usd":1}},"reservations":false}"#).unwrap();
+    let worker = Rc::new(Worker::new(config));
     let ran = run_call(&host, &worker, &Exchange::openai("bot", OPENAI_CHAT));
     assert_eq!(charged(&ran.call).0, CHAT_COST);
     assert_eq!(
-        metric(&host, "agent_budget_ledger_errors.reason.late_create"),
+        metric(
+            &host,
+            &worker,
+            "agent_budget_ledger_errors.reason.late_create"
+        ),
         1
     );
     assert_eq!(spent(&host, &worker, "bot").0, CHAT_COST);
@@ -1804,7 +1850,7 @@ fn client_abort_is_charged_an_estimate_upstream_abort_is_not() {
         }
     }
     assert_eq!(
-        metric(&host, "agent_budget_estimated_requests.agent.bot"),
+        metric(&host, &worker, "agent_budget_estimated_requests.agent.bot"),
         1
     );
 }
@@ -1934,5 +1980,153 @@ fn degrade_when_the_worst_case_does_not_fit_charges_the_cheaper_call() {
             .reserved,
         0
     );
-    assert_eq!(metric(&host, "agent_budget_degraded_requests.agent.bot"), 1);
+    assert_eq!(
+        metric(&host, &worker, "agent_budget_degraded_requests.agent.bot"),
+        1
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Host calls the filter asks for
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn accept_encoding_is_touched_only_when_the_client_sent_one() {
+    let (host, worker) = setup(CONFIG);
+    for accept_encoding in [false, true] {
+        let mut call = Call::new(Rc::clone(&worker));
+        let head = call.on_request_headers(
+            &host,
+            RequestHead {
+                path: "/v1/messages".to_string(),
+                agent: Some("bot".to_string()),
+                accept_encoding,
+                has_body: true,
+                ..RequestHead::default()
+            },
+        );
+        let touched = head
+            .edits
+            .set
+            .iter()
+            .any(|(name, value)| name == "accept-encoding" && value == "identity");
+        assert_eq!(touched, accept_encoding);
+    }
+}
+
+#[test]
+fn budget_headers_follow_the_option() {
+    // (option, agent's daily budget, its action, budget headers expected)
+    let cases = [
+        ("all", 10.0, "stop", true),
+        ("on_limit", 10.0, "stop", false),
+        ("none", 10.0, "stop", false),
+        // Past the budget, `alert` lets the call through: on_limit shows why.
+        ("on_limit", 0.001, "alert", true),
+        ("none", 0.001, "alert", false),
+    ];
+    for (option, daily, action, expected) in cases {
+        let config = format!(
+            r#"{{"agents":{{"bot":{{"daily_usd":{daily},"action":"{action}"}}}},"budget_headers":"{option}"}}"#
+        );
+        let (host, worker) = setup(&config);
+        seed(&host, &worker, "bot", 1_000, 1_000);
+        let ran = run_call(&host, &worker, &Exchange::openai("bot", OPENAI_CHAT));
+        assert_eq!(
+            header(&ran.edits.set, "x-agent-budget-remaining-usd").is_some(),
+            expected,
+            "{option} {action}"
+        );
+    }
+    // A refused call carries them unless they are off; retry-after always.
+    for (option, expected) in [("on_limit", true), ("none", false)] {
+        let config =
+            format!(r#"{{"agents":{{"bot":{{"daily_usd":0.001}}}},"budget_headers":"{option}"}}"#);
+        let (host, worker) = setup(&config);
+        seed(&host, &worker, "bot", 1_000, 1_000);
+        let ran = run_call(&host, &worker, &Exchange::openai("bot", OPENAI_CHAT));
+        let reply = reply_of(&ran.head);
+        assert_eq!(reply.status, 429);
+        assert_eq!(
+            header(&reply.headers, "x-agent-budget-remaining-usd").is_some(),
+            expected,
+            "{option}"
+        );
+        assert!(header(&reply.headers, "retry-after").is_some());
+    }
+}
+
+#[test]
+fn a_call_reads_the_clock_once() {
+    struct Clocked {
+        inner: FakeHost,
+        reads: std::cell::Cell<u32>,
+    }
+    impl Host for Clocked {
+        fn now_unix_nanos(&self) -> u64 {
+            self.reads.set(self.reads.get() + 1);
+            self.inner.now_unix_nanos()
+        }
+        fn shared_get(
+            &self,
+            key: &str,
+        ) -> Result<Option<crate::host::Versioned>, crate::host::HostError> {
+            self.inner.shared_get(key)
+        }
+        fn shared_set(
+            &self,
+            key: &str,
+            value: &[u8],
+            cas: u32,
+        ) -> Result<(), crate::host::HostError> {
+            self.inner.shared_set(key, value, cas)
+        }
+        fn dispatch_http(
+            &self,
+            cluster: &str,
+            headers: &[(&str, &str)],
+            body: &[u8],
+            timeout_ms: u32,
+        ) -> Result<u32, crate::host::HostError> {
+            self.inner.dispatch_http(cluster, headers, body, timeout_ms)
+        }
+        fn define_metric(
+            &self,
+            kind: crate::host::MetricKind,
+            name: &str,
+        ) -> Result<u32, crate::host::HostError> {
+            self.inner.define_metric(kind, name)
+        }
+        fn increment_metric(&self, id: u32, delta: i64) -> Result<(), crate::host::HostError> {
+            self.inner.increment_metric(id, delta)
+        }
+        fn record_metric(&self, id: u32, value: u64) -> Result<(), crate::host::HostError> {
+            self.inner.record_metric(id, value)
+        }
+    }
+    let (inner, worker) = setup(r#"{"agents":{"bot":{"daily_usd":10}},"reservations":true}"#);
+    let host = Clocked {
+        inner,
+        reads: std::cell::Cell::new(0),
+    };
+    let mut call = Call::new(Rc::clone(&worker));
+    let head = call.on_request_headers(
+        &host,
+        RequestHead {
+            path: "/v1/chat/completions".to_string(),
+            agent: Some("bot".to_string()),
+            has_body: true,
+            ..RequestHead::default()
+        },
+    );
+    assert_eq!(head.action, HeadAction::WaitForBody);
+    call.on_request_body(&host, br#"{"model":"gpt-4o","messages":[]}"#);
+    call.on_response_headers(&ResponseHead {
+        status: 200,
+        content_type: Some("application/json".to_string()),
+        ..ResponseHead::default()
+    });
+    call.on_response_body(&host, OPENAI_CHAT, true);
+    assert_eq!(charged(&call).0, CHAT_COST);
+    assert_eq!(host.reads.get(), 1);
 }

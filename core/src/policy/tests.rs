@@ -28,7 +28,6 @@ fn line(scope: Scope, period: &Period, limit: u64, spent: u64, reserved: u64) ->
     Line {
         scope,
         period: period.clone(),
-        account: "x".into(),
         limit,
         state: Account { spent, reserved },
     }

@@ -9,24 +9,22 @@ fn worker() -> Worker {
     )
 }
 
+fn bot() -> AccountKey {
+    AccountKey::Agent("bot".into())
+}
+
 #[test]
-fn tick_prepares_current_and_next_periods_once() {
+fn first_tick_creates_the_ledger_and_publishes_limits_and_spend() {
     let host = FakeHost::new().at_unix_secs(NOW);
     let worker = worker();
     worker.tick(&host);
     let keys = host.shared_keys();
-    for prefix in [
-        "agent_budget/v1/d/2026-11-28/",
-        "agent_budget/v1/d/2026-11-29/",
-        "agent_budget/v1/m/2026-11/",
-        "agent_budget/v1/m/2026-12/",
-    ] {
-        assert_eq!(
-            keys.iter().filter(|k| k.starts_with(prefix)).count(),
-            16,
-            "{prefix}"
-        );
-    }
+    assert_eq!(
+        keys.iter()
+            .filter(|k| k.starts_with("agent_budget/v2/"))
+            .count(),
+        crate::ledger::SHARDS as usize
+    );
     assert_eq!(
         host.metric("agent_budget_limit_micro_usd.agent.bot.period.daily"),
         Some(1_000_000)
@@ -38,24 +36,47 @@ fn tick_prepares_current_and_next_periods_once() {
 }
 
 #[test]
-fn rollover_prepares_ahead_and_releases_old_days() {
+fn rollover_drops_days_before_yesterday() {
     let host = FakeHost::new().at_unix_secs(NOW);
     let worker = worker();
     worker.tick(&host);
     let ledger = Ledger::new(&host);
     let today = Period::containing(PeriodKind::Daily, worker.config.time_zone, NOW);
-    ledger.add_spend(&today, "agent:bot", 5).unwrap();
+    ledger.add_spend(&today, &bot(), 5).unwrap();
+    host.set_unix_secs(NOW + 86_400);
+    worker.tick(&host);
+    assert_eq!(
+        ledger.read(&today, &bot()).unwrap().spent,
+        5,
+        "yesterday is kept"
+    );
     host.set_unix_secs(NOW + 2 * 86_400);
     worker.tick(&host);
-    assert!(host
-        .shared_keys()
-        .iter()
-        .any(|k| k.starts_with("agent_budget/v1/d/2026-12-01/")));
-    assert_eq!(
-        ledger.read(&today, "agent:bot").unwrap().spent,
-        0,
-        "released"
+    assert_eq!(ledger.read(&today, &bot()).unwrap().spent, 0, "released");
+}
+
+#[test]
+fn periods_are_cached_until_the_day_ends() {
+    let worker = worker();
+    let today = worker.current_periods(NOW);
+    assert_eq!(worker.current_periods(NOW + 1), today);
+    let tomorrow = worker.current_periods(today[0].end);
+    assert_ne!(tomorrow[0], today[0]);
+    assert_eq!(tomorrow[0].start, today[0].end);
+}
+
+#[test]
+fn counts_wait_for_the_tick() {
+    let host = FakeHost::new().at_unix_secs(NOW);
+    let worker = worker();
+    let bot = worker.metrics.agents().id("bot").unwrap();
+    worker.metrics.count(
+        crate::metrics::Counter::Agent(crate::metrics::AgentCounter::Requests, bot),
+        3,
     );
+    assert_eq!(host.metric("agent_budget_requests.agent.bot"), None);
+    worker.tick(&host);
+    assert_eq!(host.metric("agent_budget_requests.agent.bot"), Some(3));
 }
 
 #[test]
@@ -65,18 +86,15 @@ fn pending_charges_are_retried_on_tick() {
     worker.tick(&host);
     let today = Period::containing(PeriodKind::Daily, worker.config.time_zone, NOW);
     worker.defer(PendingCharge {
+        key: bot(),
         period: today.clone(),
-        account: "agent:bot".into(),
         micro_usd: 42,
         release: 0,
     });
     assert_eq!(worker.pending_len(), 1);
     worker.tick(&host);
     assert_eq!(worker.pending_len(), 0);
-    assert_eq!(
-        Ledger::new(&host).read(&today, "agent:bot").unwrap().spent,
-        42
-    );
+    assert_eq!(Ledger::new(&host).read(&today, &bot()).unwrap().spent, 42);
     assert_eq!(
         host.metric("agent_budget_spend_micro_usd.agent.bot.period.daily"),
         Some(42)
@@ -102,8 +120,9 @@ fn alerts_are_delivered_retried_and_counted() {
         at_unix_secs: NOW,
         period_end_unix_secs: NOW + 3_600,
     };
-    worker.raise_alert(&host, alert.clone());
-    worker.raise_alert(&host, alert); // the same crossing again: queued once
+    worker.raise_alert(alert.clone());
+    worker.raise_alert(alert); // the same crossing again: queued once
+    worker.metrics.flush(&host);
     assert_eq!(
         host.metric("agent_budget_alerts.agent.bot.reason.soft"),
         Some(2)
