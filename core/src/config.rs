@@ -6,7 +6,6 @@
 //! operator can fix it; `on_configure` then returns false and Envoy keeps the last good one.
 
 use crate::degrade::ModelMap;
-use crate::identity::{is_valid_agent_id, DEFAULT_BUDGET};
 use crate::pbstruct;
 use crate::period::TimeZone;
 use crate::pricing::{usd_to_micro, Price, PriceTable};
@@ -211,6 +210,23 @@ fn optional_amount<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<f64>, D::Error> {
     amount(deserializer).map(Some)
+}
+
+/// The budget that unidentified calls are charged to when the policy says `default`.
+pub const DEFAULT_BUDGET: &str = "default";
+const MAX_AGENT_ID_LEN: usize = 64;
+/// The agent id rule as told to operators and clients.
+pub const AGENT_ID_RULE: &str = "agent ids are 1-64 characters of A-Z, a-z, 0-9, `-` and `_`";
+
+/// Agent ids become stat-name segments and ledger keys: keep them to a safe alphabet. The
+/// rule is the configuration's (its `agents` keys must follow it); `identity` applies it to
+/// each call's header.
+pub fn is_valid_agent_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_AGENT_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// What to do with a call whose agent is missing or not configured.
@@ -517,10 +533,7 @@ impl TryFrom<RawConfig> for Config {
         for (name, agent) in raw.agents {
             let field = format!("agents.{name}");
             if !is_valid_agent_id(&name) {
-                return Err(ConfigError::new(
-                    field,
-                    "agent ids are 1-64 characters of A-Z, a-z, 0-9, `-` and `_`",
-                ));
+                return Err(ConfigError::new(field, AGENT_ID_RULE));
             }
             let daily = agent
                 .daily_usd

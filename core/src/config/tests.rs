@@ -148,6 +148,15 @@ fn rejections_name_the_field() {
 }
 
 #[test]
+fn validates_agent_ids() {
+    assert!(is_valid_agent_id("research-bot_2"));
+    assert!(!is_valid_agent_id(""));
+    assert!(!is_valid_agent_id("a.b"));
+    assert!(!is_valid_agent_id(&"a".repeat(65)));
+    assert!(is_valid_agent_id(&"a".repeat(64)));
+}
+
+#[test]
 fn amounts_may_be_strings_as_envoy_yaml_delivers_them() {
     let config = Config::from_bytes(&encode_struct(&json!({
         "agents": {"a": {"daily_usd": "0.5", "monthly_usd": 3}},
