@@ -139,10 +139,9 @@ impl Api {
     /// An error body in this API's own shape, so official SDKs raise their usual errors.
     pub fn error_body(self, kind: ErrorKind, message: &str) -> Vec<u8> {
         match self {
-            Api::OpenAiChat
-            | Api::OpenAiCompletions
-            | Api::OpenAiResponses
-            | Api::OpenAiEmbeddings => openai::error_body(kind, message),
+            Api::OpenAiChat | Api::OpenAiCompletions => openai::error_body(kind, message),
+            Api::OpenAiResponses => responses::error_body(kind, message),
+            Api::OpenAiEmbeddings => embeddings::error_body(kind, message),
             Api::AnthropicMessages => anthropic::error_body(kind, message),
             Api::Gemini => gemini::error_body(kind, message),
         }
