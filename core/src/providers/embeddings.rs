@@ -4,9 +4,15 @@
 //! is no output). Embeddings never stream: the dispatch sends a stream, should one come, to
 //! the chat meter, which reads an OpenAI-shaped usage chunk.
 
-use super::{ErrorKind, Metered, PreparedRequest, Unmetered};
+use super::{Capabilities, ErrorKind, Metered, ModelIn, PreparedRequest, Unmetered};
 use crate::usage::Usage;
 use serde::Deserialize;
+
+/// The model is the body's; nothing streams, so nothing needs asking for.
+pub(crate) const CAPABILITIES: Capabilities = Capabilities {
+    model_in: ModelIn::Body,
+    rewrites_request: false,
+};
 
 #[derive(Debug, Deserialize)]
 struct Response {
