@@ -9,7 +9,7 @@ use crate::degrade::ModelMap;
 use crate::pbstruct;
 use crate::period::TimeZone;
 use crate::pricing::{usd_to_micro, Price, PriceTable};
-use crate::providers::{Api, Detected};
+use crate::providers::{azure_deployment, Api, Detected};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -341,7 +341,8 @@ impl Config {
             .any(|o| o.route_name.is_some() || o.cluster_name.is_some())
     }
 
-    /// The API a call is metered as: the first matching override, else the path's.
+    /// The API a call is metered as: the first matching override, else the path's. An Azure
+    /// deployment in the path is kept either way: it fixes the model whatever the API.
     pub fn detect_api(
         &self,
         path: &str,
@@ -364,7 +365,7 @@ impl Config {
             Some(found) => Some(Detected {
                 api: found.api,
                 path_model: detected.as_ref().and_then(|d| d.path_model.clone()),
-                azure_deployment: detected.and_then(|d| d.azure_deployment),
+                azure_deployment: azure_deployment(path).map(str::to_string),
             }),
             None => detected,
         }
