@@ -266,24 +266,8 @@ pub enum PayloadFormat {
     Json,
 }
 
-/// Request path of the Alertmanager API v2 endpoint taking [`PayloadFormat::Alertmanager`].
-pub const ALERTMANAGER_PATH: &str = "/api/v2/alerts";
-/// Content type of every payload.
-pub const CONTENT_TYPE: &str = "application/json";
 /// Most alerts in one Alertmanager body.
 pub const MAX_BATCH: usize = 64;
-
-/// The request bodies for `alerts`, in order: for Alertmanager one body per [`MAX_BATCH`]
-/// alerts, for Json one body per alert. No alerts, no bodies.
-pub fn payloads(format: PayloadFormat, alerts: &[Alert]) -> Vec<Vec<u8>> {
-    match format {
-        PayloadFormat::Alertmanager => alerts
-            .chunks(MAX_BATCH)
-            .map(|chunk| alertmanager_body(chunk.iter()))
-            .collect(),
-        PayloadFormat::Json => alerts.iter().map(json_body).collect(),
-    }
-}
 
 /// A `postableAlerts` array for Alertmanager API v2.
 pub fn alertmanager_body<'a>(alerts: impl IntoIterator<Item = &'a Alert>) -> Vec<u8> {
@@ -489,10 +473,6 @@ impl Outbox {
         }
     }
 
-    pub fn format(&self) -> PayloadFormat {
-        self.format
-    }
-
     /// Queues `alert` for delivery; false (and nothing queued) if its dedup key was pushed
     /// before, or its period ended more than [`SEEN_GRACE_SECS`] before the latest time
     /// this outbox has seen. A full queue drops its oldest alert not awaiting a reply (or
@@ -628,17 +608,6 @@ impl Outbox {
         }
         self.given_up += given_up;
         matched
-    }
-
-    /// The earliest time [`Outbox::due`] has something to do (a send or a timeout), if any.
-    pub fn next_due_at(&self) -> Option<i64> {
-        self.queue
-            .iter()
-            .map(|entry| match entry.in_flight {
-                Some(flight) => flight.sent_at.saturating_add(REPLY_TIMEOUT_SECS),
-                None => entry.next_at,
-            })
-            .min()
     }
 
     /// Alerts queued, awaiting a reply included.

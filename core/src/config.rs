@@ -6,11 +6,10 @@
 //! operator can fix it; `on_configure` then returns false and Envoy keeps the last good one.
 
 use crate::degrade::ModelMap;
-use crate::identity::{is_valid_agent_id, DEFAULT_BUDGET};
 use crate::pbstruct;
 use crate::period::TimeZone;
 use crate::pricing::{usd_to_micro, Price, PriceTable};
-use crate::providers::{Api, Detected};
+use crate::providers::{azure_deployment, Api, Detected};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -215,6 +214,23 @@ fn optional_amount<'de, D: serde::Deserializer<'de>>(
     amount(deserializer).map(Some)
 }
 
+/// The budget that unidentified calls are charged to when the policy says `default`.
+pub const DEFAULT_BUDGET: &str = "default";
+const MAX_AGENT_ID_LEN: usize = 64;
+/// The agent id rule as told to operators and clients.
+pub const AGENT_ID_RULE: &str = "agent ids are 1-64 characters of A-Z, a-z, 0-9, `-` and `_`";
+
+/// Agent ids become stat-name segments and ledger keys: keep them to a safe alphabet. The
+/// rule is the configuration's (its `agents` keys must follow it); `identity` applies it to
+/// each call's header.
+pub fn is_valid_agent_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_AGENT_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// What to do with a call whose agent is missing or not configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -343,7 +359,8 @@ impl Config {
             .any(|o| o.route_name.is_some() || o.cluster_name.is_some())
     }
 
-    /// The API a call is metered as: the first matching override, else the path's.
+    /// The API a call is metered as: the first matching override, else the path's. An Azure
+    /// deployment in the path is kept either way: it fixes the model whatever the API.
     pub fn detect_api(
         &self,
         path: &str,
@@ -366,7 +383,7 @@ impl Config {
             Some(found) => Some(Detected {
                 api: found.api,
                 path_model: detected.as_ref().and_then(|d| d.path_model.clone()),
-                azure_deployment: detected.and_then(|d| d.azure_deployment),
+                azure_deployment: azure_deployment(path).map(str::to_string),
             }),
             None => detected,
         }
@@ -535,10 +552,7 @@ impl TryFrom<RawConfig> for Config {
         for (name, agent) in raw.agents {
             let field = format!("agents.{name}");
             if !is_valid_agent_id(&name) {
-                return Err(ConfigError::new(
-                    field,
-                    "agent ids are 1-64 characters of A-Z, a-z, 0-9, `-` and `_`",
-                ));
+                return Err(ConfigError::new(field, AGENT_ID_RULE));
             }
             let daily = agent
                 .daily_usd

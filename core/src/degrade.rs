@@ -2,10 +2,10 @@
 //! period, but on a cheaper model. This module is the pure part of it:
 //!
 //! - [`ModelMap`]: which model a requested model is degraded to, from configuration;
-//! - [`rewrite_body`]: the request body of an API that names the model in its JSON (OpenAI
-//!   Chat, Completions, Responses, Embeddings, Anthropic Messages), with `model` replaced;
-//! - [`rewrite_path`]: the request path of a Gemini call, which names the model in the path;
-//! - [`degradable`]: whether a call can be degraded at all (Azure OpenAI deployments cannot).
+//! - [`rewrite_body`]: the request body of an API that names the model in its JSON
+//!   ([`ModelIn::Body`]), with `model` replaced;
+//! - [`rewrite_path`]: the request path of an API that names the model in the path
+//!   ([`ModelIn::Path`], Gemini), with the model segment replaced.
 //!
 //! # Patterns
 //!
@@ -32,11 +32,12 @@
 //!
 //! Azure OpenAI deployments (`/openai/deployments/{name}/...`): the deployment fixes the
 //! model and Azure ignores a body `model`. [`rewrite_body`] would still rewrite such a body's
-//! `model` field if it had one, to no effect, so callers must check [`degradable`] first and
-//! treat Azure calls as not degradable.
+//! `model` field if it had one, to no effect, so callers must check the call's
+//! [`Detected::model_in`](crate::providers::Detected::model_in) first and treat
+//! [`ModelIn::Deployment`] calls as not degradable.
 
 use crate::pricing::normalize;
-use crate::providers::Api;
+use crate::providers::{Api, ModelIn};
 use serde_json::Value;
 use std::ops::Range;
 
@@ -246,8 +247,8 @@ pub enum Rewrite {
 
 /// Rewrites the top-level `model` of a request body to its degraded target.
 ///
-/// For every API but Gemini (whose model is in the path: see [`rewrite_path`], and which
-/// always gets [`Rewrite::Unchanged`] here). The body must be a JSON object whose `model`
+/// For APIs whose model is in the body; one whose model is in the path (see [`rewrite_path`])
+/// always gets [`Rewrite::Unchanged`] here. The body must be a JSON object whose `model`
 /// is a string; anything else (not JSON, not UTF-8, truncated, not an object, no `model`,
 /// a non-string `model`, nesting deeper than serde_json's limit of 128) is left
 /// [`Rewrite::Unchanged`] for the provider to judge, as is a model the map does not degrade.
@@ -259,9 +260,9 @@ pub enum Rewrite {
 /// appears more than once at the top level, every occurrence gets the target, so no parser
 /// upstream (first or last key wins) sees the original model.
 ///
-/// Azure OpenAI deployments ignore a body `model`: check [`degradable`] first.
+/// Azure OpenAI deployments ignore a body `model`: check for [`ModelIn::Deployment`] first.
 pub fn rewrite_body(api: Api, body: &[u8], map: &ModelMap) -> Rewrite {
-    if api == Api::Gemini {
+    if api.model_in() != ModelIn::Body {
         return Rewrite::Unchanged;
     }
     let Ok(Value::Object(mut request)) = serde_json::from_slice::<Value>(body) else {
@@ -417,18 +418,16 @@ fn value_end(body: &[u8], start: usize) -> Option<usize> {
     }
 }
 
-/// Rewrites the model of a Gemini call, named in its path
-/// (`/v1beta/models/{model}:generateContent`, Vertex
-/// `/v1/projects/{p}/locations/{l}/publishers/google/models/{model}:streamGenerateContent`),
-/// to its degraded target. Returns `(from, to, new_path)`: only the model segment changes;
-/// the rest of the path, the query string and any fragment are kept byte for byte.
+/// Rewrites the model a request path names ([`ModelIn::Path`]: Gemini's
+/// `/v1beta/models/{model}:generateContent`, say) to its degraded target. Returns
+/// `(from, to, new_path)`: only the model segment, as [`Api::path_model_span`] finds it,
+/// changes; the rest of the path, the query string and any fragment are kept byte for byte.
 ///
-/// None when the path is not a `generateContent` / `streamGenerateContent` call on a
-/// `.../models/{model}` resource (tuned models and Vertex endpoints name no base model and
-/// are left alone), when the map does not degrade the model, or when the target is not a
-/// plain path segment (ASCII letters, digits, `-`, `.`, `_`, `~`).
-pub fn rewrite_path(path: &str, map: &ModelMap) -> Option<(String, String, String)> {
-    let span = gemini_model_span(path)?;
+/// None when the API names no replaceable model in this path, when the map does not degrade
+/// the model, or when the target is not a plain path segment (ASCII letters, digits, `-`,
+/// `.`, `_`, `~`).
+pub fn rewrite_path(api: Api, path: &str, map: &ModelMap) -> Option<(String, String, String)> {
+    let span = api.path_model_span(path)?;
     let from = path.get(span.clone())?;
     let to = map.target(from)?;
     if !is_path_segment(to) {
@@ -438,39 +437,11 @@ pub fn rewrite_path(path: &str, map: &ModelMap) -> Option<(String, String, Strin
     Some((from.to_string(), to.to_string(), new_path))
 }
 
-/// The byte range of the model segment of a Gemini `models/{model}:(stream)generateContent`
-/// path, query string and fragment ignored.
-fn gemini_model_span(path: &str) -> Option<Range<usize>> {
-    let route = path.split(['?', '#']).next()?.trim_end_matches('/');
-    let (resource, method) = route.rsplit_once(':')?;
-    if method != "generateContent" && method != "streamGenerateContent" {
-        return None;
-    }
-    let (parent, model) = resource.rsplit_once('/')?;
-    if model.is_empty() || !(parent == "models" || parent.ends_with("/models")) {
-        return None;
-    }
-    Some(parent.len() + 1..resource.len())
-}
-
 fn is_path_segment(text: &str) -> bool {
     !text.is_empty()
         && text
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
-}
-
-/// Whether a call on `path` can be degraded: false for Azure OpenAI deployment paths
-/// (`/openai/deployments/{name}/...`, recognised as [`Api::detect`] does), whose deployment
-/// fixes the model whatever the body says; true for every other path. A Gemini path can
-/// still fail to rewrite (see [`rewrite_path`]).
-pub fn degradable(path: &str) -> bool {
-    let route = path.split(['?', '#']).next().unwrap_or(path);
-    let azure = route
-        .split_once("/openai/deployments/")
-        .and_then(|(_, rest)| rest.split('/').next())
-        .is_some_and(|name| !name.is_empty());
-    !azure
 }
 
 #[cfg(test)]

@@ -17,7 +17,8 @@ use crate::period::Period;
 use crate::policy::{self, Crossing, Decision, Line, Scope, StopReason};
 use crate::pricing::format_usd;
 use crate::providers::{
-    string_values_len, Api, ErrorKind, EventFate, Metered, Progress, StreamMeter, Unmetered,
+    string_values_len, Api, Detected, ErrorKind, EventFate, Metered, ModelIn, Progress,
+    StreamMeter, Unmetered,
 };
 use crate::root::Worker;
 use crate::sse::{SseEvent, SseParser};
@@ -38,7 +39,7 @@ pub struct RequestHead {
     pub accept_encoding: bool,
     /// False when the headers ended the request (no body follows).
     pub has_body: bool,
-    /// The request's declared body size, if any (for Gemini's header-time degrade).
+    /// The request's declared body size, if any (for degrading a model named in the path).
     pub content_length: Option<u64>,
     /// Envoy's route and cluster names, read only when `api_overrides` match on them.
     pub route_name: Option<String>,
@@ -165,7 +166,8 @@ pub struct Call {
     degrading: bool,
     /// The model rewrite made: (requested, served instead).
     degraded: Option<(String, String)>,
-    path: String,
+    /// Where the call names its model: how, and whether, degrade can change it.
+    model_in: ModelIn,
     response: ResponseMode,
     events: Vec<SseEvent>,
     /// The last attribution record, for the adapter's access-log properties.
@@ -189,7 +191,7 @@ impl Call {
             booking: Booking::default(),
             degrading: false,
             degraded: None,
-            path: String::new(),
+            model_in: ModelIn::Body,
             response: ResponseMode::Pending,
             events: Vec::new(),
             attribution: None,
@@ -214,6 +216,7 @@ impl Call {
             head.cluster_name.as_deref(),
         );
         self.api = detected.as_ref().map(|d| d.api);
+        self.model_in = detected.as_ref().map_or(ModelIn::Body, Detected::model_in);
         self.requested_model = detected.and_then(|d| match d.azure_deployment {
             Some(deployment) => Some(
                 config
@@ -283,10 +286,10 @@ impl Call {
             }
             Decision::Degrade => self.degrade_path(&head.path, budget, &mut edits),
             Decision::Allow => {
-                // Gemini's model can only change now, before the headers leave: degrade now if
-                // the call's worst case (its declared size, the default output limit) would not
-                // fit, as the body step does for the other APIs.
-                if self.api == Some(Api::Gemini)
+                // A model in the path can only change now, before the headers leave: degrade
+                // now if the call's worst case (its declared size, the default output limit)
+                // would not fit, as the body step does for a model in the body.
+                if self.model_in == ModelIn::Path
                     && budget.action == LimitAction::Degrade
                     && config.reservations
                 {
@@ -301,7 +304,6 @@ impl Call {
                 }
             }
         }
-        self.path = head.path;
 
         self.identity = Some(identity);
         self.stage = Stage::Forwarded;
@@ -324,9 +326,8 @@ impl Call {
                 // The headers leave before the body is read: when the body may be rewritten
                 // (OpenAI streams get include_usage, degrade swaps the model), its length
                 // cannot be declared in advance, so Envoy sends it chunked.
-                let may_rewrite =
-                    matches!(self.api, Some(Api::OpenAiChat | Api::OpenAiCompletions))
-                        || budget.action == LimitAction::Degrade;
+                let may_rewrite = self.api.is_some_and(Api::rewrites_request)
+                    || budget.action == LimitAction::Degrade;
                 if may_rewrite {
                     outcome.edits.remove.push("content-length".to_string());
                 }
@@ -395,7 +396,7 @@ impl Call {
         // The call's worst case does not fit what is left: the agent's limit action applies.
         let reason = match (&line.scope, budget.action) {
             (Scope::Agent, LimitAction::Degrade)
-                if !self.degrading && self.api != Some(Api::Gemini) =>
+                if !self.degrading && self.model_in != ModelIn::Path =>
             {
                 self.degrading = true;
                 self.degrade_body(api, body, budget, &mut outcome);
@@ -433,17 +434,18 @@ impl Call {
         outcome
     }
 
-    /// Degrades the call from its headers: Gemini names the model in the path, which can only
-    /// change before the headers leave; the other APIs' bodies are rewritten when they arrive.
+    /// Degrades the call from its headers: a model named in the path can only change before
+    /// the headers leave; a model in the body is rewritten when the body arrives.
     fn degrade_path(&mut self, path: &str, budget: &AgentBudget, edits: &mut HeaderEdits) {
         self.degrading = true;
-        if self.api != Some(Api::Gemini) {
+        if self.model_in != ModelIn::Path {
             return;
         }
         let rewrite = budget
             .degrade_to
             .as_ref()
-            .and_then(|map| degrade::rewrite_path(path, map));
+            .zip(self.api)
+            .and_then(|(map, api)| degrade::rewrite_path(api, path, map));
         if let Some((from, to, new_path)) = rewrite {
             edits.set.push((":path".to_string(), new_path));
             self.requested_model = Some(to.clone());
@@ -460,7 +462,7 @@ impl Call {
         budget: &AgentBudget,
         outcome: &mut BodyOutcome,
     ) {
-        if !degrade::degradable(&self.path) {
+        if self.model_in != ModelIn::Body {
             return;
         }
         let Some(map) = &budget.degrade_to else {

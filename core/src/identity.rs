@@ -1,19 +1,10 @@
 //! Who a call is charged to: the agent header, mapped onto a configured budget.
+//!
+//! This module reads the configuration and never the reverse: the agent id rule and the
+//! `default` budget's name live in [`crate::config`], which validates the configured agents
+//! with them, and this module applies the same rule to each call's header.
 
-use crate::config::{Config, Unidentified};
-
-/// The budget that unidentified calls are charged to when the policy says `default`.
-pub const DEFAULT_BUDGET: &str = "default";
-const MAX_ID_LEN: usize = 64;
-
-/// Agent ids become stat-name segments and ledger keys: keep them to a safe alphabet.
-pub fn is_valid_agent_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
+use crate::config::{is_valid_agent_id, Config, Unidentified, AGENT_ID_RULE, DEFAULT_BUDGET};
 
 /// Task and user ids are attribution metadata only: bounded and printable, or dropped.
 pub fn sanitize_attribute(value: Option<&str>) -> Option<String> {
@@ -62,14 +53,14 @@ impl Unattributed {
         match self {
             Unattributed::Missing => (
                 400,
-                format!("Missing `{}` header: every call through this gateway must name its agent.", config.agent_header),
+                format!(
+                    "Missing `{}` header: every call through this gateway must name its agent.",
+                    config.agent_header
+                ),
             ),
             Unattributed::Invalid => (
                 400,
-                format!(
-                    "Invalid `{}` header: agent ids are 1-64 characters of A-Z, a-z, 0-9, `-` and `_`.",
-                    config.agent_header
-                ),
+                format!("Invalid `{}` header: {AGENT_ID_RULE}.", config.agent_header),
             ),
             Unattributed::Unknown(agent) => (
                 403,

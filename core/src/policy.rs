@@ -121,18 +121,6 @@ pub fn decide(budget: &AgentBudget, lines: &[Line]) -> Decision {
     }
 }
 
-/// The first line that `estimate` more does not fit under (`allowance` extra on agent lines).
-pub fn first_misfit(lines: &[Line], estimate: u64, agent_allowance: u64) -> Option<&Line> {
-    lines.iter().find(|l| {
-        let allowance = if l.scope == Scope::Agent {
-            agent_allowance
-        } else {
-            0
-        };
-        !l.fits(estimate, allowance)
-    })
-}
-
 /// The agent line that constrains the agent most (least remaining), for the budget headers.
 pub fn headline(lines: &[Line]) -> Option<&Line> {
     lines

@@ -1,6 +1,6 @@
 use super::*;
 use crate::pbstruct::tests::enc as encode_struct;
-use crate::providers::Api;
+use crate::providers::{Api, ModelIn};
 use serde_json::json;
 
 const FULL: &str = r#"{
@@ -148,6 +148,15 @@ fn rejections_name_the_field() {
 }
 
 #[test]
+fn validates_agent_ids() {
+    assert!(is_valid_agent_id("research-bot_2"));
+    assert!(!is_valid_agent_id(""));
+    assert!(!is_valid_agent_id("a.b"));
+    assert!(!is_valid_agent_id(&"a".repeat(65)));
+    assert!(is_valid_agent_id(&"a".repeat(64)));
+}
+
+#[test]
 fn amounts_may_be_strings_as_envoy_yaml_delivers_them() {
     let config = Config::from_bytes(&encode_struct(&json!({
         "agents": {"a": {"daily_usd": "0.5", "monthly_usd": 3}},
@@ -194,6 +203,12 @@ fn api_overrides_and_azure_deployments() {
         api("/v1/messages", None, None),
         Some(Api::AnthropicMessages)
     );
+    // An overridden call on an Azure deployment path still has its model fixed.
+    let azure = config
+        .detect_api("/llm/internal/openai/deployments/d1/generate", None, None)
+        .unwrap();
+    assert_eq!(azure.azure_deployment.as_deref(), Some("d1"));
+    assert_eq!(azure.model_in(), ModelIn::Deployment);
     assert_eq!(
         config.azure_deployments.get("prod-4o").map(String::as_str),
         Some("gpt-4o")

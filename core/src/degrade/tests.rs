@@ -399,7 +399,7 @@ fn rewrites_the_body_model_of_every_body_api() {
             r#"{"model":"gpt-4o-mini","messages":[],"model":"gpt-4o-mini"}"#,
         ),
         (
-            // Azure ignores it, but the body is still rewritten (callers check `degradable`).
+            // Azure ignores it, but the body is still rewritten (callers check `model_in`).
             Api::OpenAiChat,
             r#"{"messages":[],"model":"gpt-4o"}"#,
             "gpt-4o",
@@ -756,7 +756,9 @@ fn rewrites_gemini_paths() {
         ("", None),
     ];
     for (path, want) in cases {
-        let got = rewrite_path(path, &gemini);
+        // Only an API whose model is in the path has a model segment to rewrite.
+        assert_eq!(rewrite_path(Api::OpenAiChat, path, &gemini), None, "{path}");
+        let got = rewrite_path(Api::Gemini, path, &gemini);
         let got = got
             .as_ref()
             .map(|(from, to, new)| (from.as_str(), to.as_str(), new.as_str()));
@@ -765,34 +767,6 @@ fn rewrites_gemini_paths() {
             let detected = Api::detect(new).unwrap();
             assert_eq!(detected.api, Api::Gemini);
             assert_eq!(detected.path_model.as_deref(), Some(to));
-        }
-    }
-}
-
-#[test]
-fn azure_deployments_are_not_degradable() {
-    let cases = [
-        (
-            "/openai/deployments/gpt4o-prod/chat/completions?api-version=2024-10-21",
-            false,
-        ),
-        ("/openai/deployments/emb/embeddings", false),
-        ("/azure/openai/deployments/x/responses", false),
-        ("/openai/deployments/x", false),
-        ("/v1/chat/completions", true),
-        ("/openai/v1/chat/completions?api-version=preview", true),
-        ("/v1/chat/completions?next=/openai/deployments/x/", true),
-        ("/openai/deployments//chat/completions", true),
-        ("/v1/messages", true),
-        ("/v1beta/models/gemini-2.5-pro:generateContent", true),
-        ("/llm/internal/anything", true),
-        ("", true),
-    ];
-    for (path, want) in cases {
-        assert_eq!(degradable(path), want, "{path}");
-        // Same reading of the path as detection.
-        if let Some(detected) = Api::detect(path) {
-            assert_eq!(detected.azure_deployment.is_none(), want, "{path}");
         }
     }
 }

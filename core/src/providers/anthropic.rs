@@ -7,11 +7,18 @@
 //! `message_delta` is the final count, charged once.
 
 use super::{
-    string_values_len, ErrorKind, EventFate, Metered, PreparedRequest, Progress, Unmetered,
+    string_values_len, Capabilities, ErrorKind, EventFate, Metered, ModelIn, PreparedRequest,
+    Progress, Unmetered,
 };
 use crate::sse::SseEvent;
 use crate::usage::Usage;
 use serde::Deserialize;
+
+/// The model is the body's; every stream reports its usage unasked.
+pub(crate) const CAPABILITIES: Capabilities = Capabilities {
+    model_in: ModelIn::Body,
+    rewrites_request: false,
+};
 
 #[derive(Debug, Deserialize)]
 struct Response {

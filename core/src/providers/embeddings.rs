@@ -2,13 +2,17 @@
 //!
 //! Usage: `usage.prompt_tokens`, all of it uncached input (`total_tokens` repeats it; there
 //! is no output). Embeddings never stream: the dispatch sends a stream, should one come, to
-//! the chat meter, which reads an OpenAI-shaped usage chunk. [`StreamMeter`] exists only to
-//! keep every format's module the same shape.
+//! the chat meter, which reads an OpenAI-shaped usage chunk.
 
-use super::{ErrorKind, EventFate, Metered, PreparedRequest, Progress, Unmetered};
-use crate::sse::SseEvent;
+use super::{Capabilities, ErrorKind, Metered, ModelIn, PreparedRequest, Unmetered};
 use crate::usage::Usage;
 use serde::Deserialize;
+
+/// The model is the body's; nothing streams, so nothing needs asking for.
+pub(crate) const CAPABILITIES: Capabilities = Capabilities {
+    model_in: ModelIn::Body,
+    rewrites_request: false,
+};
 
 #[derive(Debug, Deserialize)]
 struct Response {
@@ -39,24 +43,6 @@ pub fn usage_from_body(body: &[u8]) -> Result<Metered, Unmetered> {
         },
         model: response.model,
     })
-}
-
-/// Not used by the dispatch (see the module docs): reads nothing, reports no usage.
-#[derive(Debug, Clone, Default)]
-pub struct StreamMeter {}
-
-impl StreamMeter {
-    pub fn on_event(&mut self, _event: &SseEvent) -> EventFate {
-        EventFate::Forward
-    }
-
-    pub fn finish(&self) -> Result<Metered, Unmetered> {
-        Err(Unmetered::NoUsage)
-    }
-
-    pub fn progress(&self) -> Progress {
-        Progress::default()
-    }
 }
 
 pub fn error_body(kind: ErrorKind, message: &str) -> Vec<u8> {

@@ -13,11 +13,38 @@
 //! count it is no report.
 
 use super::{
-    string_values_len, ErrorKind, EventFate, Metered, PreparedRequest, Progress, Unmetered,
+    string_values_len, Capabilities, ErrorKind, EventFate, Metered, ModelIn, PreparedRequest,
+    Progress, Unmetered,
 };
 use crate::sse::SseEvent;
 use crate::usage::Usage;
 use serde::Deserialize;
+use std::ops::Range;
+
+/// The model is in the path (see [`path_model_span`]); the body is never rewritten.
+pub(crate) const CAPABILITIES: Capabilities = Capabilities {
+    model_in: ModelIn::Path,
+    rewrites_request: false,
+};
+
+/// The byte range of the model segment of a `.../models/{model}:generateContent` or
+/// `:streamGenerateContent` path (Gemini API
+/// `/v1beta/models/{model}:generateContent`, Vertex
+/// `/v1/projects/{p}/locations/{l}/publishers/google/models/{model}:streamGenerateContent`),
+/// query string and fragment ignored. None for tuned models and Vertex endpoints, which name
+/// no base model.
+pub fn path_model_span(path: &str) -> Option<Range<usize>> {
+    let route = path.split(['?', '#']).next()?.trim_end_matches('/');
+    let (resource, method) = route.rsplit_once(':')?;
+    if method != "generateContent" && method != "streamGenerateContent" {
+        return None;
+    }
+    let (parent, model) = resource.rsplit_once('/')?;
+    if model.is_empty() || !(parent == "models" || parent.ends_with("/models")) {
+        return None;
+    }
+    Some(parent.len() + 1..resource.len())
+}
 
 /// One `GenerateContentResponse`; candidates are not read.
 #[derive(Debug, Deserialize)]

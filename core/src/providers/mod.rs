@@ -1,6 +1,8 @@
 //! LLM API formats: how to recognise a call, what to change in its request, where its
 //! usage is in the response (JSON body or SSE stream), and its error shape.
-//! One file per API format; this module only dispatches.
+//! One file per API format, each declaring its capabilities (`CAPABILITIES`); this module
+//! only dispatches, so the rest of the filter asks what a call allows, never which format
+//! it is.
 
 pub mod anthropic;
 pub mod embeddings;
@@ -11,6 +13,7 @@ pub mod responses;
 use crate::sse::SseEvent;
 use crate::usage::Usage;
 use serde::Deserialize;
+use std::ops::Range;
 
 /// The API formats the filter meters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -34,6 +37,31 @@ pub enum Api {
     Gemini,
 }
 
+/// Where a request names its model, and so how `degrade` can change it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelIn {
+    /// The body's top-level `model`: degrade rewrites the body once it has arrived.
+    Body,
+    /// The path (Gemini): degrade rewrites the path, so only before the headers leave.
+    Path,
+    /// An Azure OpenAI deployment in the path fixes the model and a body `model` is ignored,
+    /// so the call cannot be degraded. A property of the call's path ([`Detected::model_in`]),
+    /// never of a format.
+    Deployment,
+}
+
+/// What a format lets the filter do with its calls; each format's module declares its own.
+/// Error shape and stream framing are the format's too: [`Api::error_body`],
+/// [`Api::stream_meter`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Capabilities {
+    /// Where requests name the model: [`ModelIn::Body`] or [`ModelIn::Path`].
+    pub(crate) model_in: ModelIn,
+    /// [`Api::prepare_request`] may rewrite the body (to ask a stream for its usage report),
+    /// so the body's length is not known when the headers leave.
+    pub(crate) rewrites_request: bool,
+}
+
 /// An API recognised from a request path, with the model the path names, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Detected {
@@ -44,19 +72,37 @@ pub struct Detected {
     pub azure_deployment: Option<String>,
 }
 
+impl Detected {
+    /// Where this call names its model: where its format does, unless an Azure deployment in
+    /// the path fixes the model.
+    pub fn model_in(&self) -> ModelIn {
+        match self.api.model_in() {
+            ModelIn::Body if self.azure_deployment.is_some() => ModelIn::Deployment,
+            other => other,
+        }
+    }
+}
+
+/// The Azure OpenAI deployment a path names (`/openai/deployments/{name}/...`, query string
+/// ignored), whatever API the rest of the path is.
+pub fn azure_deployment(path: &str) -> Option<&str> {
+    path.split(['?', '#'])
+        .next()
+        .unwrap_or(path)
+        .split_once("/openai/deployments/")
+        .and_then(|(_, rest)| rest.split('/').next())
+        .filter(|name| !name.is_empty())
+}
+
 impl Api {
     /// Recognises the API from the request path (query string ignored).
     pub fn detect(path: &str) -> Option<Detected> {
+        let azure_deployment = azure_deployment(path).map(str::to_string);
         let path = path
             .split(['?', '#'])
             .next()
             .unwrap_or(path)
             .trim_end_matches('/');
-        let azure_deployment = path
-            .split_once("/openai/deployments/")
-            .and_then(|(_, rest)| rest.split('/').next())
-            .filter(|name| !name.is_empty())
-            .map(str::to_string);
         let detected = |api| Detected {
             api,
             path_model: None,
@@ -102,6 +148,40 @@ impl Api {
         }
     }
 
+    fn capabilities(self) -> Capabilities {
+        match self {
+            Api::OpenAiChat | Api::OpenAiCompletions => openai::CAPABILITIES,
+            Api::OpenAiResponses => responses::CAPABILITIES,
+            Api::OpenAiEmbeddings => embeddings::CAPABILITIES,
+            Api::AnthropicMessages => anthropic::CAPABILITIES,
+            Api::Gemini => gemini::CAPABILITIES,
+        }
+    }
+
+    /// Where this format's requests name the model ([`ModelIn::Body`] or [`ModelIn::Path`]).
+    pub fn model_in(self) -> ModelIn {
+        self.capabilities().model_in
+    }
+
+    /// Whether [`Api::prepare_request`] may rewrite the body, so its length cannot be
+    /// declared before it is read.
+    pub fn rewrites_request(self) -> bool {
+        self.capabilities().rewrites_request
+    }
+
+    /// The byte range of the model in a request path, for a format whose model is in the
+    /// path ([`ModelIn::Path`]) and a path that names one the format lets be replaced.
+    pub fn path_model_span(self, path: &str) -> Option<Range<usize>> {
+        match self {
+            Api::Gemini => gemini::path_model_span(path),
+            Api::OpenAiChat
+            | Api::OpenAiCompletions
+            | Api::OpenAiResponses
+            | Api::OpenAiEmbeddings
+            | Api::AnthropicMessages => None,
+        }
+    }
+
     /// Inspects (and if needed rewrites) the request body.
     pub fn prepare_request(self, body: &[u8]) -> PreparedRequest {
         match self {
@@ -139,10 +219,9 @@ impl Api {
     /// An error body in this API's own shape, so official SDKs raise their usual errors.
     pub fn error_body(self, kind: ErrorKind, message: &str) -> Vec<u8> {
         match self {
-            Api::OpenAiChat
-            | Api::OpenAiCompletions
-            | Api::OpenAiResponses
-            | Api::OpenAiEmbeddings => openai::error_body(kind, message),
+            Api::OpenAiChat | Api::OpenAiCompletions => openai::error_body(kind, message),
+            Api::OpenAiResponses => responses::error_body(kind, message),
+            Api::OpenAiEmbeddings => embeddings::error_body(kind, message),
             Api::AnthropicMessages => anthropic::error_body(kind, message),
             Api::Gemini => gemini::error_body(kind, message),
         }

@@ -10,13 +10,19 @@
 //! passed through untouched rather than rewritten.
 
 use super::{
-    has_usage_object, string_values_len, ErrorKind, EventFate, Metered, PreparedRequest, Progress,
-    Unmetered,
+    has_usage_object, string_values_len, Capabilities, ErrorKind, EventFate, Metered, ModelIn,
+    PreparedRequest, Progress, Unmetered,
 };
 use crate::sse::SseEvent;
 use crate::usage::Usage;
 use serde::Deserialize;
 use serde_json::{Map, Value};
+
+/// The model is the body's; streams get `include_usage` when the client did not ask for it.
+pub(crate) const CAPABILITIES: Capabilities = Capabilities {
+    model_in: ModelIn::Body,
+    rewrites_request: true,
+};
 
 #[derive(Debug, Deserialize)]
 struct Response {

@@ -10,12 +10,18 @@
 //! deltas are measured without parsing.
 
 use super::{
-    has_usage_object, string_values_len, ErrorKind, EventFate, Metered, PreparedRequest, Progress,
-    Unmetered,
+    has_usage_object, string_values_len, Capabilities, ErrorKind, EventFate, Metered, ModelIn,
+    PreparedRequest, Progress, Unmetered,
 };
 use crate::sse::SseEvent;
 use crate::usage::Usage;
 use serde::Deserialize;
+
+/// The model is the body's; every stream reports its usage unasked.
+pub(crate) const CAPABILITIES: Capabilities = Capabilities {
+    model_in: ModelIn::Body,
+    rewrites_request: false,
+};
 
 #[derive(Debug, Deserialize)]
 struct Response {

@@ -59,6 +59,65 @@ fn detects_api_from_path() {
 }
 
 #[test]
+fn azure_deployments_fix_the_model() {
+    let cases = [
+        (
+            "/openai/deployments/gpt4o-prod/chat/completions?api-version=2024-10-21",
+            Some("gpt4o-prod"),
+        ),
+        ("/openai/deployments/emb/embeddings", Some("emb")),
+        ("/azure/openai/deployments/x/responses", Some("x")),
+        ("/openai/deployments/x", Some("x")),
+        ("/v1/chat/completions", None),
+        ("/openai/v1/chat/completions?api-version=preview", None),
+        ("/v1/chat/completions?next=/openai/deployments/x/", None),
+        ("/openai/deployments//chat/completions", None),
+        ("/v1/messages", None),
+        ("/v1beta/models/gemini-2.5-pro:generateContent", None),
+        ("/llm/internal/anything", None),
+        ("", None),
+    ];
+    for (path, deployment) in cases {
+        assert_eq!(azure_deployment(path), deployment, "{path}");
+        // Same reading of the path as detection.
+        if let Some(detected) = Api::detect(path) {
+            assert_eq!(detected.azure_deployment.as_deref(), deployment, "{path}");
+            let want = match (detected.api, deployment) {
+                (Api::Gemini, _) => ModelIn::Path,
+                (_, Some(_)) => ModelIn::Deployment,
+                (_, None) => ModelIn::Body,
+            };
+            assert_eq!(detected.model_in(), want, "{path}");
+        }
+    }
+}
+
+#[test]
+fn capabilities() {
+    let cases = [
+        (Api::OpenAiChat, ModelIn::Body, true),
+        (Api::OpenAiCompletions, ModelIn::Body, true),
+        (Api::OpenAiResponses, ModelIn::Body, false),
+        (Api::OpenAiEmbeddings, ModelIn::Body, false),
+        (Api::AnthropicMessages, ModelIn::Body, false),
+        (Api::Gemini, ModelIn::Path, false),
+    ];
+    let gemini_path = "/v1beta/models/gemini-2.5-pro:generateContent";
+    for (api, model_in, rewrites_request) in cases {
+        assert_eq!(api.model_in(), model_in, "{api:?}");
+        assert_eq!(api.rewrites_request(), rewrites_request, "{api:?}");
+        let stream = api.prepare_request(br#"{"model":"m","stream":true}"#);
+        assert_eq!(stream.rewritten.is_some(), rewrites_request, "{api:?}");
+        // Only a format whose model is in the path finds it there.
+        assert_eq!(
+            api.path_model_span(gemini_path).is_some(),
+            model_in == ModelIn::Path,
+            "{api:?}"
+        );
+    }
+}
+
+#[test]
 fn config_names_are_the_metric_names() {
     let all = [
         Api::OpenAiChat,

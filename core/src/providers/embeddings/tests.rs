@@ -69,18 +69,20 @@ fn request_facts() {
 }
 
 #[test]
-fn stream_meter_reports_nothing_and_errors_are_openai_shaped() {
-    let mut meter = StreamMeter::default();
-    let event = crate::sse::SseEvent {
-        event: None,
-        data: br#"{"usage":{"prompt_tokens":3}}"#.to_vec(),
-        start: 0,
-        end: 0,
-        truncated: false,
-    };
-    assert_eq!(meter.on_event(&event), EventFate::Forward);
-    assert_eq!(meter.finish(), Err(Unmetered::NoUsage));
-    assert_eq!(meter.progress(), Progress::default());
+fn a_stream_is_read_as_openai_and_errors_are_openai_shaped() {
+    let (metered, _) = crate::providers::meter_chunks(
+        Api::OpenAiEmbeddings,
+        &[b"data: {\"model\":\"bge-m3\",\"usage\":{\"prompt_tokens\":3}}\n\ndata: [DONE]\n\n"],
+    );
+    assert_eq!(
+        metered.map(|m| m.usage.input),
+        Ok(3),
+        "an OpenAI-shaped usage chunk"
+    );
+    assert_eq!(
+        Api::OpenAiEmbeddings.error_body(ErrorKind::PermissionDenied, "who?"),
+        error_body(ErrorKind::PermissionDenied, "who?")
+    );
     let body: serde_json::Value =
         serde_json::from_slice(&error_body(ErrorKind::PermissionDenied, "who?")).unwrap();
     assert_eq!(body["error"]["message"], "who?");
