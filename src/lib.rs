@@ -215,6 +215,7 @@ impl RootContext for AgentBudgetRoot {
         Some(Box::new(AgentBudgetHttp {
             call: Call::new(worker),
             attribution_exported: false,
+            request_body: RequestBody::NotWanted,
         }))
     }
 
@@ -226,6 +227,18 @@ impl RootContext for AgentBudgetRoot {
 struct AgentBudgetHttp {
     call: Call,
     attribution_exported: bool,
+    request_body: RequestBody,
+}
+
+/// Whether the core still waits for the request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RequestBody {
+    NotWanted,
+    /// Wanted whole; its declared length, if any, says when it is whole before Envoy says so.
+    Wanted {
+        declared: Option<u64>,
+    },
+    Read,
 }
 
 fn apply(map: MapType, edits: &HeaderEdits) {
@@ -304,13 +317,18 @@ impl HttpContext for AgentBudgetHttp {
                 head.user = Some(value);
             }
         }
+        let declared = head.content_length;
         let outcome = self.call.on_request_headers(&ProxyHost, head);
         apply(MapType::HttpRequestHeaders, &outcome.edits);
         match outcome.action {
             // Envoy turns a paused request-headers callback into StopAllIteration, which also
             // withholds the body callbacks, so headers continue and the body is held instead
             // (see on_http_request_body).
-            HeadAction::Continue | HeadAction::WaitForBody => Action::Continue,
+            HeadAction::Continue => Action::Continue,
+            HeadAction::WaitForBody => {
+                self.request_body = RequestBody::Wanted { declared };
+                Action::Continue
+            }
             HeadAction::Reply(reply) => {
                 send_reply(&reply);
                 self.export_attribution();
@@ -320,11 +338,19 @@ impl HttpContext for AgentBudgetHttp {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if !end_of_stream {
+        let RequestBody::Wanted { declared } = self.request_body else {
+            return Action::Continue;
+        };
+        // A body whose declared length has arrived is whole even before Envoy's end of
+        // stream (which often comes as a separate empty call): reading it now spares Envoy
+        // buffering it.
+        let whole = end_of_stream || declared == Some(body_size as u64);
+        if !whole {
             // Envoy buffers until the end of the body; the whole request is needed to read
             // (and perhaps rewrite) it.
             return Action::Pause;
         }
+        self.request_body = RequestBody::Read;
         let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
             .ok()
             .flatten()

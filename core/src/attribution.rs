@@ -115,7 +115,7 @@ fn log_attribution(record: &Attribution) {
             estimated,
         } => {
             let u = &metered.usage;
-            log::info!(
+            log::debug!(
                 "call agent={} budget={} task={} user={} api={} model={} priced_as={} input={} cached_input={} cache_write={} output={} reasoning={} cost_micro_usd={} estimated={}",
                 record.agent,
                 record.budget,

@@ -33,6 +33,8 @@ struct Slot {
 struct Target {
     scope: Scope,
     key: AccountKey,
+    /// `key`'s ledger name, built once.
+    name: String,
     slots: Vec<Slot>,
     /// The read made to decide the call, for the reservation's first write.
     snapshot: Option<Snapshot>,
@@ -101,6 +103,7 @@ impl Booking {
         let mut targets = vec![Target {
             scope: Scope::Agent,
             key: AccountKey::Agent(identity.budget.clone()),
+            name: String::new(),
             slots: [day, month]
                 .into_iter()
                 .map(|period| Slot {
@@ -139,6 +142,7 @@ impl Booking {
             targets.push(Target {
                 scope,
                 key,
+                name: String::new(),
                 slots: vec![Slot {
                     period: day.clone(),
                     limit: Some(cap),
@@ -147,11 +151,14 @@ impl Booking {
                 snapshot: None,
             });
         }
+        for target in &mut targets {
+            target.name = target.key.name();
+        }
         let ledger = Ledger::new(host);
         let mut lines = Vec::new();
         // Only limited accounts are read: the others are charged but decide nothing.
         for target in targets.iter_mut().filter(|t| t.limited()) {
-            match ledger.snapshot(&target.key) {
+            match ledger.snapshot_named(target.name.clone()) {
                 Ok(snapshot) => {
                     for slot in &target.slots {
                         if let Some(limit) = slot.limit {
@@ -187,7 +194,7 @@ impl Booking {
             let periods: Vec<&Period> = target.slots.iter().map(|s| &s.period).collect();
             let limits: Vec<Option<u64>> = target.slots.iter().map(|s| s.limit).collect();
             let result =
-                ledger.update_periods(&target.key, &periods, target.snapshot.take(), |before| {
+                ledger.update_named(&target.name, &periods, target.snapshot.take(), |before| {
                     let fits = before.iter().zip(&limits).all(|(a, limit)| match limit {
                         Some(limit) => {
                             a.spent.saturating_add(a.reserved).saturating_add(estimate)
@@ -296,7 +303,7 @@ fn book(
     trouble: &mut Trouble,
 ) -> Option<(Vec<Account>, Vec<Account>)> {
     let periods: Vec<&Period> = target.slots.iter().map(|s| &s.period).collect();
-    let result = ledger.update_periods(&target.key, &periods, None, |before| {
+    let result = ledger.update_named(&target.name, &periods, None, |before| {
         Some(
             before
                 .iter()
@@ -312,7 +319,7 @@ fn book(
         Ok(Some(updated)) => {
             if updated.created_shard {
                 trouble.errors.push(LedgerError::LateCreate {
-                    key: Ledger::shard_key(crate::ledger::shard_of(&target.key.name())),
+                    key: Ledger::shard_key(crate::ledger::shard_of(&target.name)),
                 });
             }
             Some((updated.before, updated.after))
@@ -335,7 +342,7 @@ fn book(
 
 /// The line a reservation did not fit: the target's limited period with the least room.
 fn misfit_line(ledger: &Ledger, target: &Target, estimate: u64, allowance: u64) -> Option<Line> {
-    let snapshot = ledger.snapshot(&target.key).ok();
+    let snapshot = ledger.snapshot_named(target.name.clone()).ok();
     target
         .slots
         .iter()

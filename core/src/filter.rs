@@ -586,10 +586,11 @@ impl Call {
             .as_deref()
             .map(str::trim)
             .is_some_and(|e| !e.is_empty() && !e.eq_ignore_ascii_case("identity"));
+        const EVENT_STREAM: &str = "text/event-stream";
         let is_stream = head.content_type.as_deref().is_some_and(|t| {
             t.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("text/event-stream")
+                .get(..EVENT_STREAM.len())
+                .is_some_and(|prefix| prefix.eq_ignore_ascii_case(EVENT_STREAM))
         });
         self.response = if head.status >= 400 {
             ResponseMode::Unmetered(Unmetered::UpstreamError)
@@ -1056,7 +1057,7 @@ fn alert_for(
         kind,
         agent: identity.budget.clone(),
         period: period.kind,
-        period_id: period.id.clone(),
+        period_id: period.id.to_string(),
         spend_micro_usd: spent,
         budget_micro_usd: limit,
         threshold: threshold_ppm as f64 / 1e6,

@@ -193,7 +193,8 @@ impl<'h> Ledger<'h> {
             };
             let mut blob =
                 Blob::decode(&stored.value).ok_or(LedgerError::Corrupt { key: key.clone() })?;
-            if blob.prune(current) {
+            let current: Vec<&Period> = current.iter().collect();
+            if blob.prune(&current) {
                 // A lost race only means the next prune retries it.
                 let _ = self.set(&key, &blob.encode(), stored.cas);
             }
@@ -203,7 +204,11 @@ impl<'h> Ledger<'h> {
 
     /// Reads the account's shard once.
     pub fn snapshot(&self, account: &AccountKey) -> Result<Snapshot, LedgerError> {
-        let name = account.name();
+        self.snapshot_named(account.name())
+    }
+
+    /// [`Ledger::snapshot`] for an account whose name the caller already built.
+    pub fn snapshot_named(&self, name: String) -> Result<Snapshot, LedgerError> {
         let key = Ledger::key_for(&name);
         self.load(&key, name)
     }
@@ -243,19 +248,26 @@ impl<'h> Ledger<'h> {
         start: Option<Snapshot>,
         change: impl Fn(&[Account]) -> Option<Vec<Account>>,
     ) -> Result<Option<Updated>, LedgerError> {
-        let name = match start {
-            Some(ref snapshot) => snapshot.name.clone(),
-            None => account.name(),
-        };
+        self.update_named(&account.name(), periods, start, change)
+    }
+
+    /// [`Ledger::update_periods`] for an account whose name the caller already built.
+    pub fn update_named(
+        &self,
+        name: &str,
+        periods: &[&Period],
+        start: Option<Snapshot>,
+        change: impl Fn(&[Account]) -> Option<Vec<Account>>,
+    ) -> Result<Option<Updated>, LedgerError> {
         if name.len() > usize::from(u8::MAX) {
             return Err(LedgerError::NameTooLong);
         }
-        let key = Ledger::key_for(&name);
+        let key = Ledger::key_for(name);
         let mut next = start;
         for _ in 0..MAX_CAS_ATTEMPTS {
             let snapshot = match next.take() {
                 Some(snapshot) => snapshot,
-                None => self.load(&key, name.clone())?,
+                None => self.load(&key, name.to_string())?,
             };
             let before: Vec<Account> = periods.iter().map(|p| snapshot.account(p)).collect();
             let Some(after) = change(&before) else {
@@ -263,10 +275,9 @@ impl<'h> Ledger<'h> {
             };
             let Snapshot { mut blob, cas, .. } = snapshot;
             for (period, account) in periods.iter().zip(&after) {
-                blob.put(&name, period, *account);
+                blob.put(name, period, *account);
             }
-            let current: Vec<Period> = periods.iter().map(|p| (*p).clone()).collect();
-            blob.prune(&current);
+            blob.prune(periods);
             match self.set(&key, &blob.encode(), cas) {
                 Ok(()) => {
                     return Ok(Some(Updated {
@@ -456,7 +467,7 @@ impl Blob {
 
     /// Drops entries of each of `current`'s kinds that ended before that period started
     /// (older than the previous period, whose end is the current start). True if any went.
-    fn prune(&mut self, current: &[Period]) -> bool {
+    fn prune(&mut self, current: &[&Period]) -> bool {
         let before = self.entries.len();
         self.entries.retain(|entry| {
             !current

@@ -4,6 +4,7 @@
 //! calendar math is Howard Hinnant's days-from-civil algorithm, exact for any i64 day.
 
 use std::fmt;
+use std::rc::Rc;
 
 /// A fixed offset from UTC, in seconds east of Greenwich.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -92,7 +93,8 @@ impl PeriodKind {
 pub struct Period {
     pub kind: PeriodKind,
     /// `2026-11-28` for a day, `2026-11` for a month (local dates in the configured zone).
-    pub id: String,
+    /// Shared: periods are cloned into every booking line of every call.
+    pub id: Rc<str>,
     /// Unix seconds of the first instant of the period.
     pub start: i64,
     /// Unix seconds of the first instant after the period (when the budget resets).
@@ -110,7 +112,7 @@ impl Period {
         match kind {
             PeriodKind::Daily => Period {
                 kind,
-                id: format!("{year:04}-{month:02}-{day:02}"),
+                id: format!("{year:04}-{month:02}-{day:02}").into(),
                 start: local_day * SECS_PER_DAY - offset,
                 end: (local_day + 1) * SECS_PER_DAY - offset,
             },
@@ -124,7 +126,7 @@ impl Period {
                 let next_first = days_from_civil(next_year, next_month, 1);
                 Period {
                     kind,
-                    id: format!("{year:04}-{month:02}"),
+                    id: format!("{year:04}-{month:02}").into(),
                     start: first * SECS_PER_DAY - offset,
                     end: next_first * SECS_PER_DAY - offset,
                 }

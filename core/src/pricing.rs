@@ -231,6 +231,10 @@ impl PriceTable {
     /// family that is a `-`-separated prefix of it (`gpt-4o-mini-2024-07-18` is `gpt-4o-mini`,
     /// `claude-sonnet-4-5-20250929` is `claude-sonnet-4-5`).
     pub fn resolve(&self, model: &str) -> Option<Resolved<'_>> {
+        // Most calls name a table key exactly; normalizing it would give the same key.
+        if let Some((family, price)) = self.prices.get_key_value(model) {
+            return Some(Resolved { family, price });
+        }
         let name = normalize(model);
         let mut candidate = name.as_str();
         loop {

@@ -10,6 +10,7 @@ use crate::metrics::{AgentGauge, Agents, Counter, Gauge, Metrics, ReasonCounter}
 use crate::period::{Period, PeriodKind};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::rc::Rc;
 
 /// How often the root context runs [`Worker::tick`]: alerts go out and counters reach
 /// Envoy within a second.
@@ -31,7 +32,7 @@ pub struct Worker {
     /// The current day and month, recomputed only when the day ends.
     periods: RefCell<Option<[Period; 2]>>,
     /// Ids of the current periods the last upkeep prepared, to act on rollovers only.
-    prepared: RefCell<Vec<String>>,
+    prepared: RefCell<Vec<Rc<str>>>,
     ticks: Cell<u64>,
     /// A call started since the last tick: the live-view gauges are due.
     served: Cell<bool>,
@@ -96,7 +97,7 @@ impl Worker {
     pub fn tick(&self, host: &dyn Host) {
         let now = host.now_unix_secs();
         let current = self.current_periods(now);
-        let ids: Vec<String> = current.iter().map(|p| p.id.clone()).collect();
+        let ids: Vec<Rc<str>> = current.iter().map(|p| Rc::clone(&p.id)).collect();
         if *self.prepared.borrow() != ids {
             let ledger = Ledger::new(host);
             let prepared = ledger.ensure_shards().and_then(|_| ledger.prune(&current));

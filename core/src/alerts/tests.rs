@@ -19,7 +19,7 @@ fn alert(kind: AlertKind, agent: &str, period: PeriodKind) -> Alert {
         kind,
         agent: agent.to_string(),
         period,
-        period_id: p.id,
+        period_id: p.id.to_string(),
         spend_micro_usd: spend,
         budget_micro_usd: 10_000_000,
         threshold,

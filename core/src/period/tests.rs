@@ -44,21 +44,21 @@ fn periods_in_utc_and_offsets() {
     // 2026-11-28T21:30:00Z
     let now = days_from_civil(2026, 11, 28) * SECS_PER_DAY + 21 * 3600 + 1800;
     let day = Period::containing(PeriodKind::Daily, TimeZone::UTC, now);
-    assert_eq!(day.id, "2026-11-28");
+    assert_eq!(&*day.id, "2026-11-28");
     assert_eq!(day.end - now, 2 * 3600 + 1800);
     assert_eq!(format_utc(day.end), "2026-11-29T00:00:00Z");
 
     // Already the 29th in UTC+05:30.
     let india = TimeZone::parse("+05:30").unwrap();
     let day = Period::containing(PeriodKind::Daily, india, now);
-    assert_eq!(day.id, "2026-11-29");
+    assert_eq!(&*day.id, "2026-11-29");
     assert_eq!(format_utc(day.end), "2026-11-29T18:30:00Z");
 
     let month = Period::containing(PeriodKind::Monthly, TimeZone::UTC, now);
-    assert_eq!(month.id, "2026-11");
+    assert_eq!(&*month.id, "2026-11");
     assert_eq!(format_utc(month.start), "2026-11-01T00:00:00Z");
     assert_eq!(format_utc(month.end), "2026-12-01T00:00:00Z");
-    assert_eq!(month.next(TimeZone::UTC).id, "2026-12");
+    assert_eq!(&*month.next(TimeZone::UTC).id, "2026-12");
 
     // December rolls into the next year; a west offset is still in November at UTC midnight.
     let dec = Period::containing(
@@ -67,7 +67,7 @@ fn periods_in_utc_and_offsets() {
         days_from_civil(2026, 12, 31) * SECS_PER_DAY,
     );
     assert_eq!(
-        (dec.id.as_str(), format_utc(dec.end).as_str()),
+        (&*dec.id, format_utc(dec.end).as_str()),
         ("2026-12", "2027-01-01T00:00:00Z")
     );
     let west = TimeZone::parse("-08:00").unwrap();
@@ -76,7 +76,7 @@ fn periods_in_utc_and_offsets() {
         west,
         days_from_civil(2026, 12, 1) * SECS_PER_DAY,
     );
-    assert_eq!(m.id, "2026-11");
+    assert_eq!(&*m.id, "2026-11");
     assert_eq!(format_utc(m.end), "2026-12-01T08:00:00Z");
 }
 
@@ -84,11 +84,11 @@ fn periods_in_utc_and_offsets() {
 fn boundaries_are_half_open() {
     let midnight = days_from_civil(2026, 3, 1) * SECS_PER_DAY;
     assert_eq!(
-        Period::containing(PeriodKind::Daily, TimeZone::UTC, midnight - 1).id,
+        &*Period::containing(PeriodKind::Daily, TimeZone::UTC, midnight - 1).id,
         "2026-02-28"
     );
     assert_eq!(
-        Period::containing(PeriodKind::Daily, TimeZone::UTC, midnight).id,
+        &*Period::containing(PeriodKind::Daily, TimeZone::UTC, midnight).id,
         "2026-03-01"
     );
     let p = Period::containing(PeriodKind::Daily, TimeZone::UTC, midnight - 1);
