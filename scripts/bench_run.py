@@ -2,11 +2,11 @@
 
 Everything runs on loopback and is started here: the mock provider; Envoys built from
 envoy/agent-budget.yaml (tests/harness.py's bootstrap) that differ only in the agent_budget
-wasm filter (removed, as shipped, or swapped for a generated do-nothing / host-call-replica
-module for the ablation); LiteLLM's proxy; wrk. Comparisons are made side by side in the same
-run, with the sides interleaved inside each repetition, and reported as medians of
-per-repetition ratios / differences; absolute figures are context only. BENCHMARKS.md
-describes the method.
+wasm filter (removed; as shipped; with budget_headers: none; or swapped for a generated
+do-nothing / host-call-replica module), all started by start_side(); LiteLLM's proxy; wrk.
+Comparisons are made side by side in the same run, with the sides interleaved inside each
+repetition, and reported as medians of per-repetition ratios / differences; absolute figures
+are context only. BENCHMARKS.md describes the method.
 
     .venv/bin/python scripts/bench_run.py [--reps 3] [--duration 3] [--only load,stream,...]
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import gzip
 import json
 import os
@@ -171,32 +172,40 @@ def plugin_config() -> dict:
     return plugin
 
 
-def envoy_bootstrap(variant: str, upstream: int, wasm: Path | None = None) -> tuple[dict, int, int]:
+def envoy_bootstrap(variant: str, upstream: int, wasm: Path | None = None,
+                    budget_headers: str | None = None) -> tuple[dict, int, int]:
     """The shipped bootstrap (ports swapped in). variant: "filter" as shipped, "plain" with
     the agent_budget wasm filter removed (everything else identical, the compressor filter
-    included), "noop" with the filter's .wasm replaced by `wasm` (the do-nothing module)."""
+    included), "wasm" with the filter's .wasm replaced by `wasm` (a generated module).
+    budget_headers, when given, is set in the plugin configuration."""
     port, admin = harness.free_port(), harness.free_port()
-    config = harness.bootstrap(port, admin, upstream, plugin_config())
+    plugin = plugin_config()
+    if budget_headers is not None:
+        plugin["budget_headers"] = budget_headers
+    config = harness.bootstrap(port, admin, upstream, plugin)
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     if variant == "plain":
         before = len(hcm["http_filters"])
         hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "agent_budget"]
         assert len(hcm["http_filters"]) == before - 1
-    elif variant == "noop":
+    elif variant == "wasm":
         wasm_filter = next(f for f in hcm["http_filters"] if f["name"] == "agent_budget")
         vm = wasm_filter["typed_config"]["config"]["vm_config"]
         vm["code"]["local"]["filename"] = str(wasm)
-        vm["vm_id"] = "noop"
+        vm["vm_id"] = wasm.stem
+    else:
+        assert variant == "filter", variant
     return config, port, admin
 
 
 class Envoy:
     def __init__(self, name: str, variant: str, upstream: int, concurrency: int = 1,
                  log_level: str = "info", extra_args: list[str] | None = None,
-                 cpus: str | None = ENVOY_CPU, wasm: Path | None = None) -> None:
+                 cpus: str | None = ENVOY_CPU, wasm: Path | None = None,
+                 budget_headers: str | None = None) -> None:
         self.name = name
         self.variant = variant
-        config, self.port, self.admin = envoy_bootstrap(variant, upstream, wasm)
+        config, self.port, self.admin = envoy_bootstrap(variant, upstream, wasm, budget_headers)
         self.dir = tmpdir(f"bench-envoy-{name}-")
         (self.dir / "envoy.yaml").write_text(yaml.safe_dump(config))
         self.log_path = self.dir / "envoy.log"
@@ -231,6 +240,47 @@ class Envoy:
 
     def stop(self) -> None:
         stop(self.proc)
+
+
+# The Envoys compared. "filter" is the shipped plugin configuration, whose budget_headers
+# default is `all`; "filter-none" differs from it in budget_headers only.
+SIDE_LABELS = {
+    "plain": "plain Envoy (no wasm filter)",
+    "noop": "do-nothing wasm filter (floor)",
+    "replica": "agent-budget's host calls only (replica)",
+    "filter": "agent-budget, budget_headers: all",
+    "filter-none": "agent-budget, budget_headers: none",
+}
+LOAD_SIDES = ["plain", "noop", "filter", "filter-none"]
+PROFILE_SIDES = ["plain", "noop", "replica", "filter"]
+
+
+def start_side(side: str, mock: Mock, name: str | None = None, **envoy_args) -> Envoy:
+    """Starts one of SIDE_LABELS' Envoys (named `name`, default the side) in front of the mock."""
+    name = name or side
+    if side == "plain":
+        return Envoy(name, "plain", mock.port, **envoy_args)
+    if side == "noop":
+        return Envoy(name, "wasm", mock.port, wasm=build_wasm_module("noop-filter", NOOP_LIB),
+                     **envoy_args)
+    if side == "replica":
+        return Envoy(name, "wasm", mock.port,
+                     wasm=build_wasm_module("hostcall-replica", REPLICA_LIB), **envoy_args)
+    if side == "filter":
+        return Envoy(name, "filter", mock.port, **envoy_args)
+    if side == "filter-none":
+        return Envoy(name, "filter", mock.port, budget_headers="none", **envoy_args)
+    raise ValueError(f"unknown side {side!r}: one of {', '.join(SIDE_LABELS)}")
+
+
+def check_side(envoy: Envoy, side: str) -> None:
+    """Both APIs answer 200 through the side, and agent-budget's headers are there exactly
+    when its configuration asks for them (so the filter is metering, and budget_headers took)."""
+    for api, (path, body) in APIS.items():
+        r = harness.request(envoy.port, "POST", path, body.encode(), CLIENT_HEADERS)
+        assert r.status == 200, (side, api, r.status, r.body[:300])
+        has = "x-agent-budget-remaining-usd" in r.headers
+        assert has == (side in ("filter", "replica")), (side, api, "x-agent-budget-remaining-usd", has)
 
 
 # ---------------------------------------------------------------------------------------
@@ -383,14 +433,14 @@ def phase_size(results: dict) -> None:
 
 
 def phase_micro(results: dict) -> None:
-    """criterion micro-benchmarks (benches/micro.rs), natively."""
+    """criterion micro-benchmarks (core/benches/micro.rs), natively."""
     crit = REPO / "target/criterion"
     shutil.rmtree(crit, ignore_errors=True)  # only this run's estimates
     # Build first, so that the busy-time check below covers the measurements only.
-    subprocess.run(["cargo", "bench", "--quiet", "--bench", "micro", "--no-run"], cwd=REPO,
+    subprocess.run(["cargo", "bench", "--quiet", "-p", "agent-budget-core", "--features", "test-host", "--bench", "micro", "--no-run"], cwd=REPO,
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     busy0, ru0, t0 = cpu_busy_ticks(), os.times(), time.monotonic()
-    subprocess.run(["cargo", "bench", "--quiet", "--bench", "micro", "--",
+    subprocess.run(["cargo", "bench", "--quiet", "-p", "agent-budget-core", "--features", "test-host", "--bench", "micro", "--",
                     "--warm-up-time", "1", "--measurement-time", "2", "--noplot"],
                    cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     busy1, ru1, wall = cpu_busy_ticks(), os.times(), time.monotonic() - t0
@@ -413,16 +463,18 @@ def phase_micro(results: dict) -> None:
     results["micro_other_cpu"] = other_pct
 
 
-def phase_load(results: dict, args, mock: Mock, plain: Envoy, filt: Envoy) -> None:
-    """Non-streaming throughput and latency: mock direct, Envoy without and with the filter.
-    Closed loop at each connection count (saturating from 16 on), plus 64 connections paced
-    to a fixed offered load below both sides' capacity, where latency is not queueing."""
+def phase_load(results: dict, args, mock: Mock, sides: list[Envoy]) -> None:
+    """Non-streaming throughput and latency: mock direct, then each side (sides[0] is plain
+    Envoy, the baseline). Closed loop at each connection count (saturating from 16 on), plus
+    64 connections paced to a fixed offered load below every side's capacity, where latency
+    is not queueing. Within a repetition every side runs once; the order rotates."""
+    assert sides[0].name == "plain", [t.name for t in sides]
     out = []
     watch_envoy = lambda e: {"envoy": e.proc.pid, "mock": mock.proc.pid}  # noqa: E731
     points = [(c, None) for c in args.conns] + [(64, args.paced_ms)] * bool(args.paced_ms)
     for api in args.apis:
         script = wrk_script(api)
-        for target in (plain, filt):  # warm-up: connections, V8 tier-up
+        for target in sides:  # warm-up: connections, V8 tier-up
             run_wrk(target.port, script, 16, 2)
         for conns, pace in points:
             point_script = wrk_script(api, pace_ms=pace) if pace else script
@@ -430,47 +482,52 @@ def phase_load(results: dict, args, mock: Mock, plain: Envoy, filt: Envoy) -> No
                              {"mock": mock.proc.pid})
             reps = []
             for rep in range(args.reps):
-                order = (plain, filt) if rep % 2 == 0 else (filt, plain)
-                pair = {}
-                for target in order:
-                    pair[target.name] = run_wrk(target.port, point_script, conns, args.duration,
-                                                watch_envoy(target))
-                reps.append(pair)
-            row = summarize_load(api, conns, direct, reps)
+                k = rep % len(sides)
+                reps.append({t.name: run_wrk(t.port, point_script, conns, args.duration,
+                                             watch_envoy(t))
+                             for t in sides[k:] + sides[:k]})
+            row = summarize_load(api, conns, direct, reps, [t.name for t in sides])
             row["pace_ms"] = pace
             out.append(row)
-            log(f"load {api} c={conns}{f' paced {pace} ms' if pace else ''}: plain "
-                f"{row['plain_rps']:.0f} req/s, filter {row['filter_rps']:.0f} req/s, ratio "
-                f"{row['ratio']:.3f}, +p50 {row['d_p50_us']:.0f} us, +p99 {row['d_p99_us']:.0f} us")
+            log(f"load {api} c={conns}{f' paced {pace} ms' if pace else ''}: " + ", ".join(
+                f"{name} {x['rps']:.0f} req/s"
+                + (f" ({x['ratio']:.3f}x, +p99 {x['d_p99_us']:.0f} us)" if name != "plain" else "")
+                for name, x in row["sides"].items()))
     results["load"] = out
 
 
-def summarize_load(api: str, conns: int, direct: dict, reps: list[dict]) -> dict:
-    p = [r["plain"] for r in reps]
-    f = [r["filter"] for r in reps]
-    errors = sum(x["errors"] for x in p + f) + direct["errors"]
+def summarize_load(api: str, conns: int, direct: dict, reps: list[dict], names: list[str]) -> dict:
+    """Medians per side; ratios and added latencies are medians of the per-repetition
+    side/plain figures."""
+    base = [r["plain"] for r in reps]
     # Envoy CPU time per request (us): where the filter's cost shows at any load.
     cpu_us = lambda x: x["cpu"]["envoy"] / 100.0 * 1e6 / x["rps"]  # noqa: E731
+    sides = {}
+    for name in names:
+        runs = [r[name] for r in reps]
+        sides[name] = {
+            "rps": med([x["rps"] for x in runs]),
+            "ratio": med([b["rps"] / a["rps"] for a, b in zip(base, runs)]),
+            "p50_us": med([x["p50"] for x in runs]),
+            "p99_us": med([x["p99"] for x in runs]),
+            "d_p50_us": med([b["p50"] - a["p50"] for a, b in zip(base, runs)]),
+            "d_p99_us": med([b["p99"] - a["p99"] for a, b in zip(base, runs)]),
+            "envoy_cpu": med([x["cpu"]["envoy"] for x in runs]),
+            "cpu_us_per_req": med([cpu_us(x) for x in runs]),
+            "resp_bytes": runs[0]["bytes"] / max(1, runs[0]["requests"]),
+            "errors": sum(x["errors"] for x in runs),
+        }
+    every = [r[name] for r in reps for name in names]
     return {
         "api": api, "conns": conns, "reps": len(reps),
         "direct_rps": direct["rps"], "direct_p50_us": direct["p50"], "direct_p99_us": direct["p99"],
         "direct_mock_cpu": direct["cpu"]["mock"],
-        "plain_rps": med([x["rps"] for x in p]), "filter_rps": med([x["rps"] for x in f]),
-        "ratio": med([b["rps"] / a["rps"] for a, b in zip(p, f)]),
-        "plain_p50_us": med([x["p50"] for x in p]), "filter_p50_us": med([x["p50"] for x in f]),
-        "plain_p99_us": med([x["p99"] for x in p]), "filter_p99_us": med([x["p99"] for x in f]),
-        "d_p50_us": med([b["p50"] - a["p50"] for a, b in zip(p, f)]),
-        "d_p99_us": med([b["p99"] - a["p99"] for a, b in zip(p, f)]),
-        "plain_envoy_cpu": med([x["cpu"]["envoy"] for x in p]),
-        "filter_envoy_cpu": med([x["cpu"]["envoy"] for x in f]),
-        "plain_cpu_us_per_req": med([cpu_us(x) for x in p]),
-        "filter_cpu_us_per_req": med([cpu_us(x) for x in f]),
-        "core0_busy": med([x["core_busy"].get("cpu0", 0) for x in p + f]),
-        "mock_cpu": med([x["cpu"]["mock"] for x in p + f]),
-        "wrk_cpu": med([x["cpu"]["wrk"] for x in p + f]),
-        "foreign_cpu": med([foreign_cpu(x) for x in p + f]),
-        "errors": errors,
-        "resp_bytes": f[0]["bytes"] / max(1, f[0]["requests"]),
+        "sides": sides,
+        "core0_busy": med([x["core_busy"].get("cpu0", 0) for x in every]),
+        "mock_cpu": med([x["cpu"]["mock"] for x in every]),
+        "wrk_cpu": med([x["cpu"]["wrk"] for x in every]),
+        "foreign_cpu": med([foreign_cpu(x) for x in every]),
+        "errors": sum(x["errors"] for x in every) + direct["errors"],
         "raw": reps,
     }
 
@@ -537,9 +594,8 @@ def phase_memory(results: dict, args, mock: Mock) -> None:
     rows = []
     body = stream_body()
     for chunks in args.mem_chunks:
-        for with_filter in (False, True):
-            name = "filter" if with_filter else "plain"
-            envoy = Envoy(f"mem-{name}-{chunks}", name, mock.port)
+        for name in ("plain", "filter"):
+            envoy = start_side(name, mock, name=f"mem-{name}-{chunks}")
             try:
                 for _ in range(3):  # warm: VM contexts, first allocations
                     bench_sse.timed_stream(envoy.port, "/v1/chat/completions", body,
@@ -704,24 +760,18 @@ impl Context for Noop {}
 impl HttpContext for Noop {}
 """
 
-# The host calls agent-budget makes on one non-streaming call (from its wasm:trace log),
-# in the same callbacks, with the same sizes, and nothing else: no parsing, no pricing.
+# The host calls agent-budget (budget_headers: all) makes on one non-streaming call, from
+# its wasm:trace log (the hostcalls phase), in the same callbacks, with the same sizes, and
+# nothing else: no parsing, no pricing. Root ticks are left out, as in the hostcalls count.
 REPLICA_LIB = """//! Makes the proxy-wasm host calls agent-budget makes for one non-streaming call, in the
 //! same callbacks, and does no other work. Generated by scripts/bench.
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
-use std::sync::OnceLock;
+use proxy_wasm::types::{Action, ContextType, LogLevel};
 
-static METRICS: OnceLock<[u32; 6]> = OnceLock::new();
-const DAY: &str = "replica/v1/d/2026-11-28/07/shard";
-const MONTH: &str = "replica/v1/m/2026-11/07/shard";
-const VALUE: [u8; 36] = [7; 36];
-const PROPERTIES: [&str; 8] = [
-    "agent_budget.agent", "agent_budget.budget", "agent_budget.task", "agent_budget.user",
-    "agent_budget.model", "agent_budget.input_tokens", "agent_budget.output_tokens",
-    "agent_budget.cost_micro_usd",
-];
+const LEDGER: &str = "replica/v1/d/00007";
+const VALUE: [u8; 88] = [7; 88];
+const RECORD: [u8; 184] = [b'x'; 184];
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -732,17 +782,7 @@ struct ReplicaRoot;
 impl Context for ReplicaRoot {}
 impl RootContext for ReplicaRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let mut ids = [0u32; 6];
-        let names = ["replica_requests", "replica_input", "replica_output", "replica_cost",
-                     "replica_spend_day", "replica_spend_month"];
-        for (i, name) in names.iter().enumerate() {
-            let kind = if i < 4 { MetricType::Counter } else { MetricType::Gauge };
-            ids[i] = hostcalls::define_metric(kind, name).unwrap_or(0);
-        }
-        let _ = METRICS.set(ids);
-        for key in [DAY, MONTH] {
-            let _ = hostcalls::set_shared_data(key, Some(&VALUE), None);
-        }
+        let _ = hostcalls::set_shared_data(LEDGER, Some(&VALUE), None);
         true
     }
     fn get_type(&self) -> Option<ContextType> {
@@ -753,16 +793,10 @@ impl RootContext for ReplicaRoot {
     }
 }
 
-fn ids() -> [u32; 6] {
-    METRICS.get().copied().unwrap_or([0; 6])
-}
-
 fn charge() {
-    for key in [DAY, MONTH] {
-        if let Ok((value, cas)) = hostcalls::get_shared_data(key) {
-            let value = value.unwrap_or_default();
-            let _ = hostcalls::set_shared_data(key, Some(&value), cas);
-        }
+    if let Ok((value, cas)) = hostcalls::get_shared_data(LEDGER) {
+        let value = value.unwrap_or_default();
+        let _ = hostcalls::set_shared_data(LEDGER, Some(&value), cas);
     }
 }
 
@@ -770,18 +804,9 @@ struct Replica;
 impl Context for Replica {}
 impl HttpContext for Replica {
     fn on_http_request_headers(&mut self, _n: usize, _eos: bool) -> Action {
-        for name in [":path", "x-agent-id", "x-task-id", "x-user-id", "content-encoding"] {
-            let _ = self.get_http_request_header(name);
-        }
-        let m = ids();
-        let _ = hostcalls::increment_metric(m[0], 1);
+        let _ = self.get_http_request_headers();
         let _ = hostcalls::get_current_time();
-        for key in [DAY, MONTH] {
-            let _ = hostcalls::get_shared_data(key);
-        }
-        let _ = hostcalls::record_metric(m[4], 1);
-        let _ = hostcalls::record_metric(m[5], 1);
-        self.set_http_request_header("accept-encoding", Some("identity"));
+        let _ = hostcalls::get_shared_data(LEDGER);
         self.set_http_request_header("content-length", None);
         Action::Continue
     }
@@ -790,44 +815,34 @@ impl HttpContext for Replica {
             return Action::Pause;
         }
         let _ = self.get_http_request_body(0, size);
-        charge();
+        // agent-budget books the reservation with the ledger value its headers callback read.
+        let _ = hostcalls::set_shared_data(LEDGER, Some(&VALUE), None);
         Action::Continue
     }
     fn on_http_response_headers(&mut self, _n: usize, _eos: bool) -> Action {
-        for name in [":status", "content-type", "content-encoding"] {
-            let _ = self.get_http_response_header(name);
-        }
+        let _ = self.get_http_response_headers();
         self.set_http_response_header("x-agent-budget-period", Some("daily"));
-        self.set_http_response_header("x-agent-budget-limit-usd", Some("1000000.00"));
-        self.set_http_response_header("x-agent-budget-remaining-usd", Some("999999.99"));
-        self.set_http_response_header("x-agent-budget-reset", Some("7200"));
+        self.set_http_response_header("x-agent-budget-limit-usd", Some("1000000.000000"));
+        self.set_http_response_header("x-agent-budget-remaining-usd", Some("999999.993174"));
+        self.set_http_response_header("x-agent-budget-reset", Some("30491"));
         Action::Continue
     }
     fn on_http_response_body(&mut self, size: usize, eos: bool) -> Action {
-        let _ = self.get_http_response_body(0, size);
+        if size > 0 {
+            let _ = self.get_http_response_body(0, size);
+        }
         if eos {
-            let m = ids();
-            for id in &m[1..4] {
-                let _ = hostcalls::increment_metric(*id, 300);
-            }
             charge();
-            let _ = hostcalls::get_current_time();
-            let _ = hostcalls::record_metric(m[4], 3048);
-            let _ = hostcalls::record_metric(m[5], 3048);
-            log::info!("call agent=bench-agent budget=bench-agent task=bench-task user=bench-user api=openai_chat model=gpt-4o input=173 output=300 cached=0 cache_write=0 reasoning=0 cost_micro_usd=3433");
-            for name in PROPERTIES {
-                let _ = hostcalls::set_property(vec![name], Some(b"bench-value"));
-            }
+            log::info!("call agent=bench-agent budget=bench-agent task=bench-task user=bench-user api=openai_chat model=gpt-4o priced_as=gpt-4o input=165 cached_input=0 cache_write=0 output=300 reasoning=0 cost_micro_usd=3413 estimated=false");
+            let _ = hostcalls::set_property(vec!["agent_budget"], Some(&RECORD));
         }
         Action::Continue
-    }
-    fn on_log(&mut self) {
-        let _ = hostcalls::get_property(vec!["response", "code_details"]);
     }
 }
 """
 
 
+@functools.lru_cache(maxsize=None)
 def build_wasm_module(name: str, source: str) -> Path:
     """Builds a generated proxy-wasm module (same SDK version and release profile as
     agent-budget) in .work/bench/<name>, for the ablation."""
@@ -846,26 +861,32 @@ def build_wasm_module(name: str, source: str) -> Path:
 
 
 def phase_hostcalls(results: dict, mock: Mock) -> None:
-    """Host calls per request, counted from Envoy's wasm trace log on warmed-up requests."""
-    cases = [
-        ("openai non-streaming", "/v1/chat/completions", OPENAI_BODY.encode(), CLIENT_HEADERS),
-        ("anthropic non-streaming", "/v1/messages", ANTHROPIC_BODY.encode(), CLIENT_HEADERS),
-        ("openai stream, 50 chunks 1 ms apart", "/v1/chat/completions", stream_body(),
-         stream_headers(50, 1)),
-    ]
+    """VM crossings per request, counted from Envoy's wasm trace log on the last of three
+    identical requests (warmed up): calls from the VM to Envoy, Envoy's calls into the VM's
+    allocator for what those calls return, and the callbacks Envoy makes into the VM."""
+    # (label, streaming, path, body, headers)
+    openai = ("openai non-streaming", False, "/v1/chat/completions", OPENAI_BODY.encode(),
+              CLIENT_HEADERS)
+    anthropic = ("anthropic non-streaming", False, "/v1/messages", ANTHROPIC_BODY.encode(),
+                 CLIENT_HEADERS)
+    stream = ("openai stream, 50 chunks 1 ms apart", True, "/v1/chat/completions", stream_body(),
+              stream_headers(50, 1))
+    cases = [("filter", openai), ("filter-none", openai), ("filter", anthropic),
+             ("filter-none", anthropic), ("noop", openai), ("replica", openai), ("filter", stream)]
     rows = []
-    for label, path, body, headers in cases:
-        envoy = Envoy("trace", "filter", mock.port, log_level="info",
-                      extra_args=["--component-log-level", "wasm:trace"], cpus=None)
+    for side, (label, streaming, path, body, headers) in cases:
+        envoy = start_side(side, mock, name="trace", log_level="info",
+                           extra_args=["--component-log-level", "wasm:trace"], cpus=None)
         try:
             for _ in range(3):
                 r = harness.request(envoy.port, "POST", path, body, headers)
-                assert r.status == 200, r.status
+                assert r.status == 200, (side, label, r.status)
         finally:
             envoy.stop()  # flushes the log
-        text = envoy.log_path.read_text(errors="replace")
-        rows.append(dict(label=label, **count_host_calls(text)))
-        log(f"hostcalls {label}: {rows[-1]['callbacks']} callbacks, {rows[-1]['host_calls']} host calls")
+        counts = count_host_calls(envoy.log_path.read_text(errors="replace"))
+        rows.append(dict(label=label, side=side, streaming=streaming, **counts))
+        log(f"hostcalls {side} {label}: {counts['host_calls']} host calls, {counts['allocs']} "
+            f"allocations, {counts['callbacks']} callbacks = {counts['crossings']} crossings")
     results["hostcalls"] = rows
 
 
@@ -873,7 +894,10 @@ _TRACE = re.compile(r"\[(host->vm|vm->host)\] (?:env\.)?([a-z_]+)\(([^)]*)\)")
 
 
 def count_host_calls(text: str) -> dict:
-    """Calls made for the last HTTP context in a wasm:trace log (root ticks left out)."""
+    """VM crossings of the last HTTP context in a wasm:trace log (root ticks left out):
+    host_calls (VM -> Envoy), allocs (Envoy -> the VM's proxy_on_memory_allocate, for data a
+    host call returns), callbacks (every other Envoy -> VM call, proxy_on_context_create
+    included), and their sum."""
     contexts: dict[str, list[tuple[str, str]]] = {}
     current = None
     in_tick = False
@@ -893,76 +917,72 @@ def count_host_calls(text: str) -> dict:
         if name == "proxy_on_context_create" and len(parts) == 2 and parts[1] != "0":
             current = parts[0]
             contexts[current] = []
-            continue
         if current is not None:
             contexts[current].append((direction, name))
             if name == "proxy_on_delete":
                 current = None
-    if not contexts:
-        return {"callbacks": 0, "host_calls": 0, "allocs": 0, "by_name": {}}
-    calls = contexts[list(contexts)[-1]]
-    by_name: dict[str, int] = {}
-    for _, name in calls:
-        by_name[name] = by_name.get(name, 0) + 1
-    allocs = by_name.get("proxy_on_memory_allocate", 0)
-    callbacks = sum(1 for d, n in calls if d == "host->vm" and n != "proxy_on_memory_allocate")
-    host_calls = sum(1 for d, _ in calls if d == "vm->host")
-    return {"callbacks": callbacks, "host_calls": host_calls, "allocs": allocs,
-            "by_name": dict(sorted(by_name.items(), key=lambda kv: -kv[1]))}
+    calls = contexts[list(contexts)[-1]] if contexts else []
+
+    def tally(pairs) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for _, name in pairs:
+            out[name] = out.get(name, 0) + 1
+        return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    host = [c for c in calls if c[0] == "vm->host"]
+    allocs = [c for c in calls if c[0] == "host->vm" and c[1] == "proxy_on_memory_allocate"]
+    callbacks = [c for c in calls if c[0] == "host->vm" and c[1] != "proxy_on_memory_allocate"]
+    return {"host_calls": len(host), "allocs": len(allocs), "callbacks": len(callbacks),
+            "crossings": len(calls), "host_by_name": tally(host),
+            "callbacks_by_name": tally(callbacks)}
 
 
-def phase_profile(results: dict, args, mock: Mock, plain: Envoy, filt: Envoy) -> None:
-    """What bounds the filter's throughput (OpenAI, c=64), measured two ways.
+def phase_profile(results: dict, args, mock: Mock, sides: list[Envoy]) -> None:
+    """What bounds the filter's throughput (OpenAI, c=64), measured two ways, on PROFILE_SIDES.
 
     Ablation: plain Envoy, the same Envoy with a do-nothing Rust proxy-wasm filter (same SDK,
-    same profile) in agent_budget's place, and agent-budget; interleaved repetitions.
+    same profile) in agent_budget's place, with the host-call replica there, and agent-budget;
+    interleaved repetitions.
     Profile: perf (cpu-clock, DWARF call chains) on each Envoy under the same load. Samples
     whose leaf is V8-generated code are the filter's wasm; samples in Envoy/libc/kernel code
     with a V8-generated frame above them are host calls made by the wasm (the proxy-wasm ABI
     in Envoy, and the V8 runtime glue); the rest is Envoy outside the VM, including the
     callbacks' entry into V8.
     """
-    noop = Envoy("noop", "noop", mock.port, wasm=build_wasm_module("noop-filter", NOOP_LIB))
-    replica = Envoy("replica", "noop", mock.port,
-                    wasm=build_wasm_module("hostcall-replica", REPLICA_LIB))
-    try:
-        sides = [plain, noop, replica, filt]
-        script = wrk_script("openai")
-        run_wrk(noop.port, script, 16, 2)  # warm-up
-        run_wrk(replica.port, script, 16, 2)
-        reps = []
-        for rep in range(args.reps):
-            order = sides[rep % len(sides):] + sides[:rep % len(sides)]
-            reps.append({t.name: run_wrk(t.port, script, 64, args.duration,
-                                         {"envoy": t.proc.pid, "mock": mock.proc.pid})
-                         for t in order})
-        cpu_us = lambda x: x["cpu"]["envoy"] / 100.0 * 1e6 / x["rps"]  # noqa: E731
-        ablation = {}
+    assert sides[0].name == "plain", [t.name for t in sides]
+    script = wrk_script("openai")
+    for t in sides:  # warm-up
+        run_wrk(t.port, script, 16, 2)
+    reps = []
+    for rep in range(args.reps):
+        k = rep % len(sides)
+        reps.append({t.name: run_wrk(t.port, script, 64, args.duration,
+                                     {"envoy": t.proc.pid, "mock": mock.proc.pid})
+                     for t in sides[k:] + sides[:k]})
+    cpu_us = lambda x: x["cpu"]["envoy"] / 100.0 * 1e6 / x["rps"]  # noqa: E731
+    ablation = {}
+    for t in sides:
+        ablation[t.name] = {
+            "rps": med([r[t.name]["rps"] for r in reps]),
+            "ratio": med([r[t.name]["rps"] / r["plain"]["rps"] for r in reps]),
+            "cpu_us_per_req": med([cpu_us(r[t.name]) for r in reps]),
+            "p50_us": med([r[t.name]["p50"] for r in reps]),
+            "envoy_cpu": med([r[t.name]["cpu"]["envoy"] for r in reps]),
+        }
+    log("ablation c=64: " + ", ".join(
+        f"{k} {v['rps']:.0f} req/s ({v['ratio']:.3f}x, {v['cpu_us_per_req']:.1f} us CPU/req)"
+        for k, v in ablation.items()))
+    profiles = {}
+    if shutil.which("perf") and subprocess.run(
+            ["perf", "record", "-e", "cpu-clock", "-o", "/dev/null", "true"],
+            capture_output=True).returncode == 0:
         for t in sides:
-            ablation[t.name] = {
-                "rps": med([r[t.name]["rps"] for r in reps]),
-                "ratio": med([r[t.name]["rps"] / r["plain"]["rps"] for r in reps]),
-                "cpu_us_per_req": med([cpu_us(r[t.name]) for r in reps]),
-                "p50_us": med([r[t.name]["p50"] for r in reps]),
-                "envoy_cpu": med([r[t.name]["cpu"]["envoy"] for r in reps]),
-            }
-        log("ablation c=64: " + ", ".join(
-            f"{k} {v['rps']:.0f} req/s ({v['ratio']:.3f}x, {v['cpu_us_per_req']:.1f} us CPU/req)"
-            for k, v in ablation.items()))
-        profiles = {}
-        if shutil.which("perf") and subprocess.run(
-                ["perf", "record", "-e", "cpu-clock", "-o", "/dev/null", "true"],
-                capture_output=True).returncode == 0:
-            for t in sides:
-                profiles[t.name] = perf_profile(t, mock, script, args.profile_duration)
-                p = profiles[t.name]
-                log(f"profile {t.name}: {p['cpu_us_per_req']:.1f} us CPU/req: wasm code "
-                    f"{p['us']['wasm']:.1f}, host calls {p['us']['host_calls']:.1f}, Envoy outside "
-                    f"the VM {p['us']['outside']:.1f} (kernel {p['us']['kernel']:.1f})")
-        results["profile"] = {"ablation": ablation, "perf": profiles, "raw": reps}
-    finally:
-        noop.stop()
-        replica.stop()
+            profiles[t.name] = perf_profile(t, mock, script, args.profile_duration)
+            p = profiles[t.name]
+            log(f"profile {t.name}: {p['cpu_us_per_req']:.1f} us CPU/req: wasm code "
+                f"{p['us']['wasm']:.1f}, host calls {p['us']['host_calls']:.1f}, Envoy outside "
+                f"the VM {p['us']['outside']:.1f} (kernel {p['us']['kernel']:.1f})")
+    results["profile"] = {"ablation": ablation, "perf": profiles, "raw": reps}
 
 
 def perf_profile(target: Envoy, mock: Mock, script: Path, duration: float) -> dict:
@@ -1020,9 +1040,6 @@ def classify_samples(text: str) -> dict:
 # ---------------------------------------------------------------------------------------
 # report
 
-SIDES = (("plain", "no wasm filter"), ("noop", "do-nothing wasm filter"),
-         ("replica", "agent-budget's host calls only (replica)"), ("filter", "agent-budget"))
-
 
 def conns_label(r: dict) -> str:
     return f"{r['conns']}, paced {r['pace_ms']} ms" if r.get("pace_ms") else str(r["conns"])
@@ -1055,49 +1072,91 @@ def machine_info() -> dict:
     }
 
 
+SIDE_SHORT = {"plain": "plain", "noop": "floor", "replica": "replica", "filter": "all",
+              "filter-none": "none"}
+
+
+def load_side_names(results: dict) -> list[str]:
+    rows = results.get("load") or []
+    return list(rows[0]["sides"]) if rows else []
+
+
 def render(results: dict) -> str:
     L = []
-    m = results["machine"]
-    L.append(f"Machine: {m['nproc']} cores ({m['cpu']}), {m['mem_gib']} GiB, Linux {m['kernel']}; "
-             f"Envoy {m['envoy']}; {m['wrk']}; {m['rustc']}; load average at start "
-             f"{' '.join(m['loadavg_start'])}, CPU busy before start {m.get('busy_before_pct', 0):.0f}% "
-             f"(of {100 * m['nproc']}%).")
-    a = results["args"]
-    L.append(f"Run: {a['reps']} repetitions x {a['duration']} s per load point, sides interleaved; "
-             f"Envoy --concurrency 1 pinned to core {ENVOY_CPU}, wrk (1 thread) and the mock "
-             f"(1 thread) pinned to core {CLIENT_CPU}. Total {results.get('total_s', 0):.0f} s.")
-    L.append("")
+    names = load_side_names(results)
+    short = " / ".join(SIDE_SHORT[n] for n in names)
+    others = [n for n in names if n != "plain"]
     if "load" in results:
-        L.append("### 1. Non-streaming throughput and latency (medians)")
+        L.append("### 1. Non-streaming throughput (req/s, medians; ratio to plain Envoy in brackets)")
         L.append("")
-        L.append("| API | conns | mock direct req/s | plain Envoy req/s | with filter req/s | "
-                 "**ratio** | p50 plain / filter (ms) | **added p50** | p99 plain / filter (ms) | "
-                 "**added p99** | Envoy CPU us/req plain / filter | errors |")
-        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        L.append("| API | conns | mock direct | " + " | ".join(SIDE_LABELS[n] for n in names) + " |")
+        L.append("|---|---:|---:|" + "---:|" * len(names))
         for r in results["load"]:
+            cells = []
+            for n in names:
+                x = r["sides"][n]
+                if n == "plain":
+                    cells.append(fmt(x["rps"]))
+                else:
+                    ratio = f"{x['ratio']:.3f}x"
+                    cells.append(f"{fmt(x['rps'])} ({'**' + ratio + '**' if n.startswith('filter') else ratio})")
+            L.append(f"| {r['api']} | {conns_label(r)} | {fmt(r['direct_rps'])} | " + " | ".join(cells) + " |")
+        L.append("")
+        L.append(f"Latency and Envoy CPU per request (medians), one figure per side in the order "
+                 f"{short} (the columns above). Added p99 is the median of the per-repetition "
+                 "differences to plain Envoy.")
+        L.append("")
+        L.append(f"| API | conns | p50 (ms) {short} | p99 (ms) {short} | "
+                 f"**added p99** (ms) {' / '.join(SIDE_SHORT[n] for n in others)} | "
+                 f"Envoy CPU us/req {short} | errors |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|")
+        for r in results["load"]:
+            sd = r["sides"]
             L.append(
-                f"| {r['api']} | {conns_label(r)} | {fmt(r['direct_rps'])} | {fmt(r['plain_rps'])} | "
-                f"{fmt(r['filter_rps'])} | **{r['ratio']:.3f}** | "
-                f"{r['plain_p50_us'] / 1e3:.3f} / {r['filter_p50_us'] / 1e3:.3f} | "
-                f"**{r['d_p50_us'] / 1e3:+.3f} ms** | "
-                f"{r['plain_p99_us'] / 1e3:.3f} / {r['filter_p99_us'] / 1e3:.3f} | "
-                f"**{r['d_p99_us'] / 1e3:+.3f} ms** | "
-                f"{r['plain_cpu_us_per_req']:.1f} / {r['filter_cpu_us_per_req']:.1f} | {r['errors']} |")
+                f"| {r['api']} | {conns_label(r)} | "
+                + " / ".join(f"{sd[n]['p50_us'] / 1e3:.3f}" for n in names) + " | "
+                + " / ".join(f"{sd[n]['p99_us'] / 1e3:.3f}" for n in names) + " | **"
+                + " / ".join(f"{sd[n]['d_p99_us'] / 1e3:+.3f}" for n in others) + "** | "
+                + " / ".join(f"{sd[n]['cpu_us_per_req']:.1f}" for n in names)
+                + f" | {r['errors']} |")
         L.append("")
-        L.append("Context per point (medians): Envoy CPU % plain / filter; mock CPU %; wrk CPU %; "
-                 "core 0 busy %; CPU used by anything else (other processes, softirq) %; response bytes.")
+    if "hostcalls" in results:
+        L.append("### 2. VM crossings per call (wasm:trace, the last of 3 identical requests)")
         L.append("")
-        L.append("| API | conns | Envoy CPU % plain / filter | mock % | wrk % | core 0 busy % | other % | bytes/resp |")
+        L.append("Host calls are calls from the VM into Envoy (the target counts these); VM "
+                 "allocations are Envoy's proxy_on_memory_allocate calls into the VM for data a "
+                 "host call returns; callbacks are Envoy's other calls into the VM "
+                 "(proxy_on_context_create to proxy_on_delete). Crossings = all three.")
+        L.append("")
+        L.append("| request | Envoy with | **host calls** | VM allocations | callbacks | "
+                 "crossings per call | host calls by name | callbacks by name |")
+        L.append("|---|---|---:|---:|---:|---:|---|---|")
+        strip = lambda d: ", ".join(f"{k.replace('proxy_', '')} {v}" for k, v in d.items())  # noqa: E731
+        for r in results["hostcalls"]:
+            L.append(f"| {r['label']} | {SIDE_LABELS[r['side']]} | **{r['host_calls']}** | {r['allocs']} | "
+                     f"{r['callbacks']} | {r['crossings']} | {strip(r['host_by_name'])} | "
+                     f"{strip(r['callbacks_by_name'])} |")
+        L.append("")
+    if "load" in results:
+        L.append(f"Context per load point (medians): Envoy CPU % {short}; mock CPU %; wrk CPU %; "
+                 "core 0 busy %; CPU used by anything else (other processes, softirq) %; "
+                 f"response bytes {short}.")
+        L.append("")
+        L.append(f"| API | conns | Envoy CPU % {short} | mock % | wrk % | core 0 busy % | other % | "
+                 f"bytes/resp {short} |")
         L.append("|---|---:|---:|---:|---:|---:|---:|---:|")
         for r in results["load"]:
-            L.append(f"| {r['api']} | {conns_label(r)} | {r['plain_envoy_cpu']:.0f} / {r['filter_envoy_cpu']:.0f} | "
-                     f"{r['mock_cpu']:.0f} | {r['wrk_cpu']:.0f} | {r['core0_busy']:.0f} | "
-                     f"{r['foreign_cpu']:.0f} | {r['resp_bytes']:.0f} |")
+            sd = r["sides"]
+            L.append(f"| {r['api']} | {conns_label(r)} | "
+                     + " / ".join(f"{sd[n]['envoy_cpu']:.0f}" for n in names)
+                     + f" | {r['mock_cpu']:.0f} | {r['wrk_cpu']:.0f} | {r['core0_busy']:.0f} | "
+                     f"{r['foreign_cpu']:.0f} | " + " / ".join(f"{sd[n]['resp_bytes']:.0f}" for n in names)
+                     + " |")
         L.append("")
     if "stream" in results:
         s = results["stream"]
-        L.append(f"### 2a. Streaming: OpenAI SSE, {s['chunks']} chunks, {s['delay_ms']} ms apart "
-                 f"({s['reps']} streams per side, medians)")
+        L.append(f"### 3a. Streaming: OpenAI SSE, {s['chunks']} chunks, {s['delay_ms']} ms apart "
+                 f"({s['reps']} streams per side, medians; agent-budget as shipped)")
         L.append("")
         L.append("| | plain Envoy | with filter | **difference** |")
         L.append("|---|---:|---:|---:|")
@@ -1111,7 +1170,7 @@ def render(results: dict) -> str:
         L.append("")
     if "memory" in results:
         rows = results["memory"]
-        L.append(f"### 2b. Envoy memory with {rows[0]['streams']} streams open "
+        L.append(f"### 3b. Envoy memory with {rows[0]['streams']} streams open "
                  f"({rows[0]['delay_ms']} ms between chunks; peak while all were open minus idle)")
         L.append("")
         L.append("| config | chunks per stream | RSS idle -> peak (MiB) | **RSS per stream** | "
@@ -1127,31 +1186,33 @@ def render(results: dict) -> str:
         L.append("")
     if "litellm" in results:
         ll = results["litellm"]
-        load = {(r["api"], r["conns"]): r for r in results.get("load", []) if not r.get("pace_ms")}
-        L.append(f"### 3. Against LiteLLM proxy {ll['version']} ({ll['workers']} uvicorn workers, "
+        L.append(f"### 4. Against LiteLLM proxy {ll['version']} ({ll['workers']} uvicorn workers, "
                  "not pinned: both cores; no database), OpenAI chat, same mock and load")
         L.append("")
         L.append("Ratios are against LiteLLM's best repetition (uvicorn spreads keep-alive connections "
-                 "over its workers unevenly, so a repetition can land on one worker).")
+                 "over its workers unevenly, so a repetition can land on one worker). Envoy + filter "
+                 "is agent-budget as shipped (budget_headers: all).")
         L.append("")
         L.append("| conns | LiteLLM req/s: median (reps) | Envoy + filter req/s | **ours / LiteLLM best** | "
                  "LiteLLM p50 / p99 (ms) | LiteLLM added p50 vs mock direct | Envoy + filter added p50 vs mock direct | "
                  "CPU per request: LiteLLM / Envoy + filter | errors |")
         L.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in ll["rows"]:
-            ours = load.get(("openai", r["conns"]))
+            row = load_point(results, "openai", r["conns"])
+            ours = row and row["sides"].get("filter")
             best = r.get("best_rps", r["rps"])
-            ratio = ours["filter_rps"] / best if ours and best else None
+            ratio = ours["rps"] / best if ours and best else None
             reps = ", ".join(str(x) for x in r.get("all_rps", []))
-            L.append(f"| {r['conns']} | {r['rps']:.0f} ({reps}) | {fmt(ours and ours['filter_rps'])} | "
+            L.append(f"| {r['conns']} | {r['rps']:.0f} ({reps}) | {fmt(ours and ours['rps'])} | "
                      f"**{fmt(ratio, '.1f', 'x')}** | {r['p50_us'] / 1e3:.1f} / {r['p99_us'] / 1e3:.1f} | "
-                     f"{(r['p50_us'] - ours['direct_p50_us']) / 1e3 if ours else 0:+.2f} ms | "
-                     f"{(ours['filter_p50_us'] - ours['direct_p50_us']) / 1e3 if ours else 0:+.3f} ms | "
-                     f"{r.get('cpu_ms_per_req', 0):.2f} ms / "
-                     f"{(ours['filter_cpu_us_per_req'] / 1e3) if ours else 0:.3f} ms | {r['errors']} |")
+                     + (f"{(r['p50_us'] - row['direct_p50_us']) / 1e3:+.2f} ms | "
+                        f"{(ours['p50_us'] - row['direct_p50_us']) / 1e3:+.3f} ms | "
+                        if ours else "n/a | n/a | ")
+                     + f"{r.get('cpu_ms_per_req', 0):.2f} ms / "
+                     f"{fmt(ours and ours['cpu_us_per_req'] / 1e3, '.3f', ' ms')} | {r['errors']} |")
         L.append("")
     if "micro" in results:
-        L.append("### 4. Micro-benchmarks (criterion, native x86-64, median)")
+        L.append("### 5. Micro-benchmarks (criterion, native x86-64, median)")
         L.append("")
         other = results.get("micro_other_cpu")
         if other is not None:
@@ -1167,7 +1228,7 @@ def render(results: dict) -> str:
                      f"{fmt(r.get('mb_s'), '.0f', ' MB/s') if 'mb_s' in r else ''} |")
         L.append("")
     if "size" in results:
-        L.append("### 5. Release .wasm size")
+        L.append("### 6. Release .wasm size")
         L.append("")
         L.append("| build | bytes | KiB | code KiB | data KiB | name section KiB | DWARF KiB | gzip -9 KiB |")
         L.append("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -1176,28 +1237,20 @@ def render(results: dict) -> str:
             L.append(f"| {r['variant']} | {r['bytes']} | {k(r['bytes'])} | {k(r['code'])} | {k(r['data'])} | "
                      f"{k(r['names'])} | {k(r['debug'])} | {k(r['gzip_bytes'])} |")
         L.append("")
-    if "hostcalls" in results:
-        L.append("### Host calls per request (wasm:trace, a warmed-up request)")
-        L.append("")
-        L.append("| request | callbacks into the VM | calls from the VM to Envoy | VM allocations by Envoy | top calls |")
-        L.append("|---|---:|---:|---:|---|")
-        for r in results["hostcalls"]:
-            top = ", ".join(f"{k.replace('proxy_', '')} {v}" for k, v in list(r["by_name"].items())[:6])
-            L.append(f"| {r['label']} | {r['callbacks']} | {r['host_calls']} | {r['allocs']} | {top} |")
-        L.append("")
     if "profile" in results:
         ab = results["profile"]["ablation"]
-        L.append("### What the filter's cost is made of (OpenAI, c=64)")
+        L.append("### 7. What the filter's cost is made of (OpenAI, c=64)")
         L.append("")
         L.append("Ablation (interleaved repetitions, medians): the same Envoy with no wasm filter; with a "
                  "do-nothing Rust proxy-wasm filter (same SDK and profile); with a module that makes "
-                 "exactly agent-budget's host calls for such a call and nothing else; with agent-budget.")
+                 "agent-budget's host calls for such a call (its row in table 2) and nothing else; with "
+                 "agent-budget as shipped.")
         L.append("")
         L.append("| Envoy with | req/s | vs plain | Envoy CPU us/req | p50 (ms) |")
         L.append("|---|---:|---:|---:|---:|")
-        for name, label in SIDES:
+        for name in PROFILE_SIDES:
             x = ab[name]
-            L.append(f"| {label} | {x['rps']:.0f} | {x['ratio']:.3f} | {x['cpu_us_per_req']:.1f} | "
+            L.append(f"| {SIDE_LABELS[name]} | {x['rps']:.0f} | {x['ratio']:.3f} | {x['cpu_us_per_req']:.1f} | "
                      f"{x['p50_us'] / 1e3:.2f} |")
         L.append("")
         pf = results["profile"].get("perf") or {}
@@ -1208,16 +1261,37 @@ def render(results: dict) -> str:
             L.append("| Envoy with | us/req | in wasm code (V8-generated) | in host calls from wasm | "
                      "Envoy outside the VM (of which kernel) | samples | chains unwound |")
             L.append("|---|---:|---:|---:|---:|---:|---:|")
-            for name, label in SIDES:
+            for name in PROFILE_SIDES:
                 x = pf.get(name)
                 if not x:
                     continue
                 u = x["us"]
-                L.append(f"| {label} | {x['cpu_us_per_req']:.1f} | {u['wasm']:.1f} | {u['host_calls']:.1f} | "
+                L.append(f"| {SIDE_LABELS[name]} | {x['cpu_us_per_req']:.1f} | {u['wasm']:.1f} | {u['host_calls']:.1f} | "
                          f"{u['outside']:.1f} ({u['kernel']:.1f}) | {x['samples']} | {100 * x['unwound']:.0f}% |")
             L.append("")
     L.append(render_targets(results))
+    m = results["machine"]
+    L.append(f"Machine: {m['nproc']} cores ({m['cpu']}), {m['mem_gib']} GiB, Linux {m['kernel']}; "
+             f"Envoy {m['envoy']}; {m['wrk']}; {m['rustc']}; load average at start "
+             f"{' '.join(m['loadavg_start'])}, CPU busy before start {m.get('busy_before_pct', 0):.0f}% "
+             f"(of {100 * m['nproc']}%).")
+    L.append("")
+    a = results["args"]
+    L.append(f"Run: {a['reps']} repetitions x {a['duration']} s per load point, sides interleaved; "
+             f"Envoy --concurrency 1 pinned to core {ENVOY_CPU}, wrk (1 thread) and the mock "
+             f"(1 thread) pinned to core {CLIENT_CPU}. Phases: {', '.join(results['phases'])}. "
+             f"Total {results.get('total_s', 0):.0f} s.")
     return "\n".join(L)
+
+
+def load_point(results: dict, api: str, conns: int) -> dict | None:
+    return next((r for r in results.get("load", [])
+                 if r["api"] == api and r["conns"] == conns and not r.get("pace_ms")), None)
+
+
+# The issue's target: at most this many calls from the VM into Envoy for a non-streaming
+# call of a configured agent.
+MAX_HOST_CALLS = 16
 
 
 def render_targets(results: dict) -> str:
@@ -1226,13 +1300,24 @@ def render_targets(results: dict) -> str:
     def row(name, value, ok):
         L.append(f"| {name} | {value} | {'met' if ok else '**missed**'} |")
 
+    filters = [n for n in load_side_names(results) if n.startswith("filter")]
     for r in results.get("load", []):
         if r["conns"] == 64 and not r.get("pace_ms"):
-            row(f"throughput with filter >= 0.9x plain ({r['api']}, c=64)", f"{r['ratio']:.3f}x",
-                r["ratio"] >= 0.9)
+            for n in filters:
+                x = r["sides"][n]
+                row(f"throughput >= 0.9x plain ({SIDE_SHORT[n]}, {r['api']}, c=64)",
+                    f"{x['ratio']:.3f}x", x["ratio"] >= 0.9)
     for r in results.get("load", []):
-        row(f"added p99 <= 0.5 ms ({r['api']}, c={conns_label(r)})", f"{r['d_p99_us'] / 1e3:+.3f} ms",
-            r["d_p99_us"] <= 500)
+        for n in filters:
+            x = r["sides"][n]
+            row(f"added p99 <= 0.5 ms ({SIDE_SHORT[n]}, {r['api']}, c={conns_label(r)})",
+                f"{x['d_p99_us'] / 1e3:+.3f} ms", x["d_p99_us"] <= 500)
+    for r in results.get("hostcalls", []):
+        if r["side"].startswith("filter") and not r["streaming"]:
+            row(f"<= {MAX_HOST_CALLS} host calls per non-streaming call ({SIDE_SHORT[r['side']]}, "
+                f"{r['label'].split()[0]})",
+                f"{r['host_calls']} (+ {r['allocs']} allocations, {r['callbacks']} callbacks)",
+                r["host_calls"] <= MAX_HOST_CALLS)
     if "stream" in results:
         s = results["stream"]
         row("TTFT within 1 ms of plain Envoy", f"{s['d_ttft_ms']:+.3f} ms", abs(s["d_ttft_ms"]) <= 1)
@@ -1247,11 +1332,11 @@ def render_targets(results: dict) -> str:
                 f"{grow:+.1f} KiB RSS, {grow_a:+.1f} KiB allocated per stream",
                 abs(grow) < 16 and abs(grow_a) < 16)
     if "litellm" in results:
-        load = {(r["api"], r["conns"]): r for r in results.get("load", []) if not r.get("pace_ms")}
         for r in results["litellm"]["rows"]:
-            ours = load.get(("openai", r["conns"]))
+            point = load_point(results, "openai", r["conns"])
+            ours = point and point["sides"].get("filter")
             if ours:
-                ratio = ours["filter_rps"] / r.get("best_rps", r["rps"])
+                ratio = ours["rps"] / r.get("best_rps", r["rps"])
                 row(f">= 10x LiteLLM req/s (c={r['conns']}, vs its best repetition)", f"{ratio:.1f}x",
                     ratio >= 10)
     L.append("")
@@ -1282,7 +1367,12 @@ def main() -> int:
     ap.add_argument("--only", type=lambda s: s.split(","), default=PHASES,
                     help="comma-separated subset of: " + ",".join(PHASES))
     ap.add_argument("--skip", type=lambda s: s.split(","), default=[])
+    ap.add_argument("--sides", type=lambda s: s.split(","), default=LOAD_SIDES,
+                    help="Envoys compared in the load phase, plain first (default: "
+                         + ",".join(LOAD_SIDES) + ")")
     args = ap.parse_args()
+    if args.sides[0] != "plain" or not set(args.sides) <= set(SIDE_LABELS):
+        ap.error(f"--sides: plain first, then any of {', '.join(SIDE_LABELS)}")
     phases = [p for p in PHASES if p in args.only and p not in args.skip]
 
     harness.require_built()
@@ -1308,7 +1398,16 @@ def main() -> int:
         fn(results, *a)
         results["timing"][name] = time.monotonic() - t0
 
-    mock = plain = filt = None
+    mock = None
+    envoys: dict[str, Envoy] = {}
+
+    def side(name: str) -> Envoy:
+        """The long-running Envoy of a side, started (and checked) on first use."""
+        if name not in envoys:
+            envoys[name] = start_side(name, mock)
+            check_side(envoys[name], name)
+        return envoys[name]
+
     try:
         if "size" in phases:
             timed("size", phase_size)
@@ -1316,25 +1415,14 @@ def main() -> int:
             timed("micro", phase_micro)
         if {"load", "stream", "memory", "litellm", "hostcalls", "profile"} & set(phases):
             mock = Mock()
-        if {"load", "stream", "profile"} & set(phases):
-            plain = Envoy("plain", "plain", mock.port)
-            filt = Envoy("filter", "filter", mock.port)
-            # Same answer through both, and the filter really is metering.
-            for target in (plain, filt):
-                for api, (path, body) in APIS.items():
-                    r = harness.request(target.port, "POST", path, body.encode(), CLIENT_HEADERS)
-                    assert r.status == 200, (target.name, api, r.status, r.body[:300])
-            assert "x-agent-budget-remaining-usd" in harness.request(
-                filt.port, "POST", "/v1/chat/completions", OPENAI_BODY.encode(), CLIENT_HEADERS).headers
         if "load" in phases:
-            timed("load", phase_load, args, mock, plain, filt)
+            timed("load", phase_load, args, mock, [side(n) for n in args.sides])
         if "profile" in phases:
-            timed("profile", phase_profile, args, mock, plain, filt)
+            timed("profile", phase_profile, args, mock, [side(n) for n in PROFILE_SIDES])
         if "stream" in phases:
-            timed("stream", phase_stream, args, plain, filt)
-        for e in (plain, filt):
-            if e:
-                e.stop()
+            timed("stream", phase_stream, args, side("plain"), side("filter"))
+        for e in envoys.values():
+            e.stop()
         if "memory" in phases:
             timed("memory", phase_memory, args, mock)
         if "litellm" in phases:
