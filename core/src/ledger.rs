@@ -192,11 +192,11 @@ impl<'h> Ledger<'h> {
                 continue;
             };
             let mut blob =
-                Blob::decode(&stored.value).ok_or(LedgerError::Corrupt { key: key.clone() })?;
+                Blob::decode(stored.value).ok_or(LedgerError::Corrupt { key: key.clone() })?;
             let current: Vec<&Period> = current.iter().collect();
             if blob.prune(&current) {
                 // A lost race only means the next prune retries it.
-                let _ = self.set(&key, &blob.encode(), stored.cas);
+                let _ = self.set(&key, &blob.bytes, stored.cas);
             }
         }
         Ok(())
@@ -221,7 +221,7 @@ impl<'h> Ledger<'h> {
                 cas: 0,
             }),
             Some(stored) => {
-                let blob = Blob::decode(&stored.value).ok_or_else(|| LedgerError::Corrupt {
+                let blob = Blob::decode(stored.value).ok_or_else(|| LedgerError::Corrupt {
                     key: key.to_string(),
                 })?;
                 Ok(Snapshot {
@@ -278,7 +278,7 @@ impl<'h> Ledger<'h> {
                 blob.put(name, period, *account);
             }
             blob.prune(periods);
-            match self.set(&key, &blob.encode(), cas) {
+            match self.set(&key, &blob.bytes, cas) {
                 Ok(()) => {
                     return Ok(Some(Updated {
                         before,
@@ -371,116 +371,139 @@ fn kind_byte(kind: PeriodKind) -> u8 {
     }
 }
 
-/// One entry: an account in one period. A period is named by its kind and its end, which
-/// is unique per kind.
+/// A shard's entries, kept in their stored form and edited in place: `L2` then, per entry,
+/// kind (`d`/`m`), period end (i64), name length (u8), name, spent and reserved (u64), all
+/// little-endian. A period is named by its kind and its end, which is unique per kind.
+/// Reading and updating an entry allocate nothing; the bytes are what is written back.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Entry {
-    kind: u8,
-    end: i64,
-    name: String,
-    account: Account,
+struct Blob {
+    bytes: Vec<u8>,
 }
 
-/// A shard's entries: `L2` then, per entry, kind (`d`/`m`), period end (i64), name length
-/// (u8), name, spent and reserved (u64), all little-endian.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-struct Blob {
-    entries: Vec<Entry>,
+impl Default for Blob {
+    fn default() -> Blob {
+        Blob {
+            bytes: BLOB_MAGIC.to_vec(),
+        }
+    }
+}
+
+/// Where one entry sits in a blob.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    kind: u8,
+    end: i64,
+    name: (usize, usize),
+    /// Offset of `spent`; `reserved` follows.
+    counters: usize,
+    /// Offset just past the entry.
+    next: usize,
 }
 
 impl Blob {
-    fn decode(bytes: &[u8]) -> Option<Blob> {
-        let mut rest = bytes.strip_prefix(BLOB_MAGIC.as_slice())?;
-        let mut entries = Vec::new();
-        while !rest.is_empty() {
-            let (&kind, tail) = rest.split_first()?;
-            let (end, tail) = split_u64(tail)?;
-            let (&name_len, tail) = tail.split_first()?;
-            let name_len = usize::from(name_len);
-            if tail.len() < name_len + 16 {
-                return None;
-            }
-            let (name, tail) = tail.split_at(name_len);
-            let (spent, tail) = split_u64(tail)?;
-            let (reserved, tail) = split_u64(tail)?;
-            entries.push(Entry {
-                kind,
-                end: i64::from_le_bytes(end.to_le_bytes()),
-                name: String::from_utf8(name.to_vec()).ok()?,
-                account: Account { spent, reserved },
-            });
-            rest = tail;
+    /// Takes a stored value after checking every entry is whole and names are UTF-8.
+    fn decode(bytes: Vec<u8>) -> Option<Blob> {
+        let blob = Blob { bytes };
+        blob.bytes.starts_with(BLOB_MAGIC).then_some(())?;
+        let mut at = BLOB_MAGIC.len();
+        while at < blob.bytes.len() {
+            let slot = blob.slot(at)?;
+            std::str::from_utf8(blob.bytes.get(slot.name.0..slot.name.1)?).ok()?;
+            at = slot.next;
         }
-        Some(Blob { entries })
+        Some(blob)
     }
 
-    fn encode(&self) -> Vec<u8> {
-        let size = BLOB_MAGIC.len()
-            + self
-                .entries
-                .iter()
-                .map(|e| e.name.len() + ENTRY_FIXED_BYTES)
-                .sum::<usize>();
-        let mut out = Vec::with_capacity(size);
-        out.extend_from_slice(BLOB_MAGIC);
-        for entry in &self.entries {
-            out.push(entry.kind);
-            out.extend_from_slice(&entry.end.to_le_bytes());
-            // Names are checked to fit a u8 before they are put.
-            out.push(u8::try_from(entry.name.len()).unwrap_or(u8::MAX));
-            out.extend_from_slice(entry.name.as_bytes());
-            out.extend_from_slice(&entry.account.spent.to_le_bytes());
-            out.extend_from_slice(&entry.account.reserved.to_le_bytes());
-        }
-        out
+    fn slot(&self, at: usize) -> Option<Slot> {
+        let kind = *self.bytes.get(at)?;
+        let end = i64::from_le_bytes(*self.bytes.get(at + 1..at + 9)?.first_chunk::<8>()?);
+        let name_len = usize::from(*self.bytes.get(at + 9)?);
+        let name = (at + 10, at + 10 + name_len);
+        let counters = name.1;
+        let next = counters + 16;
+        (next <= self.bytes.len()).then_some(Slot {
+            kind,
+            end,
+            name,
+            counters,
+            next,
+        })
     }
 
-    fn find(&self, name: &str, period: &Period) -> Option<&Entry> {
+    fn slots(&self) -> impl Iterator<Item = Slot> + '_ {
+        let mut at = BLOB_MAGIC.len();
+        std::iter::from_fn(move || {
+            let slot = self.slot(at)?;
+            at = slot.next;
+            Some(slot)
+        })
+    }
+
+    fn find(&self, name: &str, period: &Period) -> Option<Slot> {
         let kind = kind_byte(period.kind);
-        self.entries
-            .iter()
-            .find(|e| e.kind == kind && e.end == period.end && e.name == name)
+        self.slots().find(|s| {
+            s.kind == kind
+                && s.end == period.end
+                && self.bytes.get(s.name.0..s.name.1) == Some(name.as_bytes())
+        })
+    }
+
+    fn read_u64(&self, at: usize) -> u64 {
+        self.bytes
+            .get(at..at + 8)
+            .and_then(|b| b.first_chunk::<8>())
+            .map(|b| u64::from_le_bytes(*b))
+            .unwrap_or(0)
     }
 
     fn get(&self, name: &str, period: &Period) -> Account {
         self.find(name, period)
-            .map(|e| e.account)
+            .map(|s| Account {
+                spent: self.read_u64(s.counters),
+                reserved: self.read_u64(s.counters + 8),
+            })
             .unwrap_or_default()
     }
 
     fn put(&mut self, name: &str, period: &Period, account: Account) {
-        let kind = kind_byte(period.kind);
-        match self
-            .entries
-            .iter_mut()
-            .find(|e| e.kind == kind && e.end == period.end && e.name == name)
-        {
-            Some(entry) => entry.account = account,
-            None => self.entries.push(Entry {
-                kind,
-                end: period.end,
-                name: name.to_string(),
-                account,
-            }),
+        let mut counters = [0u8; 16];
+        let (spent, reserved) = counters.split_at_mut(8);
+        spent.copy_from_slice(&account.spent.to_le_bytes());
+        reserved.copy_from_slice(&account.reserved.to_le_bytes());
+        if let Some(slot) = self.find(name, period) {
+            if let Some(target) = self.bytes.get_mut(slot.counters..slot.next) {
+                target.copy_from_slice(&counters);
+            }
+            return;
         }
+        self.bytes.reserve(ENTRY_FIXED_BYTES + name.len());
+        self.bytes.push(kind_byte(period.kind));
+        self.bytes.extend_from_slice(&period.end.to_le_bytes());
+        // Names are checked to fit a u8 before they are put.
+        self.bytes.push(u8::try_from(name.len()).unwrap_or(u8::MAX));
+        self.bytes.extend_from_slice(name.as_bytes());
+        self.bytes.extend_from_slice(&counters);
     }
 
     /// Drops entries of each of `current`'s kinds that ended before that period started
     /// (older than the previous period, whose end is the current start). True if any went.
     fn prune(&mut self, current: &[&Period]) -> bool {
-        let before = self.entries.len();
-        self.entries.retain(|entry| {
-            !current
+        let stale = |slot: &Slot| {
+            current
                 .iter()
-                .any(|p| kind_byte(p.kind) == entry.kind && entry.end < p.start)
-        });
-        self.entries.len() != before
+                .any(|p| kind_byte(p.kind) == slot.kind && slot.end < p.start)
+        };
+        if !self.slots().any(|s| stale(&s)) {
+            return false;
+        }
+        let mut kept = BLOB_MAGIC.to_vec();
+        for slot in self.slots().filter(|s| !stale(s)) {
+            let start = slot.name.0 - 10;
+            kept.extend_from_slice(self.bytes.get(start..slot.next).unwrap_or_default());
+        }
+        self.bytes = kept;
+        true
     }
-}
-
-fn split_u64(bytes: &[u8]) -> Option<(u64, &[u8])> {
-    let (head, tail) = bytes.split_first_chunk::<8>()?;
-    Some((u64::from_le_bytes(*head), tail))
 }
 
 #[cfg(test)]

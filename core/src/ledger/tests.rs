@@ -54,7 +54,7 @@ fn account_keys_spell_each_account_once() {
 }
 
 #[test]
-fn blob_round_trips_and_rejects_garbage() {
+fn blob_edits_in_place_round_trips_and_rejects_garbage() {
     let mut blob = Blob::default();
     let a = Account {
         spent: 5,
@@ -69,25 +69,29 @@ fn blob_round_trips_and_rejects_garbage() {
             reserved: 0,
         },
     );
-    blob.put(
-        "agent:a",
-        &day(),
-        Account {
-            spent: 6,
-            reserved: 0,
-        },
-    );
-    assert_eq!(blob.entries.len(), 2);
-    let bytes = blob.encode();
-    assert_eq!(Blob::decode(&bytes), Some(blob.clone()));
-    assert_eq!(Blob::decode(b"L2"), Some(Blob::default()));
-    assert_eq!(Blob::decode(b""), None);
-    assert_eq!(Blob::decode(b"L1"), None);
+    assert_eq!(blob.get("agent:a", &day()), a);
+    let six = Account {
+        spent: 6,
+        reserved: 0,
+    };
+    blob.put("agent:a", &day(), six);
+    assert_eq!(blob.slots().count(), 2);
+    assert_eq!(blob.get("agent:a", &day()), six);
+    assert_eq!(blob.get("agent:a", &month()), Account::default());
+    let bytes = blob.bytes.clone();
+    assert_eq!(Blob::decode(bytes.clone()), Some(blob.clone()));
+    assert_eq!(Blob::decode(b"L2".to_vec()), Some(Blob::default()));
+    assert_eq!(Blob::decode(Vec::new()), None);
+    assert_eq!(Blob::decode(b"L1".to_vec()), None);
     // Every truncation of a valid blob is rejected or a valid shorter blob, never a panic.
     for cut in 0..bytes.len() {
-        let _ = Blob::decode(&bytes[..cut]);
+        let _ = Blob::decode(bytes[..cut].to_vec());
     }
-    assert!(Blob::decode(&bytes[..bytes.len() - 1]).is_none());
+    assert!(Blob::decode(bytes[..bytes.len() - 1].to_vec()).is_none());
+    // A name that is not UTF-8 is corruption.
+    let mut bad = bytes.clone();
+    bad[12] = 0xff;
+    assert!(Blob::decode(bad).is_none());
 }
 
 #[test]
