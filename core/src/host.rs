@@ -1,8 +1,9 @@
 //! The few host services the filter's logic needs, behind one trait.
 //!
-//! Only `proxy.rs` implements this over proxy-wasm; everything else takes `&dyn Host`, so the
-//! ledger, metrics and the per-call state machine run natively in unit tests against
-//! [`fake::FakeHost`].
+//! A host crate implements it (the proxy-wasm filter in the repository root's `src/proxy.rs`);
+//! everything in this crate takes `&dyn Host`, so the ledger, metrics and the per-call steps
+//! run natively in unit tests against the in-memory `fake::FakeHost` (built for this crate's
+//! tests and with the `test-host` feature).
 
 use std::fmt;
 
@@ -82,7 +83,6 @@ pub mod fake {
         /// Makes the next N `shared_set` calls with a cas fail, to exercise retry paths.
         forced_cas_failures: Cell<u32>,
         dispatched: RefCell<Vec<Dispatched>>,
-        refuse_dispatch: Cell<bool>,
     }
 
     /// One `dispatch_http` call the fake received.
@@ -109,11 +109,6 @@ pub mod fake {
                 .set(u64::try_from(secs).unwrap_or(0) * 1_000_000_000);
         }
 
-        pub fn with_cas_failures(self, count: u32) -> FakeHost {
-            self.forced_cas_failures.set(count);
-            self
-        }
-
         pub fn fail_next_cas_writes(&self, count: u32) {
             self.forced_cas_failures.set(count);
         }
@@ -121,11 +116,6 @@ pub mod fake {
         /// Every `dispatch_http` so far.
         pub fn dispatched(&self) -> Vec<Dispatched> {
             self.dispatched.borrow().clone()
-        }
-
-        /// Makes `dispatch_http` fail (the cluster is unknown, say).
-        pub fn refuse_dispatch(&self, refuse: bool) {
-            self.refuse_dispatch.set(refuse);
         }
 
         /// Current value of a metric by full name (counters summed over duplicate ids).
@@ -199,9 +189,6 @@ pub mod fake {
             body: &[u8],
             _timeout_ms: u32,
         ) -> Result<u32, HostError> {
-            if self.refuse_dispatch.get() {
-                return Err(HostError::Status(2));
-            }
             let mut dispatched = self.dispatched.borrow_mut();
             let token = u32::try_from(dispatched.len() + 1).map_err(|_| HostError::Status(1))?;
             dispatched.push(Dispatched {
