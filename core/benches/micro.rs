@@ -20,15 +20,13 @@ use agent_budget_core::pricing::PriceTable;
 use agent_budget_core::providers::Api;
 use agent_budget_core::root::Worker;
 use agent_budget_core::sse::SseParser;
+use agent_budget_core::stripper::MAX_EVENT_BYTES;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::rc::Rc;
 
 const OPENAI_STREAM: &[u8] = include_bytes!("../../tests/fixtures/openai/chat_stream_usage.sse");
 const OPENAI_JSON: &[u8] = include_bytes!("../../tests/fixtures/openai/chat.json");
 const ANTHROPIC_JSON: &[u8] = include_bytes!("../../tests/fixtures/anthropic/messages.json");
-
-/// Same cap as the filter (`filter::MAX_EVENT_BYTES`).
-const MAX_EVENT_BYTES: usize = 1 << 20;
 
 /// The OpenAI stream fixture repeated to about 256 KiB (a long completion's worth).
 fn long_stream() -> Vec<u8> {

@@ -22,11 +22,10 @@ use crate::providers::{
 };
 use crate::root::Worker;
 use crate::sse::{SseEvent, SseParser};
+pub use crate::stripper::ChunkOutcome;
+use crate::stripper::{UsageStripper, MAX_EVENT_BYTES};
 use crate::usage::Usage;
 use std::rc::Rc;
-
-/// Cap on one SSE event's data and on the bytes held back while stripping a usage chunk.
-const MAX_EVENT_BYTES: usize = 1 << 20;
 
 /// What the adapter read from the request headers.
 #[derive(Debug, Clone, Default)]
@@ -87,14 +86,6 @@ pub struct HeaderEdits {
 pub struct HeadOutcome {
     pub action: HeadAction,
     pub edits: HeaderEdits,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ChunkOutcome {
-    /// Forward the chunk as it is.
-    Pass,
-    /// Forward these bytes instead of the chunk.
-    Replace(Vec<u8>),
 }
 
 /// Result of the request-body step.
@@ -1064,62 +1055,6 @@ fn alert_for(
         action: budget.action.name().to_string(),
         at_unix_secs: now,
         period_end_unix_secs: period.end,
-    }
-}
-
-/// Removes the usage-only events the filter asked for from the byte stream the client sees.
-///
-/// Forwards complete events only, holding back a trailing partial event until it completes
-/// (an SSE client cannot act on a partial event anyway, so time-to-token is unchanged).
-#[derive(Debug, Default)]
-struct UsageStripper {
-    held: Vec<u8>,
-}
-
-impl UsageStripper {
-    /// `chunk` spans stream offsets `chunk_start..chunk_start+len`; held bytes precede it.
-    /// `boundary` is the end of the last complete event; `drops` are spans to remove.
-    fn process(
-        &mut self,
-        chunk: &[u8],
-        chunk_start: u64,
-        boundary: u64,
-        drops: &[(u64, u64)],
-        end_of_stream: bool,
-    ) -> ChunkOutcome {
-        let held_start = chunk_start.saturating_sub(self.held.len() as u64);
-        let chunk_end = chunk_start.saturating_add(chunk.len() as u64);
-        let cut = if end_of_stream {
-            chunk_end
-        } else {
-            boundary.clamp(held_start, chunk_end)
-        };
-        if self.held.is_empty() && drops.is_empty() && cut == chunk_end {
-            return ChunkOutcome::Pass;
-        }
-        let mut stream = std::mem::take(&mut self.held);
-        stream.extend_from_slice(chunk);
-        let local =
-            |offset: u64| usize::try_from(offset.saturating_sub(held_start)).unwrap_or(usize::MAX);
-        let mut out = Vec::with_capacity(stream.len());
-        let mut position = held_start;
-        for &(start, end) in drops {
-            if start >= position && end <= cut {
-                out.extend_from_slice(
-                    stream
-                        .get(local(position)..local(start))
-                        .unwrap_or_default(),
-                );
-                position = end;
-            }
-        }
-        out.extend_from_slice(stream.get(local(position)..local(cut)).unwrap_or_default());
-        self.held = stream.get(local(cut)..).unwrap_or_default().to_vec();
-        if self.held.len() > MAX_EVENT_BYTES {
-            // An event this large is not a usage chunk: stop holding it back.
-            out.append(&mut self.held);
-        }
-        ChunkOutcome::Replace(out)
     }
 }
 

@@ -28,4 +28,5 @@ pub mod pricing;
 pub mod providers;
 pub mod root;
 pub mod sse;
+pub mod stripper;
 pub mod usage;
