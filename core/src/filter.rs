@@ -15,11 +15,11 @@ use crate::ledger::{Account, AccountKey, Ledger};
 use crate::metrics::{AgentCounter, AgentId, Counter, ReasonCounter};
 use crate::period::Period;
 use crate::policy::{self, Crossing, Decision, Line, Scope, StopReason};
-use crate::pricing::format_usd;
 use crate::providers::{
-    string_values_len, Api, Detected, ErrorKind, EventFate, Metered, ModelIn, Progress,
-    StreamMeter, Unmetered,
+    string_values_len, Api, Detected, EventFate, Metered, ModelIn, Progress, StreamMeter, Unmetered,
 };
+pub use crate::replies::LocalReply;
+use crate::replies::{self, WorstCase};
 use crate::root::Worker;
 use crate::sse::{SseEvent, SseParser};
 pub use crate::stripper::ChunkOutcome;
@@ -55,14 +55,6 @@ pub enum EndCause {
     ClientAborted,
     /// The upstream cut the response short: counted as unmetered (`incomplete`).
     UpstreamAborted,
-}
-
-/// A response the filter sends instead of forwarding the call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalReply {
-    pub status: u32,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,14 +223,12 @@ impl Call {
                     Counter::Reason(ReasonCounter::Unattributed, unattributed.reason()),
                     1,
                 );
-                let (status, message) = unattributed.reply(config);
-                let kind = if status == 403 {
-                    ErrorKind::PermissionDenied
-                } else {
-                    ErrorKind::InvalidRequest
-                };
                 self.stage = Stage::Replied;
-                return reply_only(error_reply(error_api, kind, &message, Vec::new()));
+                return reply_only(replies::unattributed(
+                    error_api,
+                    &unattributed,
+                    &config.agent_header,
+                ));
             }
         };
         let now = host.now_unix_secs();
@@ -418,7 +408,10 @@ impl Call {
             identity,
             &line,
             reason,
-            Some((estimate, max_output)),
+            Some(WorstCase {
+                micro_usd: estimate,
+                max_output_tokens: max_output,
+            }),
             now,
         ));
         outcome.body = None;
@@ -486,7 +479,7 @@ impl Call {
     }
 
     /// Refuses the call: counts it, logs it, attributes it and builds the 429. `worst_case`
-    /// is (cost, max output tokens) when the call was refused because it would not fit.
+    /// is set when the call was refused because it would not fit.
     #[allow(clippy::too_many_arguments)] // one call site each; a struct would only rename them
     fn stop(
         &mut self,
@@ -495,7 +488,7 @@ impl Call {
         identity: Identity,
         line: &Line,
         reason: StopReason,
-        worst_case: Option<(u64, u64)>,
+        worst_case: Option<WorstCase>,
         now: i64,
     ) -> LocalReply {
         self.count(AgentCounter::Rejected, 1);
@@ -524,7 +517,15 @@ impl Call {
             }
         }
         let headers = self.worker.config.budget_headers != BudgetHeaders::None;
-        let reply = budget_exceeded_reply(api, &identity, line, reason, worst_case, now, headers);
+        let reply = replies::budget_exceeded(
+            api,
+            &identity.budget,
+            line,
+            reason,
+            worst_case,
+            now,
+            headers,
+        );
         self.attribution = Some(Attribution {
             agent: identity.agent,
             budget: identity.budget,
@@ -902,77 +903,6 @@ fn reply_only(reply: LocalReply) -> HeadOutcome {
         action: HeadAction::Reply(reply),
         edits: HeaderEdits::default(),
     }
-}
-
-fn error_reply(
-    api: Api,
-    kind: ErrorKind,
-    message: &str,
-    mut headers: Vec<(String, String)>,
-) -> LocalReply {
-    headers.push(("content-type".to_string(), "application/json".to_string()));
-    // Retrying cannot help: the official SDKs honour this and do not loop.
-    headers.push(("x-should-retry".to_string(), "false".to_string()));
-    LocalReply {
-        status: kind.status(),
-        headers,
-        body: api.error_body(kind, message),
-    }
-}
-
-fn budget_exceeded_reply(
-    api: Api,
-    identity: &Identity,
-    line: &Line,
-    reason: StopReason,
-    worst_case: Option<(u64, u64)>,
-    now: i64,
-    with_budget_headers: bool,
-) -> LocalReply {
-    let wait = line.period.seconds_until_reset(now);
-    let what = match reason {
-        StopReason::Budget => format!(
-            "its {} budget of ${}",
-            line.period.kind.name(),
-            format_usd(line.limit)
-        ),
-        StopReason::DegradeExhausted => format!(
-            "its {} budget of ${} and the spend allowed after degrading to a cheaper model",
-            line.period.kind.name(),
-            format_usd(line.limit)
-        ),
-        StopReason::Cap => format!(
-            "its daily {} of ${}",
-            line.scope.describe(),
-            format_usd(line.limit)
-        ),
-    };
-    let resets = format!(
-        "It resets at {} (in {wait} s).",
-        crate::period::format_utc(line.period.end)
-    );
-    let message = match worst_case {
-        None => format!(
-            "Agent `{}` has used {what} (committed ${}). {resets}",
-            identity.budget,
-            format_usd(line.committed())
-        ),
-        Some((cost, max_output)) => format!(
-            "Agent `{}`: this call may cost up to ${} (its input plus up to {max_output} output tokens), \
-             more than is left of {what} (${} left). Ask for fewer output tokens, or wait. {resets}",
-            identity.budget,
-            format_usd(cost),
-            format_usd(line.remaining())
-        ),
-    };
-    // The headers describe the line that stopped the call, consistently with the message.
-    let mut headers = if with_budget_headers {
-        policy::budget_headers(line, now)
-    } else {
-        Vec::new()
-    };
-    headers.push(("retry-after".to_string(), wait.to_string()));
-    error_reply(api, ErrorKind::BudgetExceeded, &message, headers)
 }
 
 /// Raises the alerts for every level `spent` has reached on an agent's period, each once:

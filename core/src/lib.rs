@@ -26,6 +26,7 @@ pub mod period;
 pub mod policy;
 pub mod pricing;
 pub mod providers;
+pub mod replies;
 pub mod root;
 pub mod sse;
 pub mod stripper;
