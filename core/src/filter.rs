@@ -526,21 +526,15 @@ impl Call {
             now,
             headers,
         );
-        self.attribution = Some(Attribution {
-            agent: identity.agent,
-            budget: identity.budget,
-            task: identity.task,
-            user: identity.user,
-            api: api.name(),
-            model: self
-                .requested_model
-                .clone()
-                .unwrap_or_else(|| "-".to_string()),
-            degraded_from: None,
-            outcome: Outcome::Stopped {
+        self.attribution = Some(Attribution::new(
+            identity,
+            api,
+            self.requested_model.clone(),
+            None,
+            Outcome::Stopped {
                 status: reply.status,
             },
-        });
+        ));
         let mut trouble = Trouble::default();
         self.booking.release(host, &mut trouble);
         self.worker.report(trouble);
@@ -750,20 +744,12 @@ impl Call {
                 Outcome::Unmetered(reason)
             }
         };
-        let attribution = Attribution {
-            agent: identity.agent,
-            budget: identity.budget,
-            task: identity.task,
-            user: identity.user,
-            api: api.name(),
-            model: match &outcome {
-                Outcome::Charged { metered, .. } => metered.model.clone().or(model),
-                Outcome::Unmetered(_) | Outcome::Stopped { .. } => model,
-            }
-            .unwrap_or_else(|| "-".to_string()),
-            degraded_from: self.degraded.as_ref().map(|(from, _)| from.clone()),
-            outcome,
+        let model = match &outcome {
+            Outcome::Charged { metered, .. } => metered.model.clone().or(model),
+            Outcome::Unmetered(_) | Outcome::Stopped { .. } => model,
         };
+        let degraded_from = self.degraded.as_ref().map(|(from, _)| from.clone());
+        let attribution = Attribution::new(identity, api, model, degraded_from, outcome);
         attribution.log();
         self.attribution = Some(attribution);
     }
