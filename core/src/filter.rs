@@ -4,17 +4,17 @@
 //! [`Call`] as plain values and applies what comes back (header edits, a body replacement,
 //! a local reply). Nothing here touches the host except through [`Host`].
 
-use crate::alerts::{Alert, AlertKind};
+use crate::alerts::Alert;
 pub use crate::attribution::{Attribution, Outcome};
 use crate::booking::{Booking, Settled, Trouble};
-use crate::config::{AgentBudget, BudgetHeaders, LimitAction};
+use crate::config::{AgentBudget, LimitAction};
 use crate::degrade::{self, Rewrite};
 use crate::host::Host;
 use crate::identity::{identify, Identity};
 use crate::ledger::{Account, AccountKey, Ledger};
 use crate::metrics::{AgentCounter, AgentId, Counter, ReasonCounter};
 use crate::period::Period;
-use crate::policy::{self, Crossing, Decision, Line, Scope, StopReason};
+use crate::policy::{self, Crossing, Decision, Line, Misfit, Scope, StopReason};
 use crate::providers::{
     string_values_len, Api, Detected, EventFate, Metered, ModelIn, Progress, StreamMeter, Unmetered,
 };
@@ -24,7 +24,6 @@ use crate::root::Worker;
 use crate::sse::{SseEvent, SseParser};
 pub use crate::stripper::ChunkOutcome;
 use crate::stripper::{UsageStripper, MAX_EVENT_BYTES};
-use crate::usage::Usage;
 use std::rc::Rc;
 
 /// What the adapter read from the request headers.
@@ -250,10 +249,9 @@ impl Call {
         let (booking, lines) = Booking::open(host, &identity, budget, &periods, &mut trouble);
         worker.report(trouble);
         self.booking = booking;
-        self.past_limit = lines
-            .iter()
-            .any(|l| l.scope == Scope::Agent && l.exhausted());
-        if config.budget_headers != BudgetHeaders::None {
+        self.past_limit = policy::past_limit(&lines);
+        // Built while the lines are at hand, unless no call can show them.
+        if policy::shows_budget_headers(config.budget_headers, true) {
             self.budget_headers = policy::headline(&lines)
                 .map(|line| policy::budget_headers(line, now))
                 .unwrap_or_default();
@@ -270,16 +268,14 @@ impl Call {
                 // A model in the path can only change now, before the headers leave: degrade
                 // now if the call's worst case (its declared size, the default output limit)
                 // would not fit, as the body step does for a model in the body.
-                if self.model_in == ModelIn::Path
-                    && budget.action == LimitAction::Degrade
-                    && config.reservations
-                {
+                if policy::checks_worst_case_at_headers(
+                    budget.action,
+                    self.model_in,
+                    config.reservations,
+                ) {
                     self.request_bytes = head.content_length.unwrap_or(0);
                     let estimate = self.worst_case(config.default_max_output_tokens);
-                    if lines
-                        .iter()
-                        .any(|l| l.scope == Scope::Agent && !l.fits(estimate, 0))
-                    {
+                    if !policy::fits_agent_lines(&lines, estimate) {
                         self.degrade_path(&head.path, budget, &mut edits);
                     }
                 }
@@ -307,9 +303,10 @@ impl Call {
                 // The headers leave before the body is read: when the body may be rewritten
                 // (OpenAI streams get include_usage, degrade swaps the model), its length
                 // cannot be declared in advance, so Envoy sends it chunked.
-                let may_rewrite = self.api.is_some_and(Api::rewrites_request)
-                    || budget.action == LimitAction::Degrade;
-                if may_rewrite {
+                if self
+                    .api
+                    .is_some_and(|api| policy::body_may_change(api, budget.action))
+                {
                     outcome.edits.remove.push("content-length".to_string());
                 }
             }
@@ -360,11 +357,7 @@ impl Call {
         let max_output = prepared
             .max_output_tokens
             .unwrap_or(config.default_max_output_tokens);
-        let allowance = match budget.action {
-            LimitAction::Alert => u64::MAX,
-            LimitAction::Degrade if self.degrading => budget.degrade_allowance.unwrap_or(u64::MAX),
-            LimitAction::Degrade | LimitAction::Stop => 0,
-        };
+        let allowance = policy::reservation_allowance(budget, self.degrading);
         let estimate = self.worst_case(max_output);
         let mut trouble = Trouble::default();
         let reserved = self
@@ -375,13 +368,12 @@ impl Call {
             return outcome;
         };
         // The call's worst case does not fit what is left: the agent's limit action applies.
-        let reason = match (&line.scope, budget.action) {
-            (Scope::Agent, LimitAction::Degrade)
-                if !self.degrading && self.model_in != ModelIn::Path =>
-            {
+        let reason = match policy::misfit(&line.scope, budget.action, self.degrading, self.model_in)
+        {
+            Misfit::Degrade => {
                 self.degrading = true;
                 self.degrade_body(api, body, budget, &mut outcome);
-                let allowance = budget.degrade_allowance.unwrap_or(u64::MAX);
+                let allowance = policy::reservation_allowance(budget, true);
                 let estimate = self.worst_case(max_output);
                 let mut trouble = Trouble::default();
                 let reserved = self
@@ -393,9 +385,7 @@ impl Call {
                     Err(_) => StopReason::DegradeExhausted,
                 }
             }
-            (Scope::Agent, LimitAction::Degrade) if self.degrading => StopReason::DegradeExhausted,
-            (Scope::Agent, _) => StopReason::Budget,
-            (Scope::Task(_) | Scope::User(_), _) => StopReason::Cap,
+            Misfit::Stop(reason) => reason,
         };
         let Some(identity) = self.identity.take() else {
             return outcome;
@@ -470,12 +460,7 @@ impl Call {
             .and_then(|model| config.prices.resolve(model))
             .map(|resolved| *resolved.price)
             .unwrap_or(config.fallback_price);
-        let usage = Usage {
-            input: self.request_bytes.div_ceil(WORST_CASE_BYTES_PER_TOKEN),
-            output: max_output_tokens,
-            ..Usage::default()
-        };
-        price.cost_micro_usd(&usage)
+        policy::worst_case(&price, self.request_bytes, max_output_tokens)
     }
 
     /// Refuses the call: counts it, logs it, attributes it and builds the 429. `worst_case`
@@ -516,7 +501,7 @@ impl Call {
                 );
             }
         }
-        let headers = self.worker.config.budget_headers != BudgetHeaders::None;
+        let headers = policy::shows_budget_headers(self.worker.config.budget_headers, true);
         let reply = replies::budget_exceeded(
             api,
             &identity.budget,
@@ -548,11 +533,8 @@ impl Call {
         }
         let limit_acted = self.degraded.is_some() || self.past_limit;
         let mut edits = HeaderEdits::default();
-        let with_headers = match self.worker.config.budget_headers {
-            BudgetHeaders::All => true,
-            BudgetHeaders::OnLimit => limit_acted,
-            BudgetHeaders::None => false,
-        };
+        let with_headers =
+            policy::shows_budget_headers(self.worker.config.budget_headers, limit_acted);
         if with_headers {
             edits.set = std::mem::take(&mut self.budget_headers);
         }
@@ -692,25 +674,30 @@ impl Call {
             (ResponseMode::Unmetered(reason), _) => Err(reason),
             (ResponseMode::Stream(state), cause) => match (state.meter.finish(), cause) {
                 (Ok(metered), _) => Ok((metered, false)),
-                (Err(Unmetered::NoUsage | Unmetered::Incomplete), EndCause::ClientAborted) => {
-                    Ok((self.estimate(state.meter.progress()), true))
-                }
+                (Err(Unmetered::NoUsage | Unmetered::Incomplete), EndCause::ClientAborted) => Ok((
+                    policy::abandoned_usage(state.meter.progress(), self.request_bytes),
+                    true,
+                )),
                 (Err(Unmetered::NoUsage), EndCause::UpstreamAborted) => Err(Unmetered::Incomplete),
                 (Err(reason), _) => Err(reason),
             },
-            (ResponseMode::Pending, EndCause::ClientAborted) => {
-                Ok((self.estimate(Progress::default()), true))
-            }
+            (ResponseMode::Pending, EndCause::ClientAborted) => Ok((
+                policy::abandoned_usage(Progress::default(), self.request_bytes),
+                true,
+            )),
             (ResponseMode::Json { body, .. }, EndCause::ClientAborted) => {
                 let text_bytes = ["content", "text", "arguments"]
                     .iter()
                     .map(|key| string_values_len(&body, key))
                     .sum();
                 Ok((
-                    self.estimate(Progress {
-                        text_bytes,
-                        ..Progress::default()
-                    }),
+                    policy::abandoned_usage(
+                        Progress {
+                            text_bytes,
+                            ..Progress::default()
+                        },
+                        self.request_bytes,
+                    ),
                     true,
                 ))
             }
@@ -860,29 +847,7 @@ impl Call {
             }
         }
     }
-
-    /// Usage for a call the client abandoned mid-response: the input the provider had
-    /// reported, else the request size at ~4 bytes a token; the output reported or streamed
-    /// so far at ~4 bytes a token, whichever is larger.
-    fn estimate(&self, progress: Progress) -> Metered {
-        let mut usage = progress.reported;
-        if !progress.input_reported {
-            usage.input = self.request_bytes.div_ceil(BYTES_PER_TOKEN);
-        }
-        usage.output = usage
-            .output
-            .max(progress.text_bytes.div_ceil(BYTES_PER_TOKEN));
-        Metered {
-            usage,
-            model: progress.model,
-        }
-    }
 }
-
-/// A common rough figure for English text and JSON in current tokenizers.
-const BYTES_PER_TOKEN: u64 = 4;
-/// Fewer bytes per token than any common text needs: the worst case for reservations.
-const WORST_CASE_BYTES_PER_TOKEN: u64 = 3;
 
 fn reply_only(reply: LocalReply) -> HeadOutcome {
     HeadOutcome {
@@ -909,7 +874,7 @@ fn raise_levels(
     for (crossing, mark) in policy::levels_reached(budget, period.kind, spent) {
         let flag = AccountKey::Alerted {
             budget: identity.budget.clone(),
-            level: crossing_name(crossing),
+            level: crossing.name(),
             mark,
         };
         if worker.knows_flag(&flag, period) {
@@ -931,14 +896,6 @@ fn raise_levels(
     }
 }
 
-fn crossing_name(crossing: Crossing) -> &'static str {
-    match crossing {
-        Crossing::Soft => "soft",
-        Crossing::Limit => "limit",
-        Crossing::DegradeExhausted => "degrade_exhausted",
-    }
-}
-
 fn alert_for(
     crossing: Crossing,
     identity: &Identity,
@@ -948,18 +905,7 @@ fn alert_for(
     limit: u64,
     now: i64,
 ) -> Alert {
-    let (kind, threshold_ppm) = match crossing {
-        Crossing::Soft => (AlertKind::Soft, budget.soft_threshold_ppm),
-        Crossing::Limit => (
-            match budget.action {
-                LimitAction::Stop => AlertKind::LimitStop,
-                LimitAction::Degrade => AlertKind::LimitDegrade,
-                LimitAction::Alert => AlertKind::LimitAlert,
-            },
-            1_000_000,
-        ),
-        Crossing::DegradeExhausted => (AlertKind::DegradeExhausted, 1_000_000),
-    };
+    let (kind, threshold_ppm) = policy::alert_kind(crossing, budget);
     Alert {
         kind,
         agent: identity.budget.clone(),
