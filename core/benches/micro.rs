@@ -240,8 +240,8 @@ fn run_call(
     touched
 }
 
-/// One whole call through the filter's state machine (`filter::Call`, as `proxy.rs` drives
-/// it) against the in-memory host: the per-request Rust work, without Envoy and V8.
+/// One whole call through the filter's state machine (`filter::Call`, as the proxy-wasm
+/// adapter drives it) against the in-memory host: the per-request Rust work, without Envoy and V8.
 fn call(c: &mut Criterion) {
     let host = FakeHost::new().at_unix_secs(NOW);
     let worker = Rc::new(Worker::new(Config::from_bytes(CONFIG.as_bytes()).unwrap()));

@@ -1,8 +1,8 @@
 //! The few host services the filter's logic needs, behind one trait.
 //!
-//! Only `proxy.rs` implements this over proxy-wasm; everything else takes `&dyn Host`, so the
-//! ledger, metrics and the per-call state machine run natively in unit tests against
-//! [`fake::FakeHost`].
+//! Only the proxy-wasm adapter (the root crate) implements this over proxy-wasm; everything
+//! else takes `&dyn Host`, so the ledger, metrics and the per-call state machine run natively
+//! in unit tests against [`fake::FakeHost`].
 
 use std::fmt;
 

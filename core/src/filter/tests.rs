@@ -1,6 +1,6 @@
-//! Drives [`Call`] through the HTTP callbacks in the order `proxy.rs` does, against
-//! [`FakeHost`]: request headers, the held request body, response headers, each response
-//! chunk, then `on_done` (Envoy's `on_log`, which always runs).
+//! Drives [`Call`] through the HTTP callbacks in the order the proxy-wasm adapter does,
+//! against [`FakeHost`]: request headers, the held request body, response headers, each
+//! response chunk, then `on_done` (Envoy's `on_log`, which always runs).
 
 use super::*;
 use crate::config::Config;
