@@ -11,7 +11,7 @@
 //! [`crate::attribution`]'s and the cutting of usage chunks [`crate::stripper`]'s.
 
 use crate::alerts::Alert;
-pub use crate::attribution::{Attribution, Outcome};
+use crate::attribution::{Attribution, Outcome};
 use crate::booking::{Booking, Settled, Trouble};
 use crate::config::{AgentBudget, BudgetHeaders, Config, LimitAction};
 use crate::degrade::{self, Rewrite};

@@ -109,11 +109,6 @@ pub mod fake {
                 .set(u64::try_from(secs).unwrap_or(0) * 1_000_000_000);
         }
 
-        pub fn with_cas_failures(self, count: u32) -> FakeHost {
-            self.forced_cas_failures.set(count);
-            self
-        }
-
         pub fn fail_next_cas_writes(&self, count: u32) {
             self.forced_cas_failures.set(count);
         }
