@@ -307,6 +307,7 @@ impl Call {
             Decision::Allow => false,
         };
         let Some(api) = api else {
+            // No format the filter meters: the limit shows only in the budget headers.
             let budget_headers = if policy::shows_budget_headers(config.budget_headers, past_limit)
             {
                 budget_headers
