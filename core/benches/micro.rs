@@ -20,15 +20,13 @@ use agent_budget_core::pricing::PriceTable;
 use agent_budget_core::providers::Api;
 use agent_budget_core::root::Worker;
 use agent_budget_core::sse::SseParser;
+use agent_budget_core::stripper::MAX_EVENT_BYTES;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::rc::Rc;
 
 const OPENAI_STREAM: &[u8] = include_bytes!("../../tests/fixtures/openai/chat_stream_usage.sse");
 const OPENAI_JSON: &[u8] = include_bytes!("../../tests/fixtures/openai/chat.json");
 const ANTHROPIC_JSON: &[u8] = include_bytes!("../../tests/fixtures/anthropic/messages.json");
-
-/// Same cap as the filter (`filter::MAX_EVENT_BYTES`).
-const MAX_EVENT_BYTES: usize = 1 << 20;
 
 /// The OpenAI stream fixture repeated to about 256 KiB (a long completion's worth).
 fn long_stream() -> Vec<u8> {
@@ -242,8 +240,8 @@ fn run_call(
     touched
 }
 
-/// One whole call through the filter's state machine (`filter::Call`, as `proxy.rs` drives
-/// it) against the in-memory host: the per-request Rust work, without Envoy and V8.
+/// One whole call through the filter's state machine (`filter::Call`, as the proxy-wasm
+/// adapter drives it) against the in-memory host: the per-request Rust work, without Envoy and V8.
 fn call(c: &mut Criterion) {
     let host = FakeHost::new().at_unix_secs(NOW);
     let worker = Rc::new(Worker::new(Config::from_bytes(CONFIG.as_bytes()).unwrap()));

@@ -1,7 +1,8 @@
 //! The attribution record of a finished call: metadata only, never prompt or completion
 //! text. It leaves as one log line and as one filter-state value for access logs.
 
-use crate::providers::{Metered, Unmetered};
+use crate::identity::Identity;
+use crate::providers::{Api, Metered, Unmetered};
 use serde::Serialize;
 
 /// A finished call's attribution record (metadata only, never prompt or completion text).
@@ -60,6 +61,27 @@ struct Record<'a> {
 }
 
 impl Attribution {
+    /// The record of `identity`'s call to `api`: `model` is the one that served it (or was
+    /// asked for), `-` if none is known.
+    pub fn new(
+        identity: Identity,
+        api: Api,
+        model: Option<String>,
+        degraded_from: Option<String>,
+        outcome: Outcome,
+    ) -> Attribution {
+        Attribution {
+            agent: identity.agent,
+            budget: identity.budget,
+            task: identity.task,
+            user: identity.user,
+            api: api.name(),
+            model: model.unwrap_or_else(|| "-".to_string()),
+            degraded_from,
+            outcome,
+        }
+    }
+
     /// The record as one JSON object, published by the host as the `agent_budget` filter
     /// state (`%FILTER_STATE(wasm.agent_budget:PLAIN)%` in an access-log format).
     pub fn record(&self) -> String {

@@ -1,32 +1,36 @@
 //! One call through the filter, as a state machine over the HTTP callbacks.
 //!
-//! The proxy-wasm adapter (`proxy.rs`) reads headers and bodies from Envoy, hands them to
-//! [`Call`] as plain values and applies what comes back (header edits, a body replacement,
-//! a local reply). Nothing here touches the host except through [`Host`].
+//! The proxy-wasm adapter (the root crate) reads headers and bodies from Envoy, hands them
+//! to [`Call`] as plain values and applies what comes back (header edits, a body
+//! replacement, a local reply). Nothing here touches the host except through [`Host`].
+//!
+//! A call moves through stages, each holding what is known by then: received; then refused
+//! (the filter replied), passed (forwarded unmetered) or forwarded (who pays, its API,
+//! booking, degrade state and response meter); then done. This module only sequences the
+//! steps: the decisions are [`policy`]'s, the replies [`replies`]'s, the record
+//! [`crate::attribution`]'s and the cutting of usage chunks [`crate::stripper`]'s.
 
-use crate::alerts::{Alert, AlertKind};
-pub use crate::attribution::{Attribution, Outcome};
+use crate::alerts::Alert;
+use crate::attribution::{Attribution, Outcome};
 use crate::booking::{Booking, Settled, Trouble};
-use crate::config::{AgentBudget, BudgetHeaders, LimitAction};
+use crate::config::{AgentBudget, BudgetHeaders, Config, LimitAction};
 use crate::degrade::{self, Rewrite};
 use crate::host::Host;
 use crate::identity::{identify, Identity};
 use crate::ledger::{Account, AccountKey, Ledger};
 use crate::metrics::{AgentCounter, AgentId, Counter, ReasonCounter};
 use crate::period::Period;
-use crate::policy::{self, Crossing, Decision, Line, Scope, StopReason};
-use crate::pricing::format_usd;
+use crate::policy::{self, Decision, Line, Misfit, Scope, StopReason};
 use crate::providers::{
-    string_values_len, Api, Detected, ErrorKind, EventFate, Metered, ModelIn, Progress,
-    StreamMeter, Unmetered,
+    string_values_len, Api, Detected, EventFate, Metered, ModelIn, Progress, StreamMeter, Unmetered,
 };
+pub use crate::replies::LocalReply;
+use crate::replies::{self, WorstCase};
 use crate::root::Worker;
 use crate::sse::{SseEvent, SseParser};
-use crate::usage::Usage;
+pub use crate::stripper::ChunkOutcome;
+use crate::stripper::{UsageStripper, MAX_EVENT_BYTES};
 use std::rc::Rc;
-
-/// Cap on one SSE event's data and on the bytes held back while stripping a usage chunk.
-const MAX_EVENT_BYTES: usize = 1 << 20;
 
 /// What the adapter read from the request headers.
 #[derive(Debug, Clone, Default)]
@@ -58,14 +62,6 @@ pub enum EndCause {
     UpstreamAborted,
 }
 
-/// A response the filter sends instead of forwarding the call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalReply {
-    pub status: u32,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeadAction {
     Continue,
@@ -89,14 +85,6 @@ pub struct HeadOutcome {
     pub edits: HeaderEdits,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ChunkOutcome {
-    /// Forward the chunk as it is.
-    Pass,
-    /// Forward these bytes instead of the chunk.
-    Replace(Vec<u8>),
-}
-
 /// Result of the request-body step.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BodyOutcome {
@@ -115,14 +103,86 @@ pub struct ResponseHead {
     pub end_of_stream: bool,
 }
 
-enum ResponseMode {
-    /// Waiting for response headers.
-    Pending,
-    Json {
-        body: Vec<u8>,
-        overflowed: bool,
+/// Where a call is, and what it knows there.
+// A call lives inside the adapter's boxed HTTP context already: boxing the forwarded
+// stage would only add an allocation per call.
+#[allow(clippy::large_enum_variant)]
+enum Stage {
+    /// Created: the request headers come next.
+    Received,
+    /// The filter answered the call itself: unattributed, or refused by its budget.
+    Refused,
+    /// Forwarded unmetered, as no API format matches its path: its response only gets the
+    /// budget headers (those the option shows).
+    Passed {
+        budget_headers: Vec<(String, String)>,
     },
+    /// Forwarded and metered, until its response ends.
+    Forwarded(Forwarded),
+    /// Settled: charged, or counted unmetered.
+    Done,
+}
+
+/// Who a call is charged to, and when it came.
+struct Caller {
+    identity: Identity,
+    /// The budget's metric id.
+    agent: Option<AgentId>,
+    /// When the call started: the one clock read of the call (periods, resets, alerts).
+    now: i64,
+}
+
+/// What a forwarded, metered call knows.
+struct Forwarded {
+    caller: Caller,
+    api: Api,
+    /// Where the call names its model: how, and whether, degrade can change it.
+    model_in: ModelIn,
+    /// The model the request names: an Azure deployment's configured model, else the
+    /// request body's `model`, else the model or deployment the path names.
+    requested_model: Option<String>,
+    /// Request size, for the worst case and for the input of an abandoned call.
+    request_bytes: u64,
+    /// The ledger accounts this call is checked against and charged to.
+    booking: Booking,
+    degrade: Degrade,
+    /// A budget of the agent was used up when the call came (`alert` lets it through).
+    past_limit: bool,
+    /// The tightest agent line's `x-agent-budget-*` headers, unless the option hides them.
+    budget_headers: Vec<(String, String)>,
+    /// The filter asked for a usage report the client did not: it is cut from the stream.
+    strip_usage: bool,
+    response: Response,
+}
+
+/// How far `degrade` went with a call.
+enum Degrade {
+    /// Not called for: the budget has room, or its action is another.
+    Off,
+    /// Degrading, the model unchanged: the body is still to come, the agent's map has no
+    /// cheaper model for it, or its model cannot change (an Azure deployment).
+    On,
+    /// The model was swapped: the call asked for `from` and is served `to`.
+    Swapped { from: String, to: String },
+}
+
+impl Degrade {
+    fn is_on(&self) -> bool {
+        !matches!(self, Degrade::Off)
+    }
+}
+
+/// What the response is metered from.
+enum Response {
+    /// Its headers have not come yet.
+    Pending,
+    /// A JSON body, kept until it ends.
+    Json(Vec<u8>),
+    /// A JSON body past `max_response_body_bytes`: no longer kept.
+    JsonTooLarge,
+    /// An SSE stream, metered event by event.
     Stream(Box<StreamState>),
+    /// A response that cannot be metered, and why.
     Unmetered(Unmetered),
 }
 
@@ -132,44 +192,21 @@ struct StreamState {
     stripper: Option<UsageStripper>,
     /// Stream offset just past the last complete event.
     boundary: u64,
+    /// The events of the current chunk (kept for its allocation).
+    events: Vec<SseEvent>,
 }
 
-enum Stage {
-    Request,
-    Forwarded,
-    /// The filter answered the call itself.
-    Replied,
-    Done,
+/// Why a call is refused: the line that stopped it, and its worst case when that is what
+/// did not fit.
+struct Stop {
+    line: Box<Line>,
+    reason: StopReason,
+    worst_case: Option<WorstCase>,
 }
 
 pub struct Call {
     worker: Rc<Worker>,
     stage: Stage,
-    api: Option<Api>,
-    identity: Option<Identity>,
-    /// The agent budget's metric id, once identified.
-    agent: Option<AgentId>,
-    /// When the call started: the one clock read of the call (periods, resets, alerts).
-    now: i64,
-    /// The model to price by when the response names none: an Azure deployment's configured
-    /// model, else the request body's `model`, else the model or deployment the path names.
-    requested_model: Option<String>,
-    /// Request body size, for estimating input tokens of an interrupted call.
-    request_bytes: u64,
-    strip_usage: bool,
-    budget_headers: Vec<(String, String)>,
-    /// A budget of the agent was used up when the call came (`alert` lets it through).
-    past_limit: bool,
-    /// The ledger accounts this call is checked against and charged to.
-    booking: Booking,
-    /// `degrade` applies to this call (its budget is used up).
-    degrading: bool,
-    /// The model rewrite made: (requested, served instead).
-    degraded: Option<(String, String)>,
-    /// Where the call names its model: how, and whether, degrade can change it.
-    model_in: ModelIn,
-    response: ResponseMode,
-    events: Vec<SseEvent>,
     /// The last attribution record, for the adapter's access-log properties.
     pub attribution: Option<Attribution>,
 }
@@ -178,22 +215,7 @@ impl Call {
     pub fn new(worker: Rc<Worker>) -> Call {
         Call {
             worker,
-            stage: Stage::Request,
-            api: None,
-            identity: None,
-            agent: None,
-            now: 0,
-            requested_model: None,
-            request_bytes: 0,
-            strip_usage: false,
-            budget_headers: Vec::new(),
-            past_limit: false,
-            booking: Booking::default(),
-            degrading: false,
-            degraded: None,
-            model_in: ModelIn::Body,
-            response: ResponseMode::Pending,
-            events: Vec::new(),
+            stage: Stage::Received,
             attribution: None,
         }
     }
@@ -204,7 +226,7 @@ impl Call {
 
     /// True while the call still waits to be settled (or to publish its attribution).
     pub fn is_open(&self) -> bool {
-        matches!(self.stage, Stage::Forwarded)
+        matches!(self.stage, Stage::Passed { .. } | Stage::Forwarded(_))
     }
 
     pub fn on_request_headers(&mut self, host: &dyn Host, head: RequestHead) -> HeadOutcome {
@@ -215,19 +237,11 @@ impl Call {
             head.route_name.as_deref(),
             head.cluster_name.as_deref(),
         );
-        self.api = detected.as_ref().map(|d| d.api);
-        self.model_in = detected.as_ref().map_or(ModelIn::Body, Detected::model_in);
-        self.requested_model = detected.and_then(|d| match d.azure_deployment {
-            Some(deployment) => Some(
-                config
-                    .azure_deployments
-                    .get(&deployment)
-                    .cloned()
-                    .unwrap_or(deployment),
-            ),
-            None => d.path_model,
-        });
-        let error_api = self.api.unwrap_or(Api::OpenAiChat);
+        let api = detected.as_ref().map(|d| d.api);
+        let model_in = detected.as_ref().map_or(ModelIn::Body, Detected::model_in);
+        let requested_model = detected.and_then(|d| path_model(config, d));
+        // A call the filter does not meter is refused in the OpenAI shape.
+        let reply_api = api.unwrap_or(Api::OpenAiChat);
         let identity = match identify(
             config,
             head.agent.as_deref(),
@@ -240,278 +254,162 @@ impl Call {
                     Counter::Reason(ReasonCounter::Unattributed, unattributed.reason()),
                     1,
                 );
-                let (status, message) = unattributed.reply(config);
-                let kind = if status == 403 {
-                    ErrorKind::PermissionDenied
-                } else {
-                    ErrorKind::InvalidRequest
-                };
-                self.stage = Stage::Replied;
-                return reply_only(error_reply(error_api, kind, &message, Vec::new()));
+                self.stage = Stage::Refused;
+                return reply_only(replies::unattributed(
+                    reply_api,
+                    &unattributed,
+                    &config.agent_header,
+                ));
             }
         };
         let now = host.now_unix_secs();
-        self.now = now;
         worker.serving();
-        self.agent = worker.metrics.agents().id(&identity.budget);
-        self.count(AgentCounter::Requests, 1);
+        let caller = Caller {
+            agent: worker.metrics.agents().id(&identity.budget),
+            identity,
+            now,
+        };
+        caller.count(&worker, AgentCounter::Requests, 1);
 
-        let Some(budget) = config.budget(&identity.budget) else {
+        let Some(budget) = config.budget(&caller.identity.budget) else {
             // identify() only returns configured budgets.
-            self.stage = Stage::Forwarded;
-            return HeadOutcome {
-                action: HeadAction::Continue,
-                edits: HeaderEdits::default(),
+            self.stage = Stage::Passed {
+                budget_headers: Vec::new(),
             };
+            return forward(HeadAction::Continue, HeaderEdits::default());
         };
         let mut trouble = Trouble::default();
         let periods = worker.current_periods(now);
-        let (booking, lines) = Booking::open(host, &identity, budget, &periods, &mut trouble);
+        let (booking, lines) =
+            Booking::open(host, &caller.identity, budget, &periods, &mut trouble);
         worker.report(trouble);
-        self.booking = booking;
-        self.past_limit = lines
-            .iter()
-            .any(|l| l.scope == Scope::Agent && l.exhausted());
-        if config.budget_headers != BudgetHeaders::None {
-            self.budget_headers = policy::headline(&lines)
+        let past_limit = policy::past_limit(&lines);
+        // Built while the lines are at hand, unless no call can show them.
+        let budget_headers = if policy::shows_budget_headers(config.budget_headers, true) {
+            policy::headline(&lines)
                 .map(|line| policy::budget_headers(line, now))
-                .unwrap_or_default();
-        }
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
 
-        let mut edits = HeaderEdits::default();
-        match policy::decide(budget, &lines) {
+        let degrade_due = match policy::decide(budget, &lines) {
             Decision::Stop { line, reason } => {
-                let reply = self.stop(host, error_api, identity, &line, reason, None, now);
+                let stop = Stop {
+                    line: Box::new(line),
+                    reason,
+                    worst_case: None,
+                };
+                let reply = self.refuse(host, caller, reply_api, requested_model, booking, stop);
                 return reply_only(reply);
             }
-            Decision::Degrade => self.degrade_path(&head.path, budget, &mut edits),
-            Decision::Allow => {
-                // A model in the path can only change now, before the headers leave: degrade
-                // now if the call's worst case (its declared size, the default output limit)
-                // would not fit, as the body step does for a model in the body.
-                if self.model_in == ModelIn::Path
-                    && budget.action == LimitAction::Degrade
-                    && config.reservations
-                {
-                    self.request_bytes = head.content_length.unwrap_or(0);
-                    let estimate = self.worst_case(config.default_max_output_tokens);
-                    if lines
-                        .iter()
-                        .any(|l| l.scope == Scope::Agent && !l.fits(estimate, 0))
-                    {
-                        self.degrade_path(&head.path, budget, &mut edits);
-                    }
-                }
-            }
-        }
-
-        self.identity = Some(identity);
-        self.stage = Stage::Forwarded;
-        let mut outcome = HeadOutcome {
-            action: HeadAction::Continue,
-            edits,
+            Decision::Degrade => true,
+            Decision::Allow => false,
         };
-        if self.api.is_some() {
-            // The filter must read what it meters: ask for an uncompressed response (Envoy can
-            // still compress toward the client after this filter). Without the header a
-            // provider answers uncompressed anyway.
-            if head.accept_encoding {
-                outcome
-                    .edits
-                    .set
-                    .push(("accept-encoding".to_string(), "identity".to_string()));
-            }
-            if head.has_body {
-                outcome.action = HeadAction::WaitForBody;
-                // The headers leave before the body is read: when the body may be rewritten
-                // (OpenAI streams get include_usage, degrade swaps the model), its length
-                // cannot be declared in advance, so Envoy sends it chunked.
-                let may_rewrite = self.api.is_some_and(Api::rewrites_request)
-                    || budget.action == LimitAction::Degrade;
-                if may_rewrite {
-                    outcome.edits.remove.push("content-length".to_string());
-                }
+        let Some(api) = api else {
+            // No format the filter meters: the limit shows only in the budget headers.
+            let budget_headers = if policy::shows_budget_headers(config.budget_headers, past_limit)
+            {
+                budget_headers
+            } else {
+                Vec::new()
+            };
+            self.stage = Stage::Passed { budget_headers };
+            return forward(HeadAction::Continue, HeaderEdits::default());
+        };
+        let mut call = Forwarded {
+            caller,
+            api,
+            model_in,
+            requested_model,
+            request_bytes: 0,
+            booking,
+            degrade: Degrade::Off,
+            past_limit,
+            budget_headers,
+            strip_usage: false,
+            response: Response::Pending,
+        };
+        let mut edits = HeaderEdits::default();
+        if degrade_due {
+            call.degrade_path(&head.path, budget, &mut edits);
+        } else if policy::checks_worst_case_at_headers(budget.action, model_in, config.reservations)
+        {
+            // A model in the path can only change now, before the headers leave: degrade now
+            // if the call's worst case (its declared size, the default output limit) would
+            // not fit, as the body step does for a model in the body.
+            call.request_bytes = head.content_length.unwrap_or(0);
+            let estimate = call.worst_case(config, config.default_max_output_tokens);
+            if !policy::fits_agent_lines(&lines, estimate) {
+                call.degrade_path(&head.path, budget, &mut edits);
             }
         }
-        outcome
+        self.stage = Stage::Forwarded(call);
+
+        // The filter must read what it meters: ask for an uncompressed response (Envoy can
+        // still compress toward the client after this filter). Without the header a
+        // provider answers uncompressed anyway.
+        if head.accept_encoding {
+            edits
+                .set
+                .push(("accept-encoding".to_string(), "identity".to_string()));
+        }
+        if !head.has_body {
+            return forward(HeadAction::Continue, edits);
+        }
+        // The headers leave before the body is read: when the body may be rewritten, its
+        // length cannot be declared in advance, so Envoy sends it chunked.
+        if policy::body_may_change(api, budget.action) {
+            edits.remove.push("content-length".to_string());
+        }
+        forward(HeadAction::WaitForBody, edits)
     }
 
     /// The complete request body (only after [`HeadAction::WaitForBody`]): learns the model
     /// and limits, applies `degrade`, reserves the call's worst-case cost, and says whether
     /// the body changes or the call is refused after all.
     pub fn on_request_body(&mut self, host: &dyn Host, body: &[u8]) -> BodyOutcome {
-        let Some(api) = self.api else {
-            return BodyOutcome::default();
-        };
-        if !matches!(self.stage, Stage::Forwarded) {
-            return BodyOutcome::default();
-        }
         let worker = Rc::clone(&self.worker);
-        let config = &worker.config;
-        let prepared = api.prepare_request(body);
-        self.request_bytes = body.len() as u64;
-        let azure_mapped = self.requested_model.is_some()
-            && config
-                .azure_deployments
-                .values()
-                .any(|m| Some(m) == self.requested_model.as_ref());
-        if !azure_mapped && self.degraded.is_none() {
-            self.requested_model = prepared.model.or(self.requested_model.take());
-        }
-        self.strip_usage = prepared.strip_usage_from_client;
-        let mut outcome = BodyOutcome {
-            body: prepared.rewritten,
-            reply: None,
+        let Stage::Forwarded(call) = &mut self.stage else {
+            return BodyOutcome::default();
         };
-        let Some(budget) = self
-            .identity
-            .as_ref()
-            .and_then(|i| config.budget(&i.budget))
-        else {
-            return outcome;
+        let stop = match call.read_body(&worker, host, body) {
+            Ok(outcome) => return outcome,
+            Err(stop) => stop,
         };
-        if self.degrading && self.degraded.is_none() {
-            self.degrade_body(api, body, budget, &mut outcome);
-        }
-        if !config.reservations {
-            return outcome;
-        }
-        let max_output = prepared
-            .max_output_tokens
-            .unwrap_or(config.default_max_output_tokens);
-        let allowance = match budget.action {
-            LimitAction::Alert => u64::MAX,
-            LimitAction::Degrade if self.degrading => budget.degrade_allowance.unwrap_or(u64::MAX),
-            LimitAction::Degrade | LimitAction::Stop => 0,
+        let Stage::Forwarded(call) = std::mem::replace(&mut self.stage, Stage::Refused) else {
+            return BodyOutcome::default();
         };
-        let estimate = self.worst_case(max_output);
-        let mut trouble = Trouble::default();
-        let reserved = self
-            .booking
-            .reserve(host, estimate, allowance, &mut trouble);
-        worker.report(trouble);
-        let Err(line) = reserved else {
-            return outcome;
-        };
-        // The call's worst case does not fit what is left: the agent's limit action applies.
-        let reason = match (&line.scope, budget.action) {
-            (Scope::Agent, LimitAction::Degrade)
-                if !self.degrading && self.model_in != ModelIn::Path =>
-            {
-                self.degrading = true;
-                self.degrade_body(api, body, budget, &mut outcome);
-                let allowance = budget.degrade_allowance.unwrap_or(u64::MAX);
-                let estimate = self.worst_case(max_output);
-                let mut trouble = Trouble::default();
-                let reserved = self
-                    .booking
-                    .reserve(host, estimate, allowance, &mut trouble);
-                worker.report(trouble);
-                match reserved {
-                    Ok(()) => return outcome,
-                    Err(_) => StopReason::DegradeExhausted,
-                }
-            }
-            (Scope::Agent, LimitAction::Degrade) if self.degrading => StopReason::DegradeExhausted,
-            (Scope::Agent, _) => StopReason::Budget,
-            (Scope::Task(_) | Scope::User(_), _) => StopReason::Cap,
-        };
-        let Some(identity) = self.identity.take() else {
-            return outcome;
-        };
-        let now = self.now;
-        let estimate = self.worst_case(max_output);
-        outcome.reply = Some(self.stop(
-            host,
-            api,
-            identity,
-            &line,
-            reason,
-            Some((estimate, max_output)),
-            now,
-        ));
-        outcome.body = None;
-        outcome
-    }
-
-    /// Degrades the call from its headers: a model named in the path can only change before
-    /// the headers leave; a model in the body is rewritten when the body arrives.
-    fn degrade_path(&mut self, path: &str, budget: &AgentBudget, edits: &mut HeaderEdits) {
-        self.degrading = true;
-        if self.model_in != ModelIn::Path {
-            return;
-        }
-        let rewrite = budget
-            .degrade_to
-            .as_ref()
-            .zip(self.api)
-            .and_then(|(map, api)| degrade::rewrite_path(api, path, map));
-        if let Some((from, to, new_path)) = rewrite {
-            edits.set.push((":path".to_string(), new_path));
-            self.requested_model = Some(to.clone());
-            self.degraded = Some((from, to));
+        let model = call.model().map(str::to_string);
+        let reply = self.refuse(host, call.caller, call.api, model, call.booking, stop);
+        BodyOutcome {
+            body: None,
+            reply: Some(reply),
         }
     }
 
-    /// Rewrites the request body's model to the agent's cheaper one (when it has a mapping
-    /// for it), on top of any rewrite already made.
-    fn degrade_body(
-        &mut self,
-        api: Api,
-        original: &[u8],
-        budget: &AgentBudget,
-        outcome: &mut BodyOutcome,
-    ) {
-        if self.model_in != ModelIn::Body {
-            return;
-        }
-        let Some(map) = &budget.degrade_to else {
-            return;
-        };
-        let current = outcome.body.as_deref().unwrap_or(original);
-        if let Rewrite::Body { from, to, body } = degrade::rewrite_body(api, current, map) {
-            self.requested_model = Some(to.clone());
-            self.degraded = Some((from, to));
-            outcome.body = Some(body);
-        }
-    }
-
-    /// The most this call can cost: its input (request bytes at a conservative 3 bytes a
-    /// token, all uncached) and its maximum output, at the requested model's price.
-    fn worst_case(&self, max_output_tokens: u64) -> u64 {
-        let config = &self.worker.config;
-        let price = self
-            .requested_model
-            .as_deref()
-            .and_then(|model| config.prices.resolve(model))
-            .map(|resolved| *resolved.price)
-            .unwrap_or(config.fallback_price);
-        let usage = Usage {
-            input: self.request_bytes.div_ceil(WORST_CASE_BYTES_PER_TOKEN),
-            output: max_output_tokens,
-            ..Usage::default()
-        };
-        price.cost_micro_usd(&usage)
-    }
-
-    /// Refuses the call: counts it, logs it, attributes it and builds the 429. `worst_case`
-    /// is (cost, max output tokens) when the call was refused because it would not fit.
-    #[allow(clippy::too_many_arguments)] // one call site each; a struct would only rename them
-    fn stop(
+    /// Refuses the call for its budget: counts it, logs it, attributes it, returns its
+    /// reservations and builds the 429.
+    fn refuse(
         &mut self,
         host: &dyn Host,
+        caller: Caller,
         api: Api,
-        identity: Identity,
-        line: &Line,
-        reason: StopReason,
-        worst_case: Option<(u64, u64)>,
-        now: i64,
+        model: Option<String>,
+        mut booking: Booking,
+        stop: Stop,
     ) -> LocalReply {
-        self.count(AgentCounter::Rejected, 1);
+        let worker = Rc::clone(&self.worker);
+        let Stop {
+            line,
+            reason,
+            worst_case,
+        } = stop;
+        caller.count(&worker, AgentCounter::Rejected, 1);
         log::info!(
             "stopped agent={} budget={} scope={} period={} reason={:?} committed_micro_usd={} limit_micro_usd={}",
-            identity.agent,
-            identity.budget,
+            caller.identity.agent,
+            caller.identity.budget,
             line.scope.describe(),
             line.period.kind.name(),
             reason,
@@ -520,101 +418,47 @@ impl Call {
         );
         if line.scope == Scope::Agent {
             // A budget lowered below today's spend (by a reload) is only noticed here.
-            if let Some(budget) = self.worker.config.budget(&identity.budget) {
-                raise_levels(
-                    host,
-                    &self.worker,
-                    &identity,
-                    budget,
-                    &line.period,
-                    line.state.spent,
-                    now,
-                );
+            if let Some(budget) = worker.config.budget(&caller.identity.budget) {
+                caller.raise_levels(host, &worker, budget, &line.period, line.state.spent);
             }
         }
-        let headers = self.worker.config.budget_headers != BudgetHeaders::None;
-        let reply = budget_exceeded_reply(api, &identity, line, reason, worst_case, now, headers);
-        self.attribution = Some(Attribution {
-            agent: identity.agent,
-            budget: identity.budget,
-            task: identity.task,
-            user: identity.user,
-            api: api.name(),
-            model: self
-                .requested_model
-                .clone()
-                .unwrap_or_else(|| "-".to_string()),
-            degraded_from: None,
-            outcome: Outcome::Stopped {
+        // A refused call is one the limit acted on.
+        let with_headers = policy::shows_budget_headers(worker.config.budget_headers, true);
+        let reply = replies::budget_exceeded(
+            api,
+            &caller.identity.budget,
+            &line,
+            reason,
+            worst_case,
+            caller.now,
+            with_headers,
+        );
+        self.attribution = Some(Attribution::new(
+            caller.identity,
+            api,
+            model,
+            None,
+            Outcome::Stopped {
                 status: reply.status,
             },
-        });
+        ));
         let mut trouble = Trouble::default();
-        self.booking.release(host, &mut trouble);
-        self.worker.report(trouble);
-        self.stage = Stage::Replied;
+        booking.release(host, &mut trouble);
+        worker.report(trouble);
+        self.stage = Stage::Refused;
         reply
     }
 
     pub fn on_response_headers(&mut self, head: &ResponseHead) -> HeaderEdits {
-        if !matches!(self.stage, Stage::Forwarded) {
-            return HeaderEdits::default();
+        let option = self.worker.config.budget_headers;
+        match &mut self.stage {
+            Stage::Passed { budget_headers } => HeaderEdits {
+                set: std::mem::take(budget_headers),
+                remove: Vec::new(),
+            },
+            Stage::Forwarded(call) => call.on_response_headers(option, head),
+            Stage::Received | Stage::Refused | Stage::Done => HeaderEdits::default(),
         }
-        let limit_acted = self.degraded.is_some() || self.past_limit;
-        let mut edits = HeaderEdits::default();
-        let with_headers = match self.worker.config.budget_headers {
-            BudgetHeaders::All => true,
-            BudgetHeaders::OnLimit => limit_acted,
-            BudgetHeaders::None => false,
-        };
-        if with_headers {
-            edits.set = std::mem::take(&mut self.budget_headers);
-        }
-        if let (true, Some((from, to))) = (with_headers, &self.degraded) {
-            edits
-                .set
-                .push(("x-agent-budget-degraded-from".to_string(), from.clone()));
-            edits
-                .set
-                .push(("x-agent-budget-degraded-to".to_string(), to.clone()));
-        }
-        let Some(api) = self.api else {
-            return edits;
-        };
-        let encoded = head
-            .content_encoding
-            .as_deref()
-            .map(str::trim)
-            .is_some_and(|e| !e.is_empty() && !e.eq_ignore_ascii_case("identity"));
-        const EVENT_STREAM: &str = "text/event-stream";
-        let is_stream = head.content_type.as_deref().is_some_and(|t| {
-            t.trim_start()
-                .get(..EVENT_STREAM.len())
-                .is_some_and(|prefix| prefix.eq_ignore_ascii_case(EVENT_STREAM))
-        });
-        self.response = if head.status >= 400 {
-            ResponseMode::Unmetered(Unmetered::UpstreamError)
-        } else if encoded {
-            ResponseMode::Unmetered(Unmetered::Compressed)
-        } else if is_stream {
-            let stripper = self.strip_usage.then(UsageStripper::default);
-            if stripper.is_some() {
-                // Bytes are removed from the stream, so any declared length would be wrong.
-                edits.remove.push("content-length".to_string());
-            }
-            ResponseMode::Stream(Box::new(StreamState {
-                parser: SseParser::new(MAX_EVENT_BYTES),
-                meter: api.stream_meter(),
-                stripper,
-                boundary: 0,
-            }))
-        } else {
-            ResponseMode::Json {
-                body: Vec::new(),
-                overflowed: false,
-            }
-        };
-        edits
     }
 
     pub fn on_response_body(
@@ -623,49 +467,11 @@ impl Call {
         chunk: &[u8],
         end_of_stream: bool,
     ) -> ChunkOutcome {
-        if !matches!(self.stage, Stage::Forwarded) {
-            return ChunkOutcome::Pass;
-        }
         let limit = self.worker.config.max_response_body_bytes as usize;
-        let outcome = match &mut self.response {
-            ResponseMode::Json { body, overflowed } => {
-                if !*overflowed {
-                    if body.len().saturating_add(chunk.len()) > limit {
-                        *overflowed = true;
-                        *body = Vec::new();
-                    } else {
-                        body.extend_from_slice(chunk);
-                    }
-                }
-                ChunkOutcome::Pass
-            }
-            ResponseMode::Stream(state) => {
-                let StreamState {
-                    parser,
-                    meter,
-                    stripper,
-                    boundary,
-                } = state.as_mut();
-                let chunk_start = parser.offset();
-                parser.feed(chunk, &mut self.events);
-                if end_of_stream {
-                    self.events.extend(parser.finish());
-                }
-                let mut drops = Vec::new();
-                for event in self.events.drain(..) {
-                    *boundary = event.end;
-                    if meter.on_event(&event) == EventFate::UsageOnly {
-                        drops.push((event.start, event.end));
-                    }
-                }
-                match stripper {
-                    Some(stripper) => {
-                        stripper.process(chunk, chunk_start, *boundary, &drops, end_of_stream)
-                    }
-                    None => ChunkOutcome::Pass,
-                }
-            }
-            ResponseMode::Pending | ResponseMode::Unmetered(_) => ChunkOutcome::Pass,
+        let outcome = match &mut self.stage {
+            Stage::Forwarded(call) => call.response.feed(chunk, end_of_stream, limit),
+            Stage::Passed { .. } => ChunkOutcome::Pass,
+            Stage::Received | Stage::Refused | Stage::Done => return ChunkOutcome::Pass,
         };
         if end_of_stream {
             self.finish(host, EndCause::Normal);
@@ -691,107 +497,253 @@ impl Call {
     }
 
     fn finish(&mut self, host: &dyn Host, cause: EndCause) {
-        if !matches!(self.stage, Stage::Forwarded) {
-            return;
+        match std::mem::replace(&mut self.stage, Stage::Done) {
+            Stage::Forwarded(call) => self.settle(host, call, cause),
+            Stage::Passed { .. } => {}
+            // Nothing to settle: the call was never forwarded, or is settled already.
+            stage @ (Stage::Received | Stage::Refused | Stage::Done) => self.stage = stage,
         }
-        self.stage = Stage::Done;
-        let Some(identity) = self.identity.take() else {
-            return;
-        };
-        let Some(api) = self.api else {
-            return;
-        };
-        let response = std::mem::replace(&mut self.response, ResponseMode::Pending);
-        let result = match (response, cause) {
-            (ResponseMode::Unmetered(reason), _) => Err(reason),
-            (ResponseMode::Stream(state), cause) => match (state.meter.finish(), cause) {
-                (Ok(metered), _) => Ok((metered, false)),
-                (Err(Unmetered::NoUsage | Unmetered::Incomplete), EndCause::ClientAborted) => {
-                    Ok((self.estimate(state.meter.progress()), true))
-                }
-                (Err(Unmetered::NoUsage), EndCause::UpstreamAborted) => Err(Unmetered::Incomplete),
-                (Err(reason), _) => Err(reason),
-            },
-            (ResponseMode::Pending, EndCause::ClientAborted) => {
-                Ok((self.estimate(Progress::default()), true))
-            }
-            (ResponseMode::Json { body, .. }, EndCause::ClientAborted) => {
-                let text_bytes = ["content", "text", "arguments"]
-                    .iter()
-                    .map(|key| string_values_len(&body, key))
-                    .sum();
-                Ok((
-                    self.estimate(Progress {
-                        text_bytes,
-                        ..Progress::default()
-                    }),
-                    true,
-                ))
-            }
-            (ResponseMode::Pending, _) => Err(Unmetered::Incomplete),
-            (ResponseMode::Json { .. }, EndCause::UpstreamAborted) => Err(Unmetered::Incomplete),
-            (
-                ResponseMode::Json {
-                    overflowed: true, ..
-                },
-                EndCause::Normal,
-            ) => Err(Unmetered::TooLarge),
-            (ResponseMode::Json { body, .. }, EndCause::Normal) if body.is_empty() => {
-                Err(Unmetered::NoUsage)
-            }
-            (ResponseMode::Json { body, .. }, EndCause::Normal) => {
-                api.usage_from_body(&body).map(|m| (m, false))
-            }
-        };
-        let model = self.requested_model.clone();
-        let outcome = match result {
-            Ok((metered, estimated)) => self.charge(host, &identity, metered, estimated),
+    }
+
+    /// Charges the call what its response reported (or an estimate, if the client left),
+    /// or counts it unmetered, and attributes it.
+    fn settle(&mut self, host: &dyn Host, mut call: Forwarded, cause: EndCause) {
+        let worker = Rc::clone(&self.worker);
+        let response = std::mem::replace(&mut call.response, Response::Pending);
+        let model = call.model().map(str::to_string);
+        let outcome = match response.end(call.api, cause, call.request_bytes) {
+            Ok((metered, estimated)) => call.charge(host, &worker, metered, estimated),
             Err(reason) => {
-                self.worker.metrics.count(
+                worker.metrics.count(
                     Counter::Reason(ReasonCounter::Unmetered, reason.reason()),
                     1,
                 );
-                self.count(AgentCounter::Unmetered, 1);
+                call.caller.count(&worker, AgentCounter::Unmetered, 1);
                 let mut trouble = Trouble::default();
-                self.booking.release(host, &mut trouble);
-                self.worker.report(trouble);
+                call.booking.release(host, &mut trouble);
+                worker.report(trouble);
                 Outcome::Unmetered(reason)
             }
         };
-        let attribution = Attribution {
-            agent: identity.agent,
-            budget: identity.budget,
-            task: identity.task,
-            user: identity.user,
-            api: api.name(),
-            model: match &outcome {
-                Outcome::Charged { metered, .. } => metered.model.clone().or(model),
-                Outcome::Unmetered(_) | Outcome::Stopped { .. } => model,
-            }
-            .unwrap_or_else(|| "-".to_string()),
-            degraded_from: self.degraded.as_ref().map(|(from, _)| from.clone()),
-            outcome,
+        let model = match &outcome {
+            Outcome::Charged { metered, .. } => metered.model.clone().or(model),
+            Outcome::Unmetered(_) | Outcome::Stopped { .. } => model,
         };
+        let degraded_from = match call.degrade {
+            Degrade::Swapped { from, .. } => Some(from),
+            Degrade::Off | Degrade::On => None,
+        };
+        let attribution = Attribution::new(
+            call.caller.identity,
+            call.api,
+            model,
+            degraded_from,
+            outcome,
+        );
         attribution.log();
         self.attribution = Some(attribution);
+    }
+}
+
+impl Forwarded {
+    /// The model to price the call by when the response names none: the cheaper one if
+    /// degraded, else the one requested.
+    fn model(&self) -> Option<&str> {
+        match &self.degrade {
+            Degrade::Swapped { to, .. } => Some(to),
+            Degrade::Off | Degrade::On => self.requested_model.as_deref(),
+        }
+    }
+
+    /// Reads the request body (its model, output limit and any rewrite), degrades it when
+    /// due and reserves its worst case; the body to send, or why the call is refused.
+    fn read_body(
+        &mut self,
+        worker: &Worker,
+        host: &dyn Host,
+        body: &[u8],
+    ) -> Result<BodyOutcome, Stop> {
+        let config = &worker.config;
+        let prepared = self.api.prepare_request(body);
+        self.request_bytes = body.len() as u64;
+        let azure_mapped = self.requested_model.is_some()
+            && config
+                .azure_deployments
+                .values()
+                .any(|m| Some(m) == self.requested_model.as_ref());
+        if !azure_mapped {
+            self.requested_model = prepared.model.or(self.requested_model.take());
+        }
+        self.strip_usage = prepared.strip_usage_from_client;
+        let mut outcome = BodyOutcome {
+            body: prepared.rewritten,
+            reply: None,
+        };
+        let Some(budget) = config.budget(&self.caller.identity.budget) else {
+            return Ok(outcome);
+        };
+        if matches!(self.degrade, Degrade::On) {
+            self.degrade_body(body, budget, &mut outcome);
+        }
+        if !config.reservations {
+            return Ok(outcome);
+        }
+        let max_output = prepared
+            .max_output_tokens
+            .unwrap_or(config.default_max_output_tokens);
+        let allowance = policy::reservation_allowance(budget, self.degrade.is_on());
+        let Err(line) = self.reserve(worker, host, max_output, allowance) else {
+            return Ok(outcome);
+        };
+        // The call's worst case does not fit what is left: the agent's limit action applies.
+        let misfit = policy::misfit(
+            &line.scope,
+            budget.action,
+            self.degrade.is_on(),
+            self.model_in,
+        );
+        let reason = match misfit {
+            Misfit::Degrade => {
+                self.degrade = Degrade::On;
+                self.degrade_body(body, budget, &mut outcome);
+                let allowance = policy::reservation_allowance(budget, true);
+                match self.reserve(worker, host, max_output, allowance) {
+                    Ok(()) => return Ok(outcome),
+                    Err(_) => StopReason::DegradeExhausted,
+                }
+            }
+            Misfit::Stop(reason) => reason,
+        };
+        Err(Stop {
+            line,
+            reason,
+            worst_case: Some(WorstCase {
+                micro_usd: self.worst_case(config, max_output),
+                max_output_tokens: max_output,
+            }),
+        })
+    }
+
+    /// Reserves the call's worst case, `allowance` past the agent's limits; the line it does
+    /// not fit, if any.
+    fn reserve(
+        &mut self,
+        worker: &Worker,
+        host: &dyn Host,
+        max_output_tokens: u64,
+        allowance: u64,
+    ) -> Result<(), Box<Line>> {
+        let estimate = self.worst_case(&worker.config, max_output_tokens);
+        let mut trouble = Trouble::default();
+        let reserved = self
+            .booking
+            .reserve(host, estimate, allowance, &mut trouble);
+        worker.report(trouble);
+        reserved
+    }
+
+    /// The most this call can cost, at its model's price.
+    fn worst_case(&self, config: &Config, max_output_tokens: u64) -> u64 {
+        let price = self
+            .model()
+            .and_then(|model| config.prices.resolve(model))
+            .map(|resolved| *resolved.price)
+            .unwrap_or(config.fallback_price);
+        policy::worst_case(&price, self.request_bytes, max_output_tokens)
+    }
+
+    /// Degrades the call from its headers: a model named in the path can only change before
+    /// the headers leave; a model in the body is rewritten when the body arrives.
+    fn degrade_path(&mut self, path: &str, budget: &AgentBudget, edits: &mut HeaderEdits) {
+        self.degrade = Degrade::On;
+        if self.model_in != ModelIn::Path {
+            return;
+        }
+        let rewrite = budget
+            .degrade_to
+            .as_ref()
+            .and_then(|map| degrade::rewrite_path(self.api, path, map));
+        if let Some((from, to, new_path)) = rewrite {
+            edits.set.push((":path".to_string(), new_path));
+            self.degrade = Degrade::Swapped { from, to };
+        }
+    }
+
+    /// Rewrites the request body's model to the agent's cheaper one (when it has a mapping
+    /// for it), on top of any rewrite already made.
+    fn degrade_body(&mut self, original: &[u8], budget: &AgentBudget, outcome: &mut BodyOutcome) {
+        if self.model_in != ModelIn::Body {
+            return;
+        }
+        let Some(map) = &budget.degrade_to else {
+            return;
+        };
+        let current = outcome.body.as_deref().unwrap_or(original);
+        if let Rewrite::Body { from, to, body } = degrade::rewrite_body(self.api, current, map) {
+            self.degrade = Degrade::Swapped { from, to };
+            outcome.body = Some(body);
+        }
+    }
+
+    /// The budget headers (those the option shows), and how the response will be metered.
+    fn on_response_headers(&mut self, option: BudgetHeaders, head: &ResponseHead) -> HeaderEdits {
+        let mut edits = HeaderEdits::default();
+        let degraded = matches!(self.degrade, Degrade::Swapped { .. });
+        if policy::shows_budget_headers(option, degraded || self.past_limit) {
+            edits.set = std::mem::take(&mut self.budget_headers);
+            if let Degrade::Swapped { from, to } = &self.degrade {
+                edits
+                    .set
+                    .push(("x-agent-budget-degraded-from".to_string(), from.clone()));
+                edits
+                    .set
+                    .push(("x-agent-budget-degraded-to".to_string(), to.clone()));
+            }
+        }
+        let encoded = head
+            .content_encoding
+            .as_deref()
+            .map(str::trim)
+            .is_some_and(|e| !e.is_empty() && !e.eq_ignore_ascii_case("identity"));
+        const EVENT_STREAM: &str = "text/event-stream";
+        let is_stream = head.content_type.as_deref().is_some_and(|t| {
+            t.trim_start()
+                .get(..EVENT_STREAM.len())
+                .is_some_and(|prefix| prefix.eq_ignore_ascii_case(EVENT_STREAM))
+        });
+        self.response = if head.status >= 400 {
+            Response::Unmetered(Unmetered::UpstreamError)
+        } else if encoded {
+            Response::Unmetered(Unmetered::Compressed)
+        } else if is_stream {
+            let stripper = self.strip_usage.then(UsageStripper::default);
+            if stripper.is_some() {
+                // Bytes are removed from the stream, so any declared length would be wrong.
+                edits.remove.push("content-length".to_string());
+            }
+            Response::Stream(Box::new(StreamState {
+                parser: SseParser::new(MAX_EVENT_BYTES),
+                meter: self.api.stream_meter(),
+                stripper,
+                boundary: 0,
+                events: Vec::new(),
+            }))
+        } else {
+            Response::Json(Vec::new())
+        };
+        edits
     }
 
     fn charge(
         &mut self,
         host: &dyn Host,
-        identity: &Identity,
+        worker: &Worker,
         metered: Metered,
         estimated: bool,
     ) -> Outcome {
-        let worker = Rc::clone(&self.worker);
-        let worker = &worker;
         let config = &worker.config;
         // The model that served the call wins over the one requested.
-        let model = metered
-            .model
-            .as_deref()
-            .or(self.requested_model.as_deref())
-            .unwrap_or("");
+        let model = metered.model.as_deref().or(self.model()).unwrap_or("");
         let (price, priced_as) = match config.prices.resolve(model) {
             Some(resolved) => (*resolved.price, Some(resolved.family.to_string())),
             None => {
@@ -804,27 +756,30 @@ impl Call {
         };
         let micro_usd = price.cost_micro_usd(&metered.usage);
         let usage = metered.usage;
-        self.count(AgentCounter::InputTokens, usage.input);
-        self.count(AgentCounter::CachedInputTokens, usage.cache_read);
-        self.count(
+        let caller = &self.caller;
+        caller.count(worker, AgentCounter::InputTokens, usage.input);
+        caller.count(worker, AgentCounter::CachedInputTokens, usage.cache_read);
+        caller.count(
+            worker,
             AgentCounter::CacheWriteTokens,
             usage.cache_write_5m.saturating_add(usage.cache_write_1h),
         );
-        self.count(AgentCounter::OutputTokens, usage.output);
-        self.count(AgentCounter::ReasoningTokens, usage.reasoning);
-        self.count(AgentCounter::CostMicroUsd, micro_usd);
+        caller.count(worker, AgentCounter::OutputTokens, usage.output);
+        caller.count(worker, AgentCounter::ReasoningTokens, usage.reasoning);
+        caller.count(worker, AgentCounter::CostMicroUsd, micro_usd);
 
         let mut trouble = Trouble::default();
         let settled = self.booking.settle(host, micro_usd, &mut trouble);
         worker.report(trouble);
-        if let Some(agent_budget) = config.budget(&identity.budget) {
-            self.after_settle(host, identity, agent_budget, &settled);
+        if let Some(budget) = config.budget(&self.caller.identity.budget) {
+            self.caller.after_settle(host, worker, budget, &settled);
         }
-        if self.degraded.is_some() {
-            self.count(AgentCounter::DegradedRequests, 1);
+        if matches!(self.degrade, Degrade::Swapped { .. }) {
+            self.caller.count(worker, AgentCounter::DegradedRequests, 1);
         }
         if estimated {
-            self.count(AgentCounter::EstimatedRequests, 1);
+            self.caller
+                .count(worker, AgentCounter::EstimatedRequests, 1);
         }
         Outcome::Charged {
             metered,
@@ -833,13 +788,102 @@ impl Call {
             estimated,
         }
     }
+}
 
-    /// Counts toward one of the call's agent counters (nothing for an unknown agent).
-    fn count(&self, counter: AgentCounter, delta: u64) {
+impl Response {
+    /// Takes in one chunk of the body; what to forward of it.
+    fn feed(&mut self, chunk: &[u8], end_of_stream: bool, limit: usize) -> ChunkOutcome {
+        match self {
+            Response::Json(body) => {
+                if body.len().saturating_add(chunk.len()) > limit {
+                    *self = Response::JsonTooLarge;
+                } else {
+                    body.extend_from_slice(chunk);
+                }
+                ChunkOutcome::Pass
+            }
+            Response::Stream(stream) => stream.feed(chunk, end_of_stream),
+            Response::Pending | Response::JsonTooLarge | Response::Unmetered(_) => {
+                ChunkOutcome::Pass
+            }
+        }
+    }
+
+    /// What the response, ended by `cause`, lets the call be charged: the usage it reported,
+    /// an estimate (`true`) if the client left first, or why it cannot be charged.
+    fn end(
+        self,
+        api: Api,
+        cause: EndCause,
+        request_bytes: u64,
+    ) -> Result<(Metered, bool), Unmetered> {
+        let abandoned = |progress| Ok((policy::abandoned_usage(progress, request_bytes), true));
+        match (self, cause) {
+            (Response::Unmetered(reason), _) => Err(reason),
+            (Response::Stream(state), cause) => match (state.meter.finish(), cause) {
+                (Ok(metered), _) => Ok((metered, false)),
+                (Err(Unmetered::NoUsage | Unmetered::Incomplete), EndCause::ClientAborted) => {
+                    abandoned(state.meter.progress())
+                }
+                (Err(Unmetered::NoUsage), EndCause::UpstreamAborted) => Err(Unmetered::Incomplete),
+                (Err(reason), _) => Err(reason),
+            },
+            (Response::Pending | Response::JsonTooLarge, EndCause::ClientAborted) => {
+                abandoned(Progress::default())
+            }
+            (Response::Json(body), EndCause::ClientAborted) => {
+                let text_bytes = ["content", "text", "arguments"]
+                    .iter()
+                    .map(|key| string_values_len(&body, key))
+                    .sum();
+                abandoned(Progress {
+                    text_bytes,
+                    ..Progress::default()
+                })
+            }
+            (Response::Pending, _) => Err(Unmetered::Incomplete),
+            (Response::Json(_) | Response::JsonTooLarge, EndCause::UpstreamAborted) => {
+                Err(Unmetered::Incomplete)
+            }
+            (Response::JsonTooLarge, EndCause::Normal) => Err(Unmetered::TooLarge),
+            (Response::Json(body), EndCause::Normal) if body.is_empty() => Err(Unmetered::NoUsage),
+            (Response::Json(body), EndCause::Normal) => {
+                api.usage_from_body(&body).map(|m| (m, false))
+            }
+        }
+    }
+}
+
+impl StreamState {
+    /// Meters the events the chunk completes; what to forward of it (the usage report the
+    /// client did not ask for removed).
+    fn feed(&mut self, chunk: &[u8], end_of_stream: bool) -> ChunkOutcome {
+        let chunk_start = self.parser.offset();
+        self.parser.feed(chunk, &mut self.events);
+        if end_of_stream {
+            self.events.extend(self.parser.finish());
+        }
+        let mut drops = Vec::new();
+        for event in self.events.drain(..) {
+            self.boundary = event.end;
+            if self.meter.on_event(&event) == EventFate::UsageOnly {
+                drops.push((event.start, event.end));
+            }
+        }
+        match &mut self.stripper {
+            Some(stripper) => {
+                stripper.process(chunk, chunk_start, self.boundary, &drops, end_of_stream)
+            }
+            None => ChunkOutcome::Pass,
+        }
+    }
+}
+
+impl Caller {
+    /// Counts toward one of the caller's agent counters (nothing for an unknown agent).
+    fn count(&self, worker: &Worker, counter: AgentCounter, delta: u64) {
         if let Some(agent) = self.agent {
-            self.worker
-                .metrics
-                .count(Counter::Agent(counter, agent), delta);
+            worker.metrics.count(Counter::Agent(counter, agent), delta);
         }
     }
 
@@ -848,30 +892,21 @@ impl Call {
     fn after_settle(
         &self,
         host: &dyn Host,
-        identity: &Identity,
+        worker: &Worker,
         budget: &AgentBudget,
         settled: &[Settled],
     ) {
-        let worker = &self.worker;
         let ledger = Ledger::new(host);
         for entry in settled.iter().filter(|s| s.scope == Scope::Agent) {
             let kind = entry.period.kind;
             let Some(limit) = budget.limit(kind) else {
                 continue;
             };
-            raise_levels(
-                host,
-                worker,
-                identity,
-                budget,
-                &entry.period,
-                entry.after.spent,
-                self.now,
-            );
+            self.raise_levels(host, worker, budget, &entry.period, entry.after.spent);
             if budget.action == LimitAction::Alert {
                 let overage = policy::overage(limit, entry.before.spent, entry.after.spent);
                 if overage > 0 {
-                    let account = AccountKey::Overage(identity.budget.clone());
+                    let account = AccountKey::Overage(self.identity.budget.clone());
                     if let Err(error) = ledger.add_spend(&entry.period, &account, overage) {
                         worker.ledger_error(&error);
                     }
@@ -883,244 +918,79 @@ impl Call {
         }
     }
 
-    /// Usage for a call the client abandoned mid-response: the input the provider had
-    /// reported, else the request size at ~4 bytes a token; the output reported or streamed
-    /// so far at ~4 bytes a token, whichever is larger.
-    fn estimate(&self, progress: Progress) -> Metered {
-        let mut usage = progress.reported;
-        if !progress.input_reported {
-            usage.input = self.request_bytes.div_ceil(BYTES_PER_TOKEN);
-        }
-        usage.output = usage
-            .output
-            .max(progress.text_bytes.div_ceil(BYTES_PER_TOKEN));
-        Metered {
-            usage,
-            model: progress.model,
-        }
-    }
-}
-
-/// A common rough figure for English text and JSON in current tokenizers.
-const BYTES_PER_TOKEN: u64 = 4;
-/// Fewer bytes per token than any common text needs: the worst case for reservations.
-const WORST_CASE_BYTES_PER_TOKEN: u64 = 3;
-
-fn reply_only(reply: LocalReply) -> HeadOutcome {
-    HeadOutcome {
-        action: HeadAction::Reply(reply),
-        edits: HeaderEdits::default(),
-    }
-}
-
-fn error_reply(
-    api: Api,
-    kind: ErrorKind,
-    message: &str,
-    mut headers: Vec<(String, String)>,
-) -> LocalReply {
-    headers.push(("content-type".to_string(), "application/json".to_string()));
-    // Retrying cannot help: the official SDKs honour this and do not loop.
-    headers.push(("x-should-retry".to_string(), "false".to_string()));
-    LocalReply {
-        status: kind.status(),
-        headers,
-        body: api.error_body(kind, message),
-    }
-}
-
-fn budget_exceeded_reply(
-    api: Api,
-    identity: &Identity,
-    line: &Line,
-    reason: StopReason,
-    worst_case: Option<(u64, u64)>,
-    now: i64,
-    with_budget_headers: bool,
-) -> LocalReply {
-    let wait = line.period.seconds_until_reset(now);
-    let what = match reason {
-        StopReason::Budget => format!(
-            "its {} budget of ${}",
-            line.period.kind.name(),
-            format_usd(line.limit)
-        ),
-        StopReason::DegradeExhausted => format!(
-            "its {} budget of ${} and the spend allowed after degrading to a cheaper model",
-            line.period.kind.name(),
-            format_usd(line.limit)
-        ),
-        StopReason::Cap => format!(
-            "its daily {} of ${}",
-            line.scope.describe(),
-            format_usd(line.limit)
-        ),
-    };
-    let resets = format!(
-        "It resets at {} (in {wait} s).",
-        crate::period::format_utc(line.period.end)
-    );
-    let message = match worst_case {
-        None => format!(
-            "Agent `{}` has used {what} (committed ${}). {resets}",
-            identity.budget,
-            format_usd(line.committed())
-        ),
-        Some((cost, max_output)) => format!(
-            "Agent `{}`: this call may cost up to ${} (its input plus up to {max_output} output tokens), \
-             more than is left of {what} (${} left). Ask for fewer output tokens, or wait. {resets}",
-            identity.budget,
-            format_usd(cost),
-            format_usd(line.remaining())
-        ),
-    };
-    // The headers describe the line that stopped the call, consistently with the message.
-    let mut headers = if with_budget_headers {
-        policy::budget_headers(line, now)
-    } else {
-        Vec::new()
-    };
-    headers.push(("retry-after".to_string(), wait.to_string()));
-    error_reply(api, ErrorKind::BudgetExceeded, &message, headers)
-}
-
-/// Raises the alerts for every level `spent` has reached on an agent's period, each once:
-/// the worker whose CAS first sets the level's flag in the shared ledger raises it.
-fn raise_levels(
-    host: &dyn Host,
-    worker: &Worker,
-    identity: &Identity,
-    budget: &AgentBudget,
-    period: &Period,
-    spent: u64,
-    now: i64,
-) {
-    let Some(limit) = budget.limit(period.kind) else {
-        return;
-    };
-    let ledger = Ledger::new(host);
-    for (crossing, mark) in policy::levels_reached(budget, period.kind, spent) {
-        let flag = AccountKey::Alerted {
-            budget: identity.budget.clone(),
-            level: crossing_name(crossing),
-            mark,
+    /// Raises the alerts for every level `spent` has reached on the agent's period, each
+    /// once: the worker whose CAS first sets the level's flag in the shared ledger raises it.
+    fn raise_levels(
+        &self,
+        host: &dyn Host,
+        worker: &Worker,
+        budget: &AgentBudget,
+        period: &Period,
+        spent: u64,
+    ) {
+        let Some(limit) = budget.limit(period.kind) else {
+            return;
         };
-        if worker.knows_flag(&flag, period) {
-            continue;
-        }
-        match ledger.try_update(period, &flag, |a| {
-            (a.spent == 0).then_some(Account { spent: 1, ..a })
-        }) {
-            Ok(Some(_)) => worker.raise_alert(alert_for(
-                crossing, identity, budget, period, spent, limit, now,
-            )),
-            Ok(None) => {}
-            Err(error) => {
-                worker.ledger_error(&error);
+        let ledger = Ledger::new(host);
+        for (crossing, mark) in policy::levels_reached(budget, period.kind, spent) {
+            let flag = AccountKey::Alerted {
+                budget: self.identity.budget.clone(),
+                level: crossing.name(),
+                mark,
+            };
+            if worker.knows_flag(&flag, period) {
                 continue;
             }
-        }
-        worker.remember_flag(flag, period);
-    }
-}
-
-fn crossing_name(crossing: Crossing) -> &'static str {
-    match crossing {
-        Crossing::Soft => "soft",
-        Crossing::Limit => "limit",
-        Crossing::DegradeExhausted => "degrade_exhausted",
-    }
-}
-
-fn alert_for(
-    crossing: Crossing,
-    identity: &Identity,
-    budget: &AgentBudget,
-    period: &Period,
-    spent: u64,
-    limit: u64,
-    now: i64,
-) -> Alert {
-    let (kind, threshold_ppm) = match crossing {
-        Crossing::Soft => (AlertKind::Soft, budget.soft_threshold_ppm),
-        Crossing::Limit => (
-            match budget.action {
-                LimitAction::Stop => AlertKind::LimitStop,
-                LimitAction::Degrade => AlertKind::LimitDegrade,
-                LimitAction::Alert => AlertKind::LimitAlert,
-            },
-            1_000_000,
-        ),
-        Crossing::DegradeExhausted => (AlertKind::DegradeExhausted, 1_000_000),
-    };
-    Alert {
-        kind,
-        agent: identity.budget.clone(),
-        period: period.kind,
-        period_id: period.id.to_string(),
-        spend_micro_usd: spent,
-        budget_micro_usd: limit,
-        threshold: threshold_ppm as f64 / 1e6,
-        action: budget.action.name().to_string(),
-        at_unix_secs: now,
-        period_end_unix_secs: period.end,
-    }
-}
-
-/// Removes the usage-only events the filter asked for from the byte stream the client sees.
-///
-/// Forwards complete events only, holding back a trailing partial event until it completes
-/// (an SSE client cannot act on a partial event anyway, so time-to-token is unchanged).
-#[derive(Debug, Default)]
-struct UsageStripper {
-    held: Vec<u8>,
-}
-
-impl UsageStripper {
-    /// `chunk` spans stream offsets `chunk_start..chunk_start+len`; held bytes precede it.
-    /// `boundary` is the end of the last complete event; `drops` are spans to remove.
-    fn process(
-        &mut self,
-        chunk: &[u8],
-        chunk_start: u64,
-        boundary: u64,
-        drops: &[(u64, u64)],
-        end_of_stream: bool,
-    ) -> ChunkOutcome {
-        let held_start = chunk_start.saturating_sub(self.held.len() as u64);
-        let chunk_end = chunk_start.saturating_add(chunk.len() as u64);
-        let cut = if end_of_stream {
-            chunk_end
-        } else {
-            boundary.clamp(held_start, chunk_end)
-        };
-        if self.held.is_empty() && drops.is_empty() && cut == chunk_end {
-            return ChunkOutcome::Pass;
-        }
-        let mut stream = std::mem::take(&mut self.held);
-        stream.extend_from_slice(chunk);
-        let local =
-            |offset: u64| usize::try_from(offset.saturating_sub(held_start)).unwrap_or(usize::MAX);
-        let mut out = Vec::with_capacity(stream.len());
-        let mut position = held_start;
-        for &(start, end) in drops {
-            if start >= position && end <= cut {
-                out.extend_from_slice(
-                    stream
-                        .get(local(position)..local(start))
-                        .unwrap_or_default(),
-                );
-                position = end;
+            match ledger.try_update(period, &flag, |a| {
+                (a.spent == 0).then_some(Account { spent: 1, ..a })
+            }) {
+                Ok(Some(_)) => {
+                    let (kind, threshold_ppm) = policy::alert_kind(crossing, budget);
+                    worker.raise_alert(Alert {
+                        kind,
+                        agent: self.identity.budget.clone(),
+                        period: period.kind,
+                        period_id: period.id.to_string(),
+                        spend_micro_usd: spent,
+                        budget_micro_usd: limit,
+                        threshold: threshold_ppm as f64 / 1e6,
+                        action: budget.action.name().to_string(),
+                        at_unix_secs: self.now,
+                        period_end_unix_secs: period.end,
+                    });
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    worker.ledger_error(&error);
+                    continue;
+                }
             }
+            worker.remember_flag(flag, period);
         }
-        out.extend_from_slice(stream.get(local(position)..local(cut)).unwrap_or_default());
-        self.held = stream.get(local(cut)..).unwrap_or_default().to_vec();
-        if self.held.len() > MAX_EVENT_BYTES {
-            // An event this large is not a usage chunk: stop holding it back.
-            out.append(&mut self.held);
-        }
-        ChunkOutcome::Replace(out)
     }
+}
+
+/// The model a request's path names: an Azure deployment's configured model (else the
+/// deployment's name), or a model in the path.
+fn path_model(config: &Config, detected: Detected) -> Option<String> {
+    match detected.azure_deployment {
+        Some(deployment) => Some(
+            config
+                .azure_deployments
+                .get(&deployment)
+                .cloned()
+                .unwrap_or(deployment),
+        ),
+        None => detected.path_model,
+    }
+}
+
+fn forward(action: HeadAction, edits: HeaderEdits) -> HeadOutcome {
+    HeadOutcome { action, edits }
+}
+
+fn reply_only(reply: LocalReply) -> HeadOutcome {
+    forward(HeadAction::Reply(reply), HeaderEdits::default())
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! `default` budget's name live in [`crate::config`], which validates the configured agents
 //! with them, and this module applies the same rule to each call's header.
 
-use crate::config::{is_valid_agent_id, Config, Unidentified, AGENT_ID_RULE, DEFAULT_BUDGET};
+use crate::config::{is_valid_agent_id, Config, Unidentified, DEFAULT_BUDGET};
 
 /// Task and user ids are attribution metadata only: bounded and printable, or dropped.
 pub fn sanitize_attribute(value: Option<&str>) -> Option<String> {
@@ -45,27 +45,6 @@ impl Unattributed {
             Unattributed::Missing => "missing",
             Unattributed::Invalid => "invalid",
             Unattributed::Unknown(_) => "unknown",
-        }
-    }
-
-    /// HTTP status and message for the client.
-    pub fn reply(&self, config: &Config) -> (u32, String) {
-        match self {
-            Unattributed::Missing => (
-                400,
-                format!(
-                    "Missing `{}` header: every call through this gateway must name its agent.",
-                    config.agent_header
-                ),
-            ),
-            Unattributed::Invalid => (
-                400,
-                format!("Invalid `{}` header: {AGENT_ID_RULE}.", config.agent_header),
-            ),
-            Unattributed::Unknown(agent) => (
-                403,
-                format!("Agent `{agent}` has no budget configured at this gateway."),
-            ),
         }
     }
 }

@@ -26,6 +26,8 @@ pub mod period;
 pub mod policy;
 pub mod pricing;
 pub mod providers;
+pub mod replies;
 pub mod root;
 pub mod sse;
+pub mod stripper;
 pub mod usage;

@@ -1,13 +1,23 @@
-//! Budget decisions for one call: pure arithmetic over what the ledger says.
+//! Budget decisions for one call: pure arithmetic over what the ledger says, and the rules
+//! the filter follows with it (what a call reserves, when it degrades, which headers it
+//! gets, what it is charged when its usage is unknown, which alert a crossing raises).
 //!
 //! A call is checked against *lines*: the agent's daily and monthly budgets and, when
 //! configured, the daily caps of its task and of its user. Each line's ledger account holds
 //! `spent` (settled) and `reserved` (worst-case cost of calls in flight).
 
-use crate::config::{AgentBudget, LimitAction};
+use crate::alerts::AlertKind;
+use crate::config::{AgentBudget, BudgetHeaders, LimitAction};
 use crate::ledger::Account;
 use crate::period::{Period, PeriodKind};
-use crate::pricing::format_usd;
+use crate::pricing::{format_usd, Price};
+use crate::providers::{Api, Metered, ModelIn, Progress};
+use crate::usage::Usage;
+
+/// A common rough figure for English text and JSON in current tokenizers.
+const BYTES_PER_TOKEN: u64 = 4;
+/// Fewer bytes per token than any common text needs: the worst case for reservations.
+const WORST_CASE_BYTES_PER_TOKEN: u64 = 3;
 
 /// What a line caps.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +131,112 @@ pub fn decide(budget: &AgentBudget, lines: &[Line]) -> Decision {
     }
 }
 
+/// Whether a budget of the agent was used up when the call came (`alert` lets such a call
+/// through).
+pub fn past_limit(lines: &[Line]) -> bool {
+    lines
+        .iter()
+        .any(|l| l.scope == Scope::Agent && l.exhausted())
+}
+
+/// Whether a call the budget allows still has its worst case checked at its headers: a model
+/// in the path can only be degraded before the headers leave, so with reservations on, a
+/// call that would not fit degrades then, as one with its model in the body does at the body.
+pub fn checks_worst_case_at_headers(
+    action: LimitAction,
+    model_in: ModelIn,
+    reservations: bool,
+) -> bool {
+    model_in == ModelIn::Path && action == LimitAction::Degrade && reservations
+}
+
+/// Whether `estimate` more fits every agent line, without allowance.
+pub fn fits_agent_lines(lines: &[Line], estimate: u64) -> bool {
+    lines
+        .iter()
+        .filter(|l| l.scope == Scope::Agent)
+        .all(|l| l.fits(estimate, 0))
+}
+
+/// Whether a metered call's body may change on its way upstream (its format asks a stream
+/// for a usage report, or `degrade` may swap the model): its length then cannot be declared
+/// when the headers leave.
+pub fn body_may_change(api: Api, action: LimitAction) -> bool {
+    api.rewrites_request() || action == LimitAction::Degrade
+}
+
+/// How far past the agent's limits a call's reservation may go: `alert` never refuses a
+/// call, `degrade` allows its allowance (unbounded if unset) once the call is degrading,
+/// otherwise nothing.
+pub fn reservation_allowance(budget: &AgentBudget, degrading: bool) -> u64 {
+    match budget.action {
+        LimitAction::Alert => u64::MAX,
+        LimitAction::Degrade if degrading => budget.degrade_allowance.unwrap_or(u64::MAX),
+        LimitAction::Degrade | LimitAction::Stop => 0,
+    }
+}
+
+/// What becomes of a call whose worst case does not fit a line when its body is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Misfit {
+    /// Degrade it now and reserve again, with the degrade allowance.
+    Degrade,
+    /// Refuse it.
+    Stop(StopReason),
+}
+
+/// The fate of a call whose worst case did not fit a line of `scope`, given the agent's
+/// action, whether the call is degrading already and where it names its model.
+pub fn misfit(scope: &Scope, action: LimitAction, degrading: bool, model_in: ModelIn) -> Misfit {
+    match (scope, action) {
+        (Scope::Task(_) | Scope::User(_), _) => Misfit::Stop(StopReason::Cap),
+        (Scope::Agent, LimitAction::Degrade) if degrading => {
+            Misfit::Stop(StopReason::DegradeExhausted)
+        }
+        // A model in the path could only change before the headers left.
+        (Scope::Agent, LimitAction::Degrade) if model_in != ModelIn::Path => Misfit::Degrade,
+        (Scope::Agent, _) => Misfit::Stop(StopReason::Budget),
+    }
+}
+
+/// The most a call can cost at `price`: its input (`request_bytes` at a conservative
+/// 3 bytes a token, all uncached) and `max_output_tokens` of output.
+pub fn worst_case(price: &Price, request_bytes: u64, max_output_tokens: u64) -> u64 {
+    let usage = Usage {
+        input: request_bytes.div_ceil(WORST_CASE_BYTES_PER_TOKEN),
+        output: max_output_tokens,
+        ..Usage::default()
+    };
+    price.cost_micro_usd(&usage)
+}
+
+/// The usage charged for a call the client abandoned mid-response: the input the provider
+/// had reported, else the request size at ~4 bytes a token; the output reported or
+/// streamed so far at ~4 bytes a token, whichever is larger.
+pub fn abandoned_usage(progress: Progress, request_bytes: u64) -> Metered {
+    let mut usage = progress.reported;
+    if !progress.input_reported {
+        usage.input = request_bytes.div_ceil(BYTES_PER_TOKEN);
+    }
+    usage.output = usage
+        .output
+        .max(progress.text_bytes.div_ceil(BYTES_PER_TOKEN));
+    Metered {
+        usage,
+        model: progress.model,
+    }
+}
+
+/// Whether a call gets the `x-agent-budget-*` headers: under `on_limit` only a call the
+/// limit acted on (refused, degraded, or let through past its budget).
+pub fn shows_budget_headers(option: BudgetHeaders, limit_acted: bool) -> bool {
+    match option {
+        BudgetHeaders::All => true,
+        BudgetHeaders::OnLimit => limit_acted,
+        BudgetHeaders::None => false,
+    }
+}
+
 /// The agent line that constrains the agent most (least remaining), for the budget headers.
 pub fn headline(lines: &[Line]) -> Option<&Line> {
     lines
@@ -160,6 +276,33 @@ pub enum Crossing {
     Limit,
     /// `degrade`: spend reached budget + allowance.
     DegradeExhausted,
+}
+
+impl Crossing {
+    /// The level's name in the ledger's alert flags.
+    pub fn name(self) -> &'static str {
+        match self {
+            Crossing::Soft => "soft",
+            Crossing::Limit => "limit",
+            Crossing::DegradeExhausted => "degrade_exhausted",
+        }
+    }
+}
+
+/// The alert a crossing raises for `budget`, with the share of the budget it marks (ppm).
+pub fn alert_kind(crossing: Crossing, budget: &AgentBudget) -> (AlertKind, u64) {
+    match crossing {
+        Crossing::Soft => (AlertKind::Soft, budget.soft_threshold_ppm),
+        Crossing::Limit => (
+            match budget.action {
+                LimitAction::Stop => AlertKind::LimitStop,
+                LimitAction::Degrade => AlertKind::LimitDegrade,
+                LimitAction::Alert => AlertKind::LimitAlert,
+            },
+            1_000_000,
+        ),
+        Crossing::DegradeExhausted => (AlertKind::DegradeExhausted, 1_000_000),
+    }
 }
 
 /// The alert levels `spent` has reached on an agent line, lowest first, each with its mark

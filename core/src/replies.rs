@@ -1,0 +1,125 @@
+//! The replies the filter sends instead of forwarding a call: to a call it cannot attribute
+//! to a budget, and to a call its budget refuses. Each is in the error shape of the call's
+//! API, so the official SDKs raise their usual errors, and says that retrying cannot help.
+
+use crate::config::AGENT_ID_RULE;
+use crate::identity::Unattributed;
+use crate::period::format_utc;
+use crate::policy::{self, Line, StopReason};
+use crate::pricing::format_usd;
+use crate::providers::{Api, ErrorKind};
+
+/// A response the filter sends instead of forwarding the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u32,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// The most a refused call could have cost, when it was refused because that would not fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorstCase {
+    pub micro_usd: u64,
+    pub max_output_tokens: u64,
+}
+
+/// The refusal of a call charged to no budget: 400 when its agent header (`agent_header`) is
+/// missing or malformed, 403 when the agent it names has no budget here.
+pub fn unattributed(api: Api, why: &Unattributed, agent_header: &str) -> LocalReply {
+    let (kind, message) = match why {
+        Unattributed::Missing => (
+            ErrorKind::InvalidRequest,
+            format!(
+                "Missing `{agent_header}` header: every call through this gateway must name its agent."
+            ),
+        ),
+        Unattributed::Invalid => (
+            ErrorKind::InvalidRequest,
+            format!("Invalid `{agent_header}` header: {AGENT_ID_RULE}."),
+        ),
+        Unattributed::Unknown(agent) => (
+            ErrorKind::PermissionDenied,
+            format!("Agent `{agent}` has no budget configured at this gateway."),
+        ),
+    };
+    error(api, kind, &message, Vec::new())
+}
+
+/// The 429 of a call `line` refuses for `budget`: what was used up and when it resets, and
+/// the call's worst case if that is what did not fit. `with_budget_headers` adds the
+/// `x-agent-budget-*` headers of the line; `retry-after` is always there.
+pub fn budget_exceeded(
+    api: Api,
+    budget: &str,
+    line: &Line,
+    reason: StopReason,
+    worst_case: Option<WorstCase>,
+    now: i64,
+    with_budget_headers: bool,
+) -> LocalReply {
+    let wait = line.period.seconds_until_reset(now);
+    let what = match reason {
+        StopReason::Budget => format!(
+            "its {} budget of ${}",
+            line.period.kind.name(),
+            format_usd(line.limit)
+        ),
+        StopReason::DegradeExhausted => format!(
+            "its {} budget of ${} and the spend allowed after degrading to a cheaper model",
+            line.period.kind.name(),
+            format_usd(line.limit)
+        ),
+        StopReason::Cap => format!(
+            "its daily {} of ${}",
+            line.scope.describe(),
+            format_usd(line.limit)
+        ),
+    };
+    let resets = format!(
+        "It resets at {} (in {wait} s).",
+        format_utc(line.period.end)
+    );
+    let message = match worst_case {
+        None => format!(
+            "Agent `{budget}` has used {what} (committed ${}). {resets}",
+            format_usd(line.committed())
+        ),
+        Some(WorstCase {
+            micro_usd,
+            max_output_tokens,
+        }) => format!(
+            "Agent `{budget}`: this call may cost up to ${} (its input plus up to {max_output_tokens} output tokens), \
+             more than is left of {what} (${} left). Ask for fewer output tokens, or wait. {resets}",
+            format_usd(micro_usd),
+            format_usd(line.remaining())
+        ),
+    };
+    // The headers describe the line that stopped the call, consistently with the message.
+    let mut headers = if with_budget_headers {
+        policy::budget_headers(line, now)
+    } else {
+        Vec::new()
+    };
+    headers.push(("retry-after".to_string(), wait.to_string()));
+    error(api, ErrorKind::BudgetExceeded, &message, headers)
+}
+
+fn error(
+    api: Api,
+    kind: ErrorKind,
+    message: &str,
+    mut headers: Vec<(String, String)>,
+) -> LocalReply {
+    headers.push(("content-type".to_string(), "application/json".to_string()));
+    // Retrying cannot help: the official SDKs honour this and do not loop.
+    headers.push(("x-should-retry".to_string(), "false".to_string()));
+    LocalReply {
+        status: kind.status(),
+        headers,
+        body: api.error_body(kind, message),
+    }
+}
+
+#[cfg(test)]
+mod tests;
