@@ -125,6 +125,44 @@ impl AlertKind {
     }
 }
 
+/// What set a limit alert off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Trigger {
+    /// Spend reached the mark.
+    #[default]
+    Reached,
+    /// A call's worst case no longer fit what was left of the budget, so the limit action
+    /// took effect before spend reached the mark.
+    WorstCase {
+        worst_case_micro_usd: u64,
+        remaining_micro_usd: u64,
+    },
+}
+
+impl Trigger {
+    pub fn name(self) -> &'static str {
+        match self {
+            Trigger::Reached => "budget_reached",
+            Trigger::WorstCase { .. } => "worst_case",
+        }
+    }
+
+    /// `a call's worst case of $0.010000 no longer fits the $0.000400 left`.
+    fn describe(self) -> Option<String> {
+        match self {
+            Trigger::Reached => None,
+            Trigger::WorstCase {
+                worst_case_micro_usd,
+                remaining_micro_usd,
+            } => Some(format!(
+                "a call's worst case of ${} no longer fits the ${} left",
+                format_usd(worst_case_micro_usd),
+                format_usd(remaining_micro_usd)
+            )),
+        }
+    }
+}
+
 /// One threshold crossing of one agent's budget in one period.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Alert {
@@ -146,6 +184,8 @@ pub struct Alert {
     pub at_unix_secs: i64,
     /// When the period ends and the budget resets ([`crate::period::Period::end`]).
     pub period_end_unix_secs: i64,
+    /// Spend reaching the mark, or a call that no longer fit before it did.
+    pub trigger: Trigger,
 }
 
 impl Alert {
@@ -194,8 +234,17 @@ impl Alert {
     }
 
     fn what(&self) -> String {
-        self.kind
-            .what(&threshold_percent(self.threshold), self.period.name())
+        match self.trigger {
+            Trigger::Reached => self
+                .kind
+                .what(&threshold_percent(self.threshold), self.period.name()),
+            Trigger::WorstCase { .. } => {
+                format!(
+                    "can no longer fit a call in its {} budget",
+                    self.period.name()
+                )
+            }
+        }
     }
 
     /// `[calls are stopped; ]spend $8.000000 of $10.000000 (80%), resets at <RFC 3339>`.
@@ -207,6 +256,10 @@ impl Alert {
             percent_text(self.percent()),
             format_utc(self.period_end_unix_secs)
         );
+        let figures = match self.trigger.describe() {
+            Some(why) => format!("{why}; {figures}"),
+            None => figures,
+        };
         match self.kind.consequence() {
             Some(consequence) => format!("{consequence}; {figures}"),
             None => figures,
@@ -294,6 +347,7 @@ fn alertmanager_alert(alert: &Alert) -> Value {
         ("percent", percent_text(alert.percent())),
         ("threshold", threshold_percent(alert.threshold)),
         ("resets_at", resets_at),
+        ("trigger", alert.trigger.name().to_string()),
     ]);
     // Alertmanager rejects the whole request if an alert ends before it starts, which a
     // late alert for a period already over would do: such an alert arrives resolved.
@@ -328,6 +382,11 @@ fn json_alert(alert: &Alert) -> Value {
         "action": alert.action,
         "time": format_utc(alert.at_unix_secs),
         "resets_at": format_utc(alert.period_end_unix_secs),
+        "trigger": alert.trigger.name(),
+        "worst_case_usd": match alert.trigger {
+            Trigger::WorstCase { worst_case_micro_usd, .. } => Some(format_usd(worst_case_micro_usd)),
+            Trigger::Reached => None,
+        },
     })
 }
 

@@ -10,7 +10,7 @@
 //! steps: the decisions are [`policy`]'s, the replies [`replies`]'s, the record
 //! [`crate::attribution`]'s and the cutting of usage chunks [`crate::stripper`]'s.
 
-use crate::alerts::Alert;
+use crate::alerts::{Alert, Trigger};
 use crate::attribution::{Attribution, Outcome};
 use crate::booking::{Booking, Settled, Trouble};
 use crate::config::{AgentBudget, BudgetHeaders, Config, LimitAction};
@@ -20,7 +20,7 @@ use crate::identity::{identify, Identity};
 use crate::ledger::{Account, AccountKey, Ledger};
 use crate::metrics::{AgentCounter, AgentId, Counter, ReasonCounter};
 use crate::period::Period;
-use crate::policy::{self, Decision, Line, Misfit, Scope, StopReason};
+use crate::policy::{self, Crossing, Decision, Line, Misfit, Scope, StopReason};
 use crate::providers::{
     string_values_len, Api, Detected, EventFate, Metered, ModelIn, Progress, StreamMeter, Unmetered,
 };
@@ -198,6 +198,17 @@ struct StreamState {
 
 /// Why a call is refused: the line that stopped it, and its worst case when that is what
 /// did not fit.
+/// What a charge rests on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Basis {
+    /// The provider's usage report.
+    Reported,
+    /// An estimate: the client left before the report.
+    Estimated,
+    /// An estimate: the provider cut the stream before its report.
+    Truncated,
+}
+
 struct Stop {
     line: Box<Line>,
     reason: StopReason,
@@ -332,6 +343,20 @@ impl Call {
         };
         let mut edits = HeaderEdits::default();
         if degrade_due {
+            // Degrading starts with this call: its budget is used up.
+            if let Some(line) = lines
+                .iter()
+                .find(|l| l.scope == Scope::Agent && l.exhausted())
+            {
+                call.caller.raise_levels(
+                    host,
+                    &worker,
+                    budget,
+                    &line.period,
+                    line.state.spent,
+                    Some((Crossing::Limit, Trigger::Reached)),
+                );
+            }
             call.degrade_path(&head.path, budget, &mut edits);
         } else if policy::checks_worst_case_at_headers(budget.action, model_in, config.reservations)
         {
@@ -341,6 +366,25 @@ impl Call {
             call.request_bytes = head.content_length.unwrap_or(0);
             let estimate = call.worst_case(config, config.default_max_output_tokens);
             if !policy::fits_agent_lines(&lines, estimate) {
+                if let Some(line) = lines
+                    .iter()
+                    .find(|l| l.scope == Scope::Agent && !l.fits(estimate, 0))
+                {
+                    call.caller.raise_levels(
+                        host,
+                        &worker,
+                        budget,
+                        &line.period,
+                        line.state.spent,
+                        Some((
+                            Crossing::Limit,
+                            Trigger::WorstCase {
+                                worst_case_micro_usd: estimate,
+                                remaining_micro_usd: line.remaining(),
+                            },
+                        )),
+                    );
+                }
                 call.degrade_path(&head.path, budget, &mut edits);
             }
         }
@@ -417,9 +461,25 @@ impl Call {
             line.limit
         );
         if line.scope == Scope::Agent {
-            // A budget lowered below today's spend (by a reload) is only noticed here.
+            // The limit takes effect now, whether spend reached it (or a reload lowered the
+            // budget below it) or this call no longer fits what is left.
             if let Some(budget) = worker.config.budget(&caller.identity.budget) {
-                caller.raise_levels(host, &worker, budget, &line.period, line.state.spent);
+                let trigger = match &worst_case {
+                    Some(wc) => Trigger::WorstCase {
+                        worst_case_micro_usd: wc.micro_usd,
+                        remaining_micro_usd: line.remaining(),
+                    },
+                    None => Trigger::Reached,
+                };
+                let took_effect = policy::crossing_of(reason).map(|c| (c, trigger));
+                caller.raise_levels(
+                    host,
+                    &worker,
+                    budget,
+                    &line.period,
+                    line.state.spent,
+                    took_effect,
+                );
             }
         }
         // A refused call is one the limit acted on.
@@ -512,7 +572,16 @@ impl Call {
         let response = std::mem::replace(&mut call.response, Response::Pending);
         let model = call.model().map(str::to_string);
         let outcome = match response.end(call.api, cause, call.request_bytes) {
-            Ok((metered, estimated)) => call.charge(host, &worker, metered, estimated),
+            Ok((metered, basis)) => {
+                if basis == Basis::Truncated {
+                    // Charged, and still counted as a response that did not complete.
+                    worker.metrics.count(
+                        Counter::Reason(ReasonCounter::Unmetered, Unmetered::Incomplete.reason()),
+                        1,
+                    );
+                }
+                call.charge(host, &worker, metered, basis != Basis::Reported)
+            }
             Err(reason) => {
                 worker.metrics.count(
                     Counter::Reason(ReasonCounter::Unmetered, reason.reason()),
@@ -604,6 +673,19 @@ impl Forwarded {
         );
         let reason = match misfit {
             Misfit::Degrade => {
+                // Degrading starts with this call, before spend reaches the budget.
+                let trigger = Trigger::WorstCase {
+                    worst_case_micro_usd: self.worst_case(config, max_output),
+                    remaining_micro_usd: line.remaining(),
+                };
+                self.caller.raise_levels(
+                    host,
+                    worker,
+                    budget,
+                    &line.period,
+                    line.state.spent,
+                    Some((Crossing::Limit, trigger)),
+                );
                 self.degrade = Degrade::On;
                 self.degrade_body(body, budget, &mut outcome);
                 let allowance = policy::reservation_allowance(budget, true);
@@ -816,16 +898,26 @@ impl Response {
         api: Api,
         cause: EndCause,
         request_bytes: u64,
-    ) -> Result<(Metered, bool), Unmetered> {
-        let abandoned = |progress| Ok((policy::abandoned_usage(progress, request_bytes), true));
+    ) -> Result<(Metered, Basis), Unmetered> {
+        let abandoned = |progress| {
+            Ok((
+                policy::abandoned_usage(progress, request_bytes),
+                Basis::Estimated,
+            ))
+        };
         match (self, cause) {
             (Response::Unmetered(reason), _) => Err(reason),
             (Response::Stream(state), cause) => match (state.meter.finish(), cause) {
-                (Ok(metered), _) => Ok((metered, false)),
+                (Ok(metered), _) => Ok((metered, Basis::Reported)),
                 (Err(Unmetered::NoUsage | Unmetered::Incomplete), EndCause::ClientAborted) => {
                     abandoned(state.meter.progress())
                 }
-                (Err(Unmetered::NoUsage), EndCause::UpstreamAborted) => Err(Unmetered::Incomplete),
+                // The provider bills what it generated before it cut the stream: what it
+                // reported, plus the output streamed so far.
+                (Err(Unmetered::NoUsage | Unmetered::Incomplete), EndCause::UpstreamAborted) => {
+                    let usage = policy::abandoned_usage(state.meter.progress(), request_bytes);
+                    Ok((usage, Basis::Truncated))
+                }
                 (Err(reason), _) => Err(reason),
             },
             (Response::Pending | Response::JsonTooLarge, EndCause::ClientAborted) => {
@@ -848,7 +940,7 @@ impl Response {
             (Response::JsonTooLarge, EndCause::Normal) => Err(Unmetered::TooLarge),
             (Response::Json(body), EndCause::Normal) if body.is_empty() => Err(Unmetered::NoUsage),
             (Response::Json(body), EndCause::Normal) => {
-                api.usage_from_body(&body).map(|m| (m, false))
+                api.usage_from_body(&body).map(|m| (m, Basis::Reported))
             }
         }
     }
@@ -902,7 +994,7 @@ impl Caller {
             let Some(limit) = budget.limit(kind) else {
                 continue;
             };
-            self.raise_levels(host, worker, budget, &entry.period, entry.after.spent);
+            self.raise_levels(host, worker, budget, &entry.period, entry.after.spent, None);
             if budget.action == LimitAction::Alert {
                 let overage = policy::overage(limit, entry.before.spent, entry.after.spent);
                 if overage > 0 {
@@ -920,6 +1012,9 @@ impl Caller {
 
     /// Raises the alerts for every level `spent` has reached on the agent's period, each
     /// once: the worker whose CAS first sets the level's flag in the shared ledger raises it.
+    /// `took_effect` is a limit action that applied before spend reached its mark (a call
+    /// refused or degraded because it no longer fits): its alert goes out now, once, under
+    /// the same flag as when spend reaches the mark.
     fn raise_levels(
         &self,
         host: &dyn Host,
@@ -927,12 +1022,25 @@ impl Caller {
         budget: &AgentBudget,
         period: &Period,
         spent: u64,
+        took_effect: Option<(Crossing, Trigger)>,
     ) {
         let Some(limit) = budget.limit(period.kind) else {
             return;
         };
         let ledger = Ledger::new(host);
-        for (crossing, mark) in policy::levels_reached(budget, period.kind, spent) {
+        let mut levels: Vec<(Crossing, u64, Trigger)> =
+            policy::levels_reached(budget, period.kind, spent)
+                .into_iter()
+                .map(|(crossing, mark)| (crossing, mark, Trigger::Reached))
+                .collect();
+        if let Some((crossing, trigger)) = took_effect {
+            if !levels.iter().any(|(c, _, _)| *c == crossing) {
+                if let Some(mark) = policy::mark(budget, period.kind, crossing) {
+                    levels.push((crossing, mark, trigger));
+                }
+            }
+        }
+        for (crossing, mark, trigger) in levels {
             let flag = AccountKey::Alerted {
                 budget: self.identity.budget.clone(),
                 level: crossing.name(),
@@ -957,6 +1065,7 @@ impl Caller {
                         action: budget.action.name().to_string(),
                         at_unix_secs: self.now,
                         period_end_unix_secs: period.end,
+                        trigger,
                     });
                 }
                 Ok(None) => {}

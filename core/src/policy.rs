@@ -309,19 +309,37 @@ pub fn alert_kind(crossing: Crossing, budget: &AgentBudget) -> (AlertKind, u64) 
 /// in micro-USD. Alerts are keyed by level and mark, so each fires once per period however
 /// often it is seen, and again only if a reload moves its mark.
 pub fn levels_reached(budget: &AgentBudget, kind: PeriodKind, spent: u64) -> Vec<(Crossing, u64)> {
-    let Some(limit) = budget.limit(kind) else {
-        return Vec::new();
-    };
-    let soft = u64::try_from(u128::from(limit) * u128::from(budget.soft_threshold_ppm) / 1_000_000)
-        .unwrap_or(limit);
-    let mut marks = vec![(Crossing::Soft, soft), (Crossing::Limit, limit)];
-    if budget.action == LimitAction::Degrade {
-        if let Some(allowance) = budget.degrade_allowance {
-            marks.push((Crossing::DegradeExhausted, limit.saturating_add(allowance)));
+    [Crossing::Soft, Crossing::Limit, Crossing::DegradeExhausted]
+        .into_iter()
+        .filter_map(|crossing| Some((crossing, mark(budget, kind, crossing)?)))
+        .filter(|(_, mark)| spent >= *mark)
+        .collect()
+}
+
+/// The spend at which `crossing` fires on the agent's `kind` period, if it has one.
+pub fn mark(budget: &AgentBudget, kind: PeriodKind, crossing: Crossing) -> Option<u64> {
+    let limit = budget.limit(kind)?;
+    match crossing {
+        Crossing::Soft => {
+            u64::try_from(u128::from(limit) * u128::from(budget.soft_threshold_ppm) / 1_000_000)
+                .ok()
         }
+        Crossing::Limit => Some(limit),
+        Crossing::DegradeExhausted => match (budget.action, budget.degrade_allowance) {
+            (LimitAction::Degrade, Some(allowance)) => Some(limit.saturating_add(allowance)),
+            _ => None,
+        },
     }
-    marks.retain(|(_, mark)| spent >= *mark);
-    marks
+}
+
+/// The crossing whose alert a refusal for `reason` means: the limit action (or the end of
+/// the degrade allowance) took effect. Task and user caps are not the agent's limit.
+pub fn crossing_of(reason: StopReason) -> Option<Crossing> {
+    match reason {
+        StopReason::Budget => Some(Crossing::Limit),
+        StopReason::DegradeExhausted => Some(Crossing::DegradeExhausted),
+        StopReason::Cap => None,
+    }
 }
 
 /// Spend beyond the budget that this charge added (the `alert` action's overage).

@@ -85,6 +85,15 @@ pub fn budget_exceeded(
             "Agent `{budget}` has used {what} (committed ${}). {resets}",
             format_usd(line.committed())
         ),
+        // Waiting cannot help a call larger than the whole budget: say so.
+        Some(WorstCase {
+            micro_usd,
+            max_output_tokens,
+        }) if micro_usd > line.limit => format!(
+            "Agent `{budget}`: this call may cost up to ${} (its input plus up to {max_output_tokens} output tokens), \
+             more than the whole of {what}: no call of this size can ever fit. Lower `max_tokens` (or the input). {resets}",
+            format_usd(micro_usd)
+        ),
         Some(WorstCase {
             micro_usd,
             max_output_tokens,

@@ -26,6 +26,7 @@ fn alert(kind: AlertKind, agent: &str, period: PeriodKind) -> Alert {
         action: action.to_string(),
         at_unix_secs: NOW,
         period_end_unix_secs: p.end,
+        trigger: Trigger::Reached,
     }
 }
 
@@ -829,4 +830,32 @@ fn a_key_is_never_sent_twice_concurrently_or_after_success() {
         "{totals:?}"
     );
     assert_eq!(dropped, 0);
+}
+
+#[test]
+fn a_limit_set_off_by_a_call_that_does_not_fit_says_so_with_its_figures() {
+    let mut limit = alert(AlertKind::LimitStop, "bot", PeriodKind::Daily);
+    limit.spend_micro_usd = 3_360_000;
+    limit.trigger = Trigger::WorstCase {
+        worst_case_micro_usd: 700_000,
+        remaining_micro_usd: 640_000,
+    };
+    let text = limit.text();
+    assert!(
+        text.contains("can no longer fit a call in its daily budget"),
+        "{text}"
+    );
+    assert!(
+        text.contains("a call's worst case of $0.700000 no longer fits the $0.640000 left"),
+        "{text}"
+    );
+    let am: serde_json::Value = serde_json::from_slice(&alertmanager_body([&limit])).unwrap();
+    assert_eq!(am[0]["annotations"]["trigger"], "worst_case");
+    let json: serde_json::Value = serde_json::from_slice(&json_body(&limit)).unwrap();
+    assert_eq!(json["trigger"], "worst_case");
+    assert_eq!(json["worst_case_usd"], "0.700000");
+    let reached = alert(AlertKind::LimitStop, "bot", PeriodKind::Daily);
+    assert!(reached.text().contains("used up its daily budget"));
+    let json: serde_json::Value = serde_json::from_slice(&json_body(&reached)).unwrap();
+    assert_eq!(json["trigger"], "budget_reached");
 }

@@ -1092,15 +1092,6 @@ fn unmetered_outcomes_are_counted_and_never_charged() {
     let mut too_large = OPENAI_CHAT.to_vec();
     too_large.resize(1025, b' ');
     let (too_large_head, too_large_tail) = too_large.split_at(600);
-    let stream_before_usage = &OPENAI_STREAM[..OPENAI_STREAM
-        .windows(12)
-        .position(|w| w == b"\"choices\":[]")
-        .unwrap()];
-    let stream_before_usage = &stream_before_usage[..stream_before_usage
-        .windows(2)
-        .rposition(|w| w == b"\n\n")
-        .unwrap()
-        + 2];
     let anthropic_before_delta = &ANTHROPIC_STREAM[..ANTHROPIC_STREAM
         .windows(20)
         .position(|w| w == b"event: message_delta")
@@ -1193,32 +1184,6 @@ fn unmetered_outcomes_are_counted_and_never_charged() {
                 vec![OPENAI_STREAM_NO_USAGE],
             ),
             Unmetered::NoUsage,
-        ),
-        (
-            "stream cut before its usage",
-            Exchange {
-                ended: false,
-                ..Exchange::sse(
-                    CHAT_PATH,
-                    "bot",
-                    OPENAI_STREAM_REQUEST,
-                    vec![stream_before_usage],
-                )
-            },
-            Unmetered::Incomplete,
-        ),
-        (
-            "stream cut before its usage, client asked for usage",
-            Exchange {
-                ended: false,
-                ..Exchange::sse(
-                    CHAT_PATH,
-                    "bot",
-                    OPENAI_STREAM_REQUEST_WITH_USAGE,
-                    vec![stream_before_usage],
-                )
-            },
-            Unmetered::Incomplete,
         ),
         (
             "Anthropic stream ended before message_delta",
@@ -1655,43 +1620,73 @@ fn azure_deployment_and_path_models_price_calls_without_a_model() {
 }
 
 #[test]
-fn client_abort_is_charged_an_estimate_upstream_abort_is_not() {
+fn a_cut_stream_is_charged_an_estimate_whoever_cut_it() {
     let (host, worker) = setup(CONFIG);
     let request =
         br#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hello there"}]}"#;
     let chunk: &[u8] =
         b"data: {\"model\":\"gpt-4o\",\"choices\":[{\"delta\":{\"content\":\"abcdefgh\"}}]}\n\n";
-    for (cause, want_estimate) in [
-        (EndCause::ClientAborted, true),
-        (EndCause::UpstreamAborted, false),
-    ] {
+    for cause in [EndCause::ClientAborted, EndCause::UpstreamAborted] {
         let exchange = Exchange {
             ended: false,
             cause,
             ..Exchange::sse(CHAT_PATH, "bot", request, vec![chunk, chunk])
         };
         let ran = run_call(&host, &worker, &exchange);
-        let outcome = ran.call.attribution.unwrap().outcome;
-        if want_estimate {
-            // Input: the request bytes / 4; output: 16 bytes of text / 4.
-            let input = (request.len() as u64).div_ceil(4);
-            match outcome {
-                Outcome::Charged {
-                    metered, estimated, ..
-                } => {
-                    assert!(estimated);
-                    assert_eq!((metered.usage.input, metered.usage.output), (input, 4));
-                }
-                other => panic!("{other:?}"),
+        // Input: the request bytes / 4; output: 16 bytes of text / 4.
+        let input = (request.len() as u64).div_ceil(4);
+        match ran.call.attribution.unwrap().outcome {
+            Outcome::Charged {
+                metered, estimated, ..
+            } => {
+                assert!(estimated, "{cause:?}");
+                assert_eq!((metered.usage.input, metered.usage.output), (input, 4));
             }
-        } else {
-            assert_eq!(outcome, Outcome::Unmetered(Unmetered::Incomplete));
+            other => panic!("{cause:?}: {other:?}"),
         }
     }
     assert_eq!(
         metric(&host, &worker, "agent_budget_estimated_requests.agent.bot"),
+        2
+    );
+    // The provider's cut still counts as a response that did not complete.
+    assert_eq!(
+        metric(&host, &worker, "agent_budget_unmetered.reason.incomplete"),
         1
     );
+    assert_eq!(
+        metric(&host, &worker, "agent_budget_unmetered_requests.agent.bot"),
+        0
+    );
+}
+
+#[test]
+fn a_stream_the_provider_cut_is_charged_what_it_had_reported() {
+    // Anthropic reports the input in message_start: that is charged exactly, plus the text
+    // streamed so far (12 bytes: 3 tokens) as output.
+    let (host, worker) = setup(CONFIG);
+    let start: &[u8] = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":1000,\"output_tokens\":1}}}\n\n";
+    let delta: &[u8] = b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"hello world!\"}}\n\n";
+    let exchange = Exchange {
+        ended: false,
+        cause: EndCause::UpstreamAborted,
+        ..Exchange::sse(
+            MESSAGES_PATH,
+            "bot",
+            ANTHROPIC_STREAM_REQUEST,
+            vec![start, delta],
+        )
+    };
+    let ran = run_call(&host, &worker, &exchange);
+    match ran.call.attribution.unwrap().outcome {
+        Outcome::Charged {
+            metered, estimated, ..
+        } => {
+            assert!(estimated);
+            assert_eq!((metered.usage.input, metered.usage.output), (1000, 3));
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1968,4 +1963,67 @@ fn a_call_reads_the_clock_once() {
     call.on_response_body(&host, OPENAI_CHAT, true);
     assert_eq!(charged(&call).0, CHAT_COST);
     assert_eq!(host.reads.get(), 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// The limit alert goes out when the limit first takes effect
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn the_limit_alert_goes_out_when_a_call_first_no_longer_fits() {
+    // (config, seeded daily spend, request, alert expected, refused)
+    let stop = r#"{"agents":{"bot":{"daily_usd":0.01}},"reservations":true}"#;
+    let degrade = r#"{"agents":{"bot":{"daily_usd":0.02,"action":"degrade","degrade_to":{"gpt-4o*":"gpt-4o-mini"}}},"reservations":true}"#;
+    let fits_later: &[u8] = br#"{"model":"gpt-4o","max_tokens":400,"messages":[]}"#;
+    let never_fits: &[u8] = br#"{"model":"gpt-4o","max_tokens":5000,"messages":[]}"#;
+    let cases = [
+        // 70 % spent, a $0.004 worst case: refused before the budget is reached.
+        (stop, 7_000, fits_later, "limit_stop", true),
+        // Nothing spent, but the call could cost more than the whole budget.
+        (stop, 0, never_fits, "limit_stop", true),
+        // Degrading starts because the worst case does not fit the $0.005 left.
+        (
+            degrade,
+            15_000,
+            br#"{"model":"gpt-4o","max_tokens":1000,"messages":[]}"#.as_slice(),
+            "limit_degrade",
+            false,
+        ),
+    ];
+    for (config, seeded, request, kind, refused) in cases {
+        let (host, worker) = setup(config);
+        seed(&host, &worker, "bot", seeded, seeded);
+        let name = format!("agent_budget_alerts.agent.bot.reason.{kind}");
+        for _ in 0..2 {
+            let ran = run_call(
+                &host,
+                &worker,
+                &Exchange::json(CHAT_PATH, "bot", request, OPENAI_CHAT),
+            );
+            assert_eq!(ran.body_reply.is_some(), refused, "{kind} {seeded}");
+        }
+        // Once per period, however many calls it turns away.
+        assert_eq!(metric(&host, &worker, &name), 1, "{kind} {seeded}");
+    }
+}
+
+#[test]
+fn a_call_larger_than_the_whole_budget_is_told_it_can_never_fit() {
+    let (host, worker) = setup(r#"{"agents":{"bot":{"daily_usd":0.01}},"reservations":true}"#);
+    let request = br#"{"model":"gpt-4o","max_tokens":5000,"messages":[]}"#;
+    let ran = run_call(
+        &host,
+        &worker,
+        &Exchange::json(CHAT_PATH, "bot", request, OPENAI_CHAT),
+    );
+    let reply = ran.body_reply.expect("refused");
+    let message = json(&reply.body)["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("no call of this size can ever fit"),
+        "{message}"
+    );
+    assert!(message.contains("max_tokens"), "{message}");
 }

@@ -437,17 +437,30 @@ impl ErrorKind {
 /// Finds `"usage"` used as a key with an object value, without parsing the event: most
 /// stream events carry no usage (or `"usage":null`) and need no JSON parse at all.
 pub(crate) fn has_usage_object(data: &[u8]) -> bool {
+    usage_values(data).any(|first| first == b'{')
+}
+
+/// Whether a `"usage"` key holds something that is neither an object nor `null`: a usage
+/// report the provider sent but that cannot be read (counted as malformed, not missing).
+pub(crate) fn has_corrupt_usage(data: &[u8]) -> bool {
+    usage_values(data).any(|first| first != b'{' && first != b'n')
+}
+
+/// The first byte of the value of each `"usage":` key in `data`.
+fn usage_values(data: &[u8]) -> impl Iterator<Item = u8> + '_ {
     const KEY: &[u8] = b"\"usage\"";
     let mut rest = data;
-    while let Some(at) = rest.windows(KEY.len()).position(|w| w == KEY) {
+    std::iter::from_fn(move || loop {
+        let at = rest.windows(KEY.len()).position(|w| w == KEY)?;
         let after = rest.get(at + KEY.len()..).unwrap_or_default();
-        let mut value = after.iter().skip_while(|b| b.is_ascii_whitespace());
-        if value.next() == Some(&b':') && value.find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
-            return true;
-        }
         rest = after;
-    }
-    false
+        let mut value = after.iter().skip_while(|b| b.is_ascii_whitespace());
+        if value.next() == Some(&b':') {
+            if let Some(first) = value.find(|b| !b.is_ascii_whitespace()) {
+                return Some(*first);
+            }
+        }
+    })
 }
 
 /// Test support: what a meter reports of a stream cut at the end of `stream`.

@@ -185,6 +185,9 @@ const TEXT_KEYS: [&str; 5] = [
 impl StreamMeter {
     pub fn on_event(&mut self, event: &SseEvent) -> EventFate {
         if !has_usage_object(&event.data) {
+            if super::has_corrupt_usage(&event.data) {
+                self.malformed = true;
+            }
             if self.model.is_none() && event.data.first() == Some(&b'{') {
                 // Once per stream: the model, for pricing a stream that never reports usage.
                 self.model = serde_json::from_slice::<ChunkModel>(&event.data)

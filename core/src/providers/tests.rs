@@ -173,3 +173,43 @@ fn finds_usage_objects_only() {
         );
     }
 }
+
+#[test]
+fn finds_usage_reports_that_cannot_be_read() {
+    let cases: [(&[u8], bool); 7] = [
+        (br#"{"usage":{"prompt_tokens":1}}"#, false),
+        (br#"{"usage":null}"#, false),
+        (br#"{"usage":"corrupt"}"#, true),
+        (br#"{"usage": 17}"#, true),
+        (br#"{"usage":[1,2]}"#, true),
+        (br#"{"x":"\"usage\":5"}"#, false),
+        (b"", false),
+    ];
+    for (data, want) in cases {
+        assert_eq!(
+            has_corrupt_usage(data),
+            want,
+            "{}",
+            String::from_utf8_lossy(data)
+        );
+    }
+}
+
+#[test]
+fn a_corrupt_usage_chunk_is_malformed_not_missing() {
+    let mut meter = Api::OpenAiChat.stream_meter();
+    let events = [
+        br#"{"model":"gpt-4o","choices":[{"delta":{"content":"hi"}}],"usage":null}"#.as_slice(),
+        br#"{"model":"gpt-4o","choices":[],"usage":"corrupt"}"#.as_slice(),
+    ];
+    for data in events {
+        meter.on_event(&crate::sse::SseEvent {
+            event: None,
+            data: data.to_vec(),
+            start: 0,
+            end: 0,
+            truncated: false,
+        });
+    }
+    assert_eq!(meter.finish(), Err(Unmetered::Malformed));
+}

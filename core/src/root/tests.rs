@@ -119,6 +119,7 @@ fn alerts_are_delivered_retried_and_counted() {
         action: "stop".into(),
         at_unix_secs: NOW,
         period_end_unix_secs: NOW + 3_600,
+        trigger: crate::alerts::Trigger::Reached,
     };
     worker.raise_alert(alert.clone());
     worker.raise_alert(alert); // the same crossing again: queued once
