@@ -9,7 +9,7 @@ from harness import knobs
 
 CHAT = "/v1/chat/completions"
 MESSAGES = "/v1/messages"
-CONFIG = {"agents": {"a": {"daily_usd": 10}}, "max_response_body_bytes": 4096}
+CONFIG = {"agents": {"a": {"daily_usd": 10}, "b": {"daily_usd": 10}}, "max_response_body_bytes": 4096}
 
 
 def raw_request(port, path, body, headers, stop_after_bytes=None):
@@ -53,15 +53,30 @@ def test_client_leaving_mid_stream_is_charged_an_estimate(gateway):
     assert records[CHAT]["estimated"] is True
 
 
-def test_upstream_truncated_stream_is_unmetered_incomplete(gateway):
+def test_stream_the_upstream_cuts_is_charged_what_was_reported_and_streamed(gateway):
     gw = gateway(CONFIG)
+    # OpenAI reports nothing before its last chunk: input is estimated from the request,
+    # output from the 4 "tok " deltas that arrived (16 bytes, 4 tokens).
     got = raw_request(gw.port, CHAT, {"model": "gpt-4o", "stream": True, "messages": []},
                       knobs("a", truncate_after=5, chunks=50))
     assert got.count(b"data: ") == 5  # what the upstream sent did reach the client
+    # Anthropic reported its 1000 input tokens in message_start: charged exactly, at
+    # claude-sonnet-4-5's $3/M (3000 micro-USD) plus the output streamed so far.
+    got = raw_request(gw.port, MESSAGES, {"model": "claude-sonnet-4-5", "max_tokens": 100,
+                                          "stream": True, "messages": []},
+                      knobs("b", input_tokens=1000, truncate_after=6, chunks=50))
+    assert got.count(b"event: ") == 6
     time.sleep(0.3)
     stats = gw.stats()
-    assert stats.value("agent_budget_unmetered", reason="incomplete") == 1
-    assert stats.value("agent_budget_cost_micro_usd", agent="a") == 0
+    assert stats.value("agent_budget_unmetered", reason="incomplete") == 2
+    assert stats.value("agent_budget_estimated_requests", agent="a") == 1
+    assert stats.value("agent_budget_estimated_requests", agent="b") == 1
+    assert stats.value("agent_budget_output_tokens", agent="a") == 4
+    assert 0 < stats.value("agent_budget_cost_micro_usd", agent="a") < 1000
+    assert stats.value("agent_budget_input_tokens", agent="b") == 1000
+    assert 3000 < stats.value("agent_budget_cost_micro_usd", agent="b") < 3100
+    records = {r["path"]: r for r in gw.access_records()}
+    assert records[CHAT]["estimated"] is True and records[MESSAGES]["estimated"] is True
 
 
 def test_oversized_body_reaches_client_unchanged_and_is_counted(gateway):

@@ -646,3 +646,91 @@ def test_overshoot_of_200_concurrent_calls_racing_the_last_dollar(gateway, mock,
     else:
         # Decided on settled spend only: calls in flight all see room and overshoot.
         assert overshoot > worst_case
+
+
+# --- 6. the limit alert goes out the moment the limit takes effect ------------------------
+#
+# With reservations a call is refused (or degraded) once its worst case no longer fits what
+# is left, usually before spend reaches 100 %. Calls here: gpt-4o, max_tokens 60, the mock
+# reporting 20 input and 60 output tokens: 50 + 600 = 650 micro-USD each, a worst case of
+# ~700 (the request's bytes as input plus 60 output tokens). Against $0.004: six calls fit
+# (3900), the seventh does not (3900 + ~700 > 4000), at 97 % spend.
+
+SMALL = {"input_tokens": 20, "output_tokens": 60}
+
+
+def small_chat(gw, agent, max_tokens=60):
+    client = oai(gw, agent, **SMALL)
+    return client.chat.completions.create(model="gpt-4o", messages=HELLO, max_tokens=max_tokens)
+
+
+def kinds_of(hook) -> list[tuple[str, str]]:
+    """(kind, trigger) of every alert delivered, sorted (JSON format: one per body; each
+    worker delivers its own alerts, so arrival order is not raising order)."""
+    return sorted((d.body["kind"], d.body["trigger"]) for d in hook.accepted)
+
+
+def test_stop_agent_refused_before_its_budget_is_reached_gets_its_limit_alert(gateway, hook):
+    gw = gateway({"agents": {"batch": {"daily_usd": 0.004, "action": "stop"}},
+                  "alerts": alerts_config(format="json")}, clusters={WEBHOOK: hook.port})
+    for _ in range(6):
+        small_chat(gw, "batch")
+    for _ in range(2):
+        with pytest.raises(openai.RateLimitError) as refused:
+            small_chat(gw, "batch")
+    assert "more than is left" in refused.value.message
+    hook.wait_for(2)
+    assert_stays(lambda: len(hook.all) == 2, 1.2, "one limit alert, not one per refusal")
+    assert kinds_of(hook) == [("limit_stop", "worst_case"), ("soft", "budget_reached")]
+    [limit] = [d.body for d in hook.accepted if d.body["kind"] == "limit_stop"]
+    assert limit["spend_usd"] == "0.003900" and limit["percent"] == 97
+    assert "no longer fits" in limit["text"] and limit["worst_case_usd"] is not None
+    stats = gw.stats()
+    assert stats.value("agent_budget_alerts", agent="batch", reason="limit_stop") == 1
+    assert stats.value("agent_budget_rejected", agent="batch") == 2
+
+
+def test_a_call_larger_than_the_whole_budget_is_refused_at_once_and_alerted(gateway, hook):
+    gw = gateway({"agents": {"batch": {"daily_usd": 0.004, "action": "stop"}},
+                  "alerts": alerts_config(format="json")}, clusters={WEBHOOK: hook.port})
+    with pytest.raises(openai.RateLimitError) as refused:
+        small_chat(gw, "batch", max_tokens=1000)  # worst case > $0.010
+    assert "no call of this size can ever fit" in refused.value.message
+    assert "max_tokens" in refused.value.message
+    hook.wait_for(1)
+    assert_stays(lambda: len(hook.all) == 1, 1.2, "exactly one alert")
+    assert kinds_of(hook) == [("limit_stop", "worst_case")]
+    assert hook.accepted[0].body["spend_usd"] == "0.000000"
+
+
+def test_degrade_that_starts_before_the_budget_is_reached_gets_its_limit_alert(gateway, hook):
+    gw = gateway({"agents": {"deg": {"daily_usd": 0.004, "action": "degrade",
+                                     "degrade_to": DEGRADE_TO}},
+                  "alerts": alerts_config(format="json")}, clusters={WEBHOOK: hook.port})
+    served = [small_chat(gw, "deg").model for _ in range(8)]
+    assert served == ["gpt-4o"] * 6 + ["gpt-4o-mini"] * 2
+    hook.wait_for(2)
+    assert_stays(lambda: len(hook.all) == 2, 1.2, "one limit alert")
+    assert kinds_of(hook) == [("limit_degrade", "worst_case"), ("soft", "budget_reached")]
+
+
+def test_degrade_allowance_that_starts_refusing_gets_its_alert(gateway, hook):
+    # Budget $0.004 and an allowance of $0.0005 past it: gpt-4o-mini calls (20 + 60 tokens,
+    # 39 micro-USD, worst case ~50) fit until the allowance cannot take another.
+    gw = gateway({"agents": {"deg": {"daily_usd": 0.004, "action": "degrade",
+                                     "degrade_to": DEGRADE_TO, "degrade_usd": 0.0005}},
+                  "alerts": alerts_config(format="json")}, clusters={WEBHOOK: hook.port})
+    refused = 0
+    for _ in range(30):
+        try:
+            small_chat(gw, "deg")
+        except openai.RateLimitError as error:
+            assert "the spend allowed after degrading" in error.message
+            refused += 1
+            if refused == 2:
+                break
+    assert refused == 2
+    hook.wait_for(3)
+    assert_stays(lambda: len(hook.all) == 3, 1.2, "one alert per level")
+    assert kinds_of(hook) == [("degrade_exhausted", "worst_case"),
+                              ("limit_degrade", "worst_case"), ("soft", "budget_reached")]
