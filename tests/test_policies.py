@@ -734,3 +734,27 @@ def test_degrade_allowance_that_starts_refusing_gets_its_alert(gateway, hook):
     assert_stays(lambda: len(hook.all) == 3, 1.2, "one alert per level")
     assert kinds_of(hook) == [("degrade_exhausted", "worst_case"),
                               ("limit_degrade", "worst_case"), ("soft", "budget_reached")]
+
+
+def test_shipped_config_nightly_batch_gets_its_limit_alert_when_refusals_begin(gateway, hook):
+    # The demo's batch agent in envoy/agent-budget.yaml as shipped: $0.05 a day, stop, tasks
+    # capped at $0.03; claude-haiku-4-5 calls of 8000 input and 1500 output tokens cost
+    # $0.0155 each, with a worst case of ~$0.01 (max_tokens 2000).
+    gw = gateway(None, clusters={WEBHOOK: hook.port})
+    client = anthropic.Anthropic(base_url=f"http://127.0.0.1:{gw.port}", api_key="test",
+                                 max_retries=0, default_headers=knobs("nightly-batch", 8000, 1500))
+    outcomes = []
+    for task in ["reindex", "summarize", "reindex", "summarize", "reindex"]:
+        try:
+            client.messages.create(model="claude-haiku-4-5", max_tokens=2000, messages=HELLO,
+                                   extra_headers={"x-task-id": task})
+            outcomes.append(200)
+        except anthropic.RateLimitError:
+            outcomes.append(429)
+    assert outcomes == [200, 200, 200, 429, 429]
+    wait_until(lambda: len([a for a in alerts_in(hook.accepted)
+                            if a["labels"]["agent"] == "nightly-batch"]) == 2, 10, "two alerts")
+    assert_stays(lambda: len(hook.all) == len(hook.accepted), 1.2, "no failed deliveries")
+    mine = [a for a in alerts_in(hook.accepted) if a["labels"]["agent"] == "nightly-batch"]
+    names = sorted((a["labels"]["alertname"], a["annotations"]["trigger"]) for a in mine)
+    assert names == [("AgentBudgetExhausted", "worst_case"), ("AgentBudgetThreshold", "budget_reached")]
