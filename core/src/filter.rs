@@ -348,14 +348,8 @@ impl Call {
                 .iter()
                 .find(|l| l.scope == Scope::Agent && l.exhausted())
             {
-                call.caller.raise_levels(
-                    host,
-                    &worker,
-                    budget,
-                    &line.period,
-                    line.state.spent,
-                    Some((Crossing::Limit, Trigger::Reached)),
-                );
+                call.caller
+                    .limit_took_effect(host, &worker, budget, line, Trigger::Reached);
             }
             call.degrade_path(&head.path, budget, &mut edits);
         } else if policy::checks_worst_case_at_headers(budget.action, model_in, config.reservations)
@@ -370,20 +364,12 @@ impl Call {
                     .iter()
                     .find(|l| l.scope == Scope::Agent && !l.fits(estimate, 0))
                 {
-                    call.caller.raise_levels(
-                        host,
-                        &worker,
-                        budget,
-                        &line.period,
-                        line.state.spent,
-                        Some((
-                            Crossing::Limit,
-                            Trigger::WorstCase {
-                                worst_case_micro_usd: estimate,
-                                remaining_micro_usd: line.remaining(),
-                            },
-                        )),
-                    );
+                    let trigger = Trigger::WorstCase {
+                        worst_case_micro_usd: estimate,
+                        remaining_micro_usd: line.remaining(),
+                    };
+                    call.caller
+                        .limit_took_effect(host, &worker, budget, line, trigger);
                 }
                 call.degrade_path(&head.path, budget, &mut edits);
             }
@@ -678,14 +664,8 @@ impl Forwarded {
                     worst_case_micro_usd: self.worst_case(config, max_output),
                     remaining_micro_usd: line.remaining(),
                 };
-                self.caller.raise_levels(
-                    host,
-                    worker,
-                    budget,
-                    &line.period,
-                    line.state.spent,
-                    Some((Crossing::Limit, trigger)),
-                );
+                self.caller
+                    .limit_took_effect(host, worker, budget, &line, trigger);
                 self.degrade = Degrade::On;
                 self.degrade_body(body, budget, &mut outcome);
                 let allowance = policy::reservation_allowance(budget, true);
@@ -1012,6 +992,27 @@ impl Caller {
 
     /// Raises the alerts for every level `spent` has reached on the agent's period, each
     /// once: the worker whose CAS first sets the level's flag in the shared ledger raises it.
+    /// The agent's limit action (degrading) applies from this call on `line`: its alert goes
+    /// out now if it has not yet this period.
+    fn limit_took_effect(
+        &self,
+        host: &dyn Host,
+        worker: &Worker,
+        budget: &AgentBudget,
+        line: &Line,
+        trigger: Trigger,
+    ) {
+        let took_effect = Some((Crossing::Limit, trigger));
+        self.raise_levels(
+            host,
+            worker,
+            budget,
+            &line.period,
+            line.state.spent,
+            took_effect,
+        );
+    }
+
     /// `took_effect` is a limit action that applied before spend reached its mark (a call
     /// refused or degraded because it no longer fits): its alert goes out now, once, under
     /// the same flag as when spend reaches the mark.
