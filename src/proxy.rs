@@ -94,12 +94,8 @@ impl Host for ProxyHost {
         };
         match status {
             STATUS_OK => {
-                let value = if data.is_null() {
-                    Vec::new()
-                } else {
-                    // SAFETY: see above; size is the allocation's length.
-                    unsafe { Vec::from_raw_parts(data, size, size) }
-                };
+                // SAFETY: on OK the host allocated `data` for us (see above).
+                let value = unsafe { take_host_buffer(data, size) };
                 Ok(Some(Versioned { value, cas }))
             }
             STATUS_NOT_FOUND => Ok(None),
@@ -271,10 +267,23 @@ fn header_map(map: MapType) -> Vec<u8> {
     // SAFETY: out-pointers are valid; on OK the host hands over a buffer it allocated with
     // this module's allocator (proxy_on_memory_allocate), which we take ownership of.
     let status = unsafe { abi::proxy_get_header_map_pairs(map as u32, &mut data, &mut size) };
-    if status != STATUS_OK || data.is_null() {
+    if status != STATUS_OK {
         return Vec::new();
     }
-    // SAFETY: see above; size is the allocation's length.
+    // SAFETY: on OK the host allocated `data` for us (see above).
+    unsafe { take_host_buffer(data, size) }
+}
+
+/// Takes ownership of a buffer the host returned (null: nothing returned).
+///
+/// # Safety
+/// A non-null `data` must be a `size`-byte allocation the host made with this module's
+/// allocator (proxy_on_memory_allocate) and handed over; nothing else may free it.
+unsafe fn take_host_buffer(data: *mut u8, size: usize) -> Vec<u8> {
+    if data.is_null() {
+        return Vec::new();
+    }
+    // SAFETY: guaranteed by the caller; size is the allocation's length.
     unsafe { Vec::from_raw_parts(data, size, size) }
 }
 

@@ -45,6 +45,14 @@ impl Target {
         self.slots.iter().any(|s| s.limit.is_some())
     }
 
+    /// Hands back what the call holds reserved on each period, leaving nothing held.
+    fn take_reserved(&mut self) -> Vec<u64> {
+        self.slots
+            .iter_mut()
+            .map(|s| std::mem::take(&mut s.reserved))
+            .collect()
+    }
+
     fn line(&self, slot: &Slot, limit: u64, state: Account) -> Line {
         Line {
             scope: self.scope.clone(),
@@ -246,11 +254,7 @@ impl Booking {
     pub fn release(&mut self, host: &dyn Host, trouble: &mut Trouble) {
         let ledger = Ledger::new(host);
         for target in &mut self.targets {
-            let held: Vec<u64> = target
-                .slots
-                .iter_mut()
-                .map(|s| std::mem::take(&mut s.reserved))
-                .collect();
+            let held = target.take_reserved();
             if held.iter().all(|r| *r == 0) {
                 continue;
             }
@@ -270,11 +274,7 @@ impl Booking {
         let ledger = Ledger::new(host);
         let mut settled = Vec::new();
         for mut target in std::mem::take(&mut self.targets) {
-            let held: Vec<u64> = target
-                .slots
-                .iter_mut()
-                .map(|s| std::mem::take(&mut s.reserved))
-                .collect();
+            let held = target.take_reserved();
             if micro_usd == 0 && held.iter().all(|r| *r == 0) {
                 continue;
             }

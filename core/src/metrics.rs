@@ -268,11 +268,6 @@ impl Metrics {
         }
     }
 
-    /// Defines a counter without counting, so it shows (as 0) before anything happens.
-    pub fn declare(&self, host: &dyn Host, counter: Counter) {
-        let _ = self.id(host, Metric::Counter(counter));
-    }
-
     pub fn set(&self, host: &dyn Host, gauge: Gauge, value: u64) {
         if let Some(id) = self.id(host, Metric::Gauge(gauge)) {
             let _ = host.record_metric(id, value);
