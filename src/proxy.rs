@@ -356,6 +356,12 @@ impl HttpContext for AgentBudgetHttp {
                 self.request_body = RequestBody::Wanted { declared };
                 Action::Continue
             }
+            // With the plugin's allow_on_headers_stop_iteration this is StopIteration: the
+            // body callbacks still come, and the headers wait for the body step.
+            HeadAction::HoldForBody => {
+                self.request_body = RequestBody::Wanted { declared };
+                Action::Pause
+            }
             HeadAction::Reply(reply) => {
                 send_reply(&reply);
                 self.export_attribution();
@@ -384,8 +390,9 @@ impl HttpContext for AgentBudgetHttp {
             .unwrap_or_default();
         let outcome = self.call.on_request_body(&ProxyHost, &body);
         if let Some(reply) = outcome.reply {
-            // The call's worst case does not fit its budget: refuse it now. Its headers went
-            // upstream already; Envoy resets that request, which never got its body.
+            // The call's worst case does not fit its budget: refuse it now. Unless the
+            // headers were held, they went upstream already; Envoy resets that request,
+            // which never got its body.
             send_reply(&reply);
             self.export_attribution();
             return Action::Pause;
@@ -397,6 +404,7 @@ impl HttpContext for AgentBudgetHttp {
                 log::error!("cannot rewrite request body: {status:?}");
             }
         }
+        apply(MapType::HttpRequestHeaders, &outcome.headers);
         Action::Continue
     }
 

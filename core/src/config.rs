@@ -82,6 +82,8 @@ pub struct RawConfig {
     #[serde(default)]
     default_max_output_tokens: Option<u32>,
     #[serde(default)]
+    hold_request_headers: Option<bool>,
+    #[serde(default)]
     alerts: Option<RawAlerts>,
 }
 
@@ -330,6 +332,11 @@ pub struct Config {
     pub default_max_output_tokens: u64,
     /// Which calls get the `x-agent-budget-*` response headers.
     pub budget_headers: BudgetHeaders,
+    /// Hold a call's request headers until its body is read, so nothing reaches the
+    /// provider before the call is decided and `content-length` stays exact. Needs the
+    /// plugin's `allow_on_headers_stop_iteration: true` (Envoy 1.35+): without it Envoy
+    /// withholds the body from a filter that holds the headers, and the call stalls.
+    pub hold_request_headers: bool,
     pub alerts: Option<AlertsConfig>,
 }
 
@@ -712,6 +719,7 @@ impl TryFrom<RawConfig> for Config {
             api_overrides,
             azure_deployments: raw.azure_deployments,
             reservations: raw.reservations.unwrap_or(true),
+            hold_request_headers: raw.hold_request_headers.unwrap_or(false),
             budget_headers: raw.budget_headers.unwrap_or_default(),
             default_max_output_tokens: u64::from(default_max_output_tokens),
             alerts,

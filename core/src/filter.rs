@@ -68,6 +68,9 @@ pub enum HeadAction {
     /// Forward the headers, hold the body until it is complete, then call
     /// [`Call::on_request_body`].
     WaitForBody,
+    /// Hold the headers as well as the body until the body is complete, then call
+    /// [`Call::on_request_body`] and apply its header edits (`hold_request_headers`).
+    HoldForBody,
     Reply(LocalReply),
 }
 
@@ -92,6 +95,9 @@ pub struct BodyOutcome {
     pub body: Option<Vec<u8>>,
     /// Refuse the call with this reply after all (its worst case does not fit the budget).
     pub reply: Option<LocalReply>,
+    /// Request-header edits to apply before the held headers leave (after
+    /// [`HeadAction::HoldForBody`] only).
+    pub headers: HeaderEdits,
 }
 
 /// What the adapter read from the response headers.
@@ -387,6 +393,10 @@ impl Call {
         if !head.has_body {
             return forward(HeadAction::Continue, edits);
         }
+        if config.hold_request_headers {
+            // The body step sets the length of a body it rewrites.
+            return forward(HeadAction::HoldForBody, edits);
+        }
         // The headers leave before the body is read: when the body may be rewritten, its
         // length cannot be declared in advance, so Envoy sends it chunked.
         if policy::body_may_change(api, budget.action) {
@@ -404,7 +414,17 @@ impl Call {
             return BodyOutcome::default();
         };
         let stop = match call.read_body(&worker, host, body) {
-            Ok(outcome) => return outcome,
+            Ok(mut outcome) => {
+                if let (Some(replacement), true) =
+                    (&outcome.body, worker.config.hold_request_headers)
+                {
+                    outcome
+                        .headers
+                        .set
+                        .push(("content-length".to_string(), replacement.len().to_string()));
+                }
+                return outcome;
+            }
             Err(stop) => stop,
         };
         let Stage::Forwarded(call) = std::mem::replace(&mut self.stage, Stage::Refused) else {
@@ -415,6 +435,7 @@ impl Call {
         BodyOutcome {
             body: None,
             reply: Some(reply),
+            headers: HeaderEdits::default(),
         }
     }
 
@@ -633,6 +654,7 @@ impl Forwarded {
         let mut outcome = BodyOutcome {
             body: prepared.rewritten,
             reply: None,
+            headers: HeaderEdits::default(),
         };
         let Some(budget) = config.budget(&self.caller.identity.budget) else {
             return Ok(outcome);

@@ -179,6 +179,9 @@ async fn provider(req: Request<Incoming>, api: Api, stats: &'static Stats) -> Re
     // Created first so a call abandoned at any later point still counts
     // (as unreported) when this is dropped.
     let mut report = Report::new(stats, parts.headers.get("x-agent-id").cloned());
+    if !parts.headers.contains_key(hyper::header::CONTENT_LENGTH) {
+        stats.record_unsized_request();
+    }
     let bad_request =
         |status: StatusCode, msg: &str| -> Bytes { api.error_body(status, true, msg).into() };
 

@@ -66,6 +66,8 @@ struct Inner {
     agents: BTreeMap<String, Counters>,
     total: Counters,
     unreported_calls: u64,
+    /// Provider calls whose request declared no content-length (sent chunked).
+    unsized_requests: u64,
 }
 
 pub struct Stats {
@@ -94,6 +96,7 @@ impl Stats {
                     },
                 },
                 unreported_calls: 0,
+                unsized_requests: 0,
             }),
         }
     }
@@ -122,6 +125,11 @@ impl Stats {
         g.unreported_calls = g.unreported_calls.saturating_add(1);
     }
 
+    pub fn record_unsized_request(&self) {
+        let mut g = self.lock();
+        g.unsized_requests = g.unsized_requests.saturating_add(1);
+    }
+
     /// Forgets agents entirely (rather than keeping zeroed entries) so a test
     /// can compare the whole document after a reset.
     pub fn reset(&self) {
@@ -144,6 +152,8 @@ impl Stats {
         g.total.write_json(&mut out);
         out.raw(",\"unreported_calls\":")
             .num(g.unreported_calls)
+            .raw(",\"unsized_requests\":")
+            .num(g.unsized_requests)
             .raw("}");
         drop(g);
         out.into_bytes()

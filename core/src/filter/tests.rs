@@ -152,7 +152,9 @@ fn run_call(host: &FakeHost, worker: &Rc<Worker>, exchange: &Exchange<'_>) -> Ra
         },
     );
     let body = match head.action {
-        HeadAction::WaitForBody => call.on_request_body(host, exchange.request),
+        HeadAction::WaitForBody | HeadAction::HoldForBody => {
+            call.on_request_body(host, exchange.request)
+        }
         HeadAction::Continue | HeadAction::Reply(_) => BodyOutcome::default(),
     };
     let rewritten = body.body;
@@ -2026,4 +2028,54 @@ fn a_call_larger_than_the_whole_budget_is_told_it_can_never_fit() {
         "{message}"
     );
     assert!(message.contains("max_tokens"), "{message}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Held request headers (hold_request_headers)
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn held_headers_keep_content_length_and_declare_a_rewritten_body() {
+    const HELD: &str = r#"{"hold_request_headers":true,"agents":{"bot":{"daily_usd":10}}}"#;
+    let cases: [(&str, &[u8], bool); 3] = [
+        ("non-streaming: untouched", OPENAI_REQUEST, false),
+        (
+            "stream without usage: stream_options added",
+            OPENAI_STREAM_REQUEST,
+            true,
+        ),
+        ("anthropic", ANTHROPIC_REQUEST, false),
+    ];
+    for (case, request, rewritten) in cases {
+        let (host, worker) = setup(HELD);
+        let path = if request == ANTHROPIC_REQUEST {
+            MESSAGES_PATH
+        } else {
+            CHAT_PATH
+        };
+        let mut call = Call::new(Rc::clone(&worker));
+        let head = call.on_request_headers(
+            &host,
+            RequestHead {
+                path: path.to_string(),
+                agent: Some("bot".to_string()),
+                content_length: Some(request.len() as u64),
+                has_body: true,
+                ..RequestHead::default()
+            },
+        );
+        assert_eq!(head.action, HeadAction::HoldForBody, "{case}");
+        assert!(head.edits.remove.is_empty(), "{case}: {:?}", head.edits);
+        let body = call.on_request_body(&host, request);
+        assert_eq!(body.reply, None, "{case}");
+        match (&body.body, rewritten) {
+            (Some(sent), true) => assert_eq!(
+                body.headers.set,
+                pairs(&[("content-length", &sent.len().to_string())]),
+                "{case}"
+            ),
+            (None, false) => assert_eq!(body.headers, HeaderEdits::default(), "{case}"),
+            (sent, _) => panic!("{case}: unexpected rewrite {sent:?}"),
+        }
+    }
 }
