@@ -221,7 +221,7 @@ fn run_call(
         },
     );
     let mut touched = head.edits.set.len();
-    if head.action == HeadAction::WaitForBody {
+    if matches!(head.action, HeadAction::WaitForBody | HeadAction::HoldForBody) {
         let body = call.on_request_body(host, request);
         touched += body.body.map_or(0, |b| b.len());
     }
