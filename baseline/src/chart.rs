@@ -2,7 +2,7 @@
 //! one polyline per agent over its own span of days, and a legend. No scripts, no external
 //! fonts or stylesheets.
 
-use crate::report::usd4;
+use crate::report::{cents, usd4};
 use crate::stats::Summary;
 use agent_budget_core::period::civil_from_days;
 use std::fmt::Write;
@@ -105,13 +105,19 @@ pub fn svg(summaries: &[Summary], title: &str) -> String {
     for tick in 0..=5u64 {
         let cost = y_max / 5 * tick;
         let at = y(cost);
+        // Ticks of a cent or more read as dollars and cents.
+        let label = if y_max >= 50_000 {
+            format!("${}", cents(cost))
+        } else {
+            usd4(cost)
+        };
         let _ = writeln!(
             out,
-            r#"<line x1="{}" y1="{at:.1}" x2="{LEFT}" y2="{at:.1}"/><text x="{}" y="{:.1}" text-anchor="end" stroke="none">{}</text>"#,
+            r##"<line x1="{}" y1="{at:.1}" x2="{LEFT}" y2="{at:.1}"/><line x1="{LEFT}" y1="{at:.1}" x2="{}" y2="{at:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end" stroke="none">{label}</text>"##,
             LEFT - 5.0,
+            LEFT + plot_width,
             LEFT - 8.0,
             at + 4.0,
-            usd4(cost)
         );
     }
     let days = last - first + 1;

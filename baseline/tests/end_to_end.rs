@@ -13,124 +13,12 @@
 // reach; a failed setup step must fail the test loudly.
 #![allow(clippy::panic)]
 
+mod demo_log;
+
+use demo_log::generated_log;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn record(
-    time: &str,
-    agent: &str,
-    task: &str,
-    tokens: (u64, u64, u64, u64),
-    cost: Option<u64>,
-    action: &str,
-) -> String {
-    let (input, cache_read, cache_write, output) = tokens;
-    let mut value = serde_json::json!({
-        "time": time,
-        "agent": agent,
-        "budget": agent,
-        "task": task,
-        "user": "-",
-        "api": "anthropic_messages",
-        "gen_ai.operation.name": "chat",
-        "gen_ai.provider.name": "anthropic",
-        "gen_ai.request.model": "claude-sonnet-4-5",
-        "gen_ai.response.model": "claude-sonnet-4-5-20250929",
-        "action": action,
-        "estimated": false,
-        "http.response.status_code": 200,
-        "latency_ms": 812.5,
-        "ttft_ms": null,
-    });
-    if let (Some(cost), Some(map)) = (cost, value.as_object_mut()) {
-        map.insert("gen_ai.usage.input_tokens".into(), input.into());
-        map.insert("gen_ai.usage.output_tokens".into(), output.into());
-        map.insert("cache_read_tokens".into(), cache_read.into());
-        map.insert("cache_write_tokens".into(), cache_write.into());
-        map.insert("reasoning_tokens".into(), 0.into());
-        map.insert("cost_micro_usd".into(), cost.into());
-    }
-    value.to_string()
-}
-
-fn generated_log() -> String {
-    let mut lines = vec![
-        "not json at all".to_string(),
-        "[1, 2]".to_string(),
-        r#"{"foo": 1}"#.to_string(),
-        r#"{"agent": "research-bot", "time": "yesterday"}"#.to_string(),
-        String::new(),
-    ];
-    for d in 1..=30u64 {
-        for k in 1..=5 {
-            for call in 0..2 {
-                // One call of day 5 in another offset (00:30 UTC) and some with fractions.
-                let time = if d == 5 && k == 1 && call == 0 {
-                    "2026-11-05T01:30:00+01:00".to_string()
-                } else {
-                    format!("2026-11-{d:02}T{:02}:15:00.250Z", 8 + k)
-                };
-                lines.push(record(
-                    &time,
-                    "research-bot",
-                    &format!("r-{d}-{k}"),
-                    (1000, 200, 0, 500),
-                    Some(d * 10_000),
-                    "allowed",
-                ));
-            }
-        }
-        if d % 2 == 0 {
-            let time = format!("2026-11-{d:02}T12:00:00Z");
-            for k in 1..=3 {
-                for _ in 0..2 {
-                    lines.push(record(
-                        &time,
-                        "support-bot",
-                        &format!("s-{k}"),
-                        (2000, 0, 500, 300),
-                        Some(150_000),
-                        "allowed",
-                    ));
-                }
-            }
-            lines.push(record(
-                &time,
-                "support-bot",
-                "-",
-                (400, 0, 0, 100),
-                Some(100_000),
-                "allowed",
-            ));
-        }
-        if d == 30 {
-            for _ in 0..2 {
-                lines.push(record(
-                    "2026-11-30T23:59:59Z",
-                    "support-bot",
-                    "s-1",
-                    (0, 0, 0, 0),
-                    None,
-                    "stopped",
-                ));
-            }
-        }
-        if d <= 10 {
-            for _ in 0..3 {
-                lines.push(record(
-                    &format!("2026-11-{d:02}T02:00:00Z"),
-                    "nightly-batch",
-                    &format!("n-{d}"),
-                    (10_000, 0, 0, 2000),
-                    Some(50_000),
-                    "allowed",
-                ));
-            }
-        }
-    }
-    lines.join("\n") + "\n"
-}
 
 fn scratch_dir(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
@@ -448,4 +336,82 @@ fn errors_name_the_problem() {
 
     let help = stdout_of(&["--help"]);
     assert!(help.contains("--compare-model MODEL") && help.contains("nearest rank"));
+}
+
+/// The peak resident memory of a running process, in KiB (Linux `/proc`).
+#[cfg(target_os = "linux")]
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status"))
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn memory_stays_flat_while_the_log_streams() {
+    // Lines go through a pipe: the pipe holds at most a few dozen KiB, so by the time a
+    // write returns the command has read nearly everything before it. 400k lines (~60 MB)
+    // held in memory would show as tens of MiB; per-agent daily buckets do not grow.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agent-budget-baseline"))
+        .args(["--format", "csv"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn: {e}"));
+    let pid = child.id();
+    let mut stdin = child.stdin.take().unwrap_or_else(|| panic!("no stdin"));
+    let total_lines: u64 = 400_000;
+    let mut early_peak = 0;
+    let mut batch = String::new();
+    for i in 0..total_lines {
+        let day = i * 30 / total_lines + 1;
+        batch.push_str(&format!(
+            "{{\"time\":\"2026-11-{day:02}T10:00:00Z\",\"agent\":\"agent-{}\",\"task\":\"t-{}\",\"gen_ai.usage.input_tokens\":1000,\"gen_ai.usage.output_tokens\":100,\"cost_micro_usd\":10}}\n",
+            i % 5,
+            i % 1000
+        ));
+        if batch.len() > 64 * 1024 {
+            stdin
+                .write_all(batch.as_bytes())
+                .unwrap_or_else(|e| panic!("write: {e}"));
+            batch.clear();
+        }
+        if i == 50_000 {
+            early_peak = peak_rss_kib(pid);
+        }
+    }
+    stdin
+        .write_all(batch.as_bytes())
+        .unwrap_or_else(|e| panic!("write: {e}"));
+    let late_peak = peak_rss_kib(pid);
+    drop(stdin);
+    let output = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("wait: {e}"));
+    let csv = String::from_utf8_lossy(&output.stdout);
+    // Every record was read: 80 000 calls for each of the 5 agents.
+    assert!(
+        csv.lines()
+            .any(|line| line.starts_with("agent-0,30,80000,0,")),
+        "{csv}"
+    );
+    assert!(
+        late_peak < early_peak + 4 * 1024,
+        "peak RSS grew from {early_peak} KiB to {late_peak} KiB while streaming"
+    );
+}
+
+#[test]
+fn readme_shows_this_table() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .unwrap_or_else(|e| panic!("read README.md: {e}"));
+    assert!(
+        readme.contains(TABLE),
+        "README.md's \"Budget baselines\" table is not the command's output:\n{TABLE}"
+    );
 }

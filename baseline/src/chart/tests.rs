@@ -51,6 +51,17 @@ fn one_series_per_agent_scaled_to_the_plot() {
     // A one-day series also gets a dot, since a one-point polyline is invisible.
     assert!(text.contains(r#"points="740.0,235.0""#), "{text}");
     assert_eq!(text.matches("<circle").count(), 1);
-    assert!(text.contains(">2026-11-01</text>") && text.contains(">$1.0000</text>"));
+    assert!(text.contains(">2026-11-01</text>") && text.contains(">$1.00</text>"));
     assert_eq!(text.matches(r#"class="series""#).count(), 2);
+    // Ticks of whole cents read as cents; sub-cent ticks keep four decimals.
+    let cents = svg(&[summary("a", vec![(0, 30_000)])], "t");
+    assert!(
+        cents.contains(">$0.05</text>") && cents.contains(">$0.01</text>"),
+        "{cents}"
+    );
+    let small = svg(&[summary("a", vec![(0, 3_000)])], "t");
+    assert!(
+        small.contains(">$0.0020</text>") && small.contains(">$0.0100</text>"),
+        "{small}"
+    );
 }
