@@ -55,7 +55,7 @@ pub struct Call<'a> {
 pub enum Skip {
     /// Not a JSON object at all (a plain-text log line, an array, truncated JSON).
     NotJsonObject,
-    /// A JSON object without a string `agent` (another access log's line).
+    /// A JSON object without a non-empty string `agent` (another access log's line).
     NoAgent,
     /// Has an agent, but its `time` is missing or not RFC 3339, or a count is not a
     /// non-negative integer.
@@ -71,7 +71,7 @@ pub fn parse(bytes: &[u8]) -> Result<Option<Call<'_>>, Skip> {
         Ok(line) => line,
         Err(_) => return Err(classify(bytes)),
     };
-    let Some(agent) = line.agent else {
+    let Some(agent) = line.agent.filter(|agent| !agent.is_empty()) else {
         return Err(Skip::NoAgent);
     };
     let unix_secs = line

@@ -102,10 +102,10 @@ impl Aggregator {
     }
 }
 
-/// A fixed-key hash (the same run to run), so task sets need not keep the ids.
+/// A hash that is the same for the same id within a run (`DefaultHasher::new` has fixed
+/// keys), so task sets need not keep the ids.
 fn task_hash(task: &str) -> u64 {
-    #[allow(deprecated)] // SipHasher is the std hasher with fixed keys; no crate needed.
-    let mut hasher = std::hash::SipHasher::new();
+    let mut hasher = std::hash::DefaultHasher::new();
     task.hash(&mut hasher);
     hasher.finish()
 }

@@ -415,3 +415,30 @@ fn readme_shows_this_table() {
         "README.md's \"Budget baselines\" table is not the command's output:\n{TABLE}"
     );
 }
+
+#[test]
+fn progress_bar_is_drawn_on_a_terminal_only() {
+    // util-linux `script` (Debian's essential bsdutils) runs the command on a pseudo-terminal;
+    // inside, stderr goes to the terminal and stdout to /dev/null.
+    let dir = scratch_dir("progress");
+    let log = write_log(&dir);
+    let command = format!(
+        "'{}' '{}' 2>&1 >/dev/null",
+        env!("CARGO_BIN_EXE_agent-budget-baseline"),
+        log.display()
+    );
+    let output = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .unwrap_or_else(|e| panic!("run script (util-linux): {e}"));
+    assert!(output.status.success(), "{output:?}");
+    let terminal = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        terminal.contains("access.log [##############################] 100% 0.2/0.2 MiB"),
+        "{terminal:?}"
+    );
+    assert!(
+        !terminal.contains("research-bot"),
+        "the report went to the terminal: {terminal:?}"
+    );
+}

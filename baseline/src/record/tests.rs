@@ -93,7 +93,7 @@ fn a_call_without_a_task_has_none() {
 
 #[test]
 fn classifies_skipped_lines() {
-    let cases: [(&[u8], Result<bool, Skip>); 12] = [
+    let cases: [(&[u8], Result<bool, Skip>); 13] = [
         (b"", Ok(false)),
         (b"   \t", Ok(false)),
         (b"127.0.0.1 - - GET / 200", Err(Skip::NotJsonObject)),
@@ -110,6 +110,10 @@ fn classifies_skipped_lines() {
         ),
         (
             br#"{"agent":7,"time":"2026-11-01T00:00:00Z"}"#,
+            Err(Skip::NoAgent),
+        ),
+        (
+            br#"{"agent":"","time":"2026-11-01T00:00:00Z"}"#,
             Err(Skip::NoAgent),
         ),
         (br#"{"agent":"a"}"#, Err(Skip::BadField)),
