@@ -181,3 +181,62 @@ fn local_memory_is_bounded() {
     assert!(!tasks.contains_key("t0"));
     assert!(tasks.contains_key(&format!("t{}", MAX_LOCAL_NAMES + 9)));
 }
+
+/// A host on which another worker's merge lands between this worker's read and its write,
+/// once: the write's CAS then fails for real.
+struct Racing<'a> {
+    inner: &'a FakeHost,
+    rival: &'a Accumulator,
+    raced: std::cell::Cell<bool>,
+}
+
+impl Host for Racing<'_> {
+    fn now_unix_nanos(&self) -> u64 {
+        self.inner.now_unix_nanos()
+    }
+    fn shared_get(&self, key: &str) -> Result<Option<crate::host::Versioned>, HostError> {
+        self.inner.shared_get(key)
+    }
+    fn shared_set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), HostError> {
+        if !self.raced.replace(true) {
+            assert_eq!(self.rival.publish(self.inner), vec![]);
+        }
+        self.inner.shared_set(key, value, cas)
+    }
+    fn dispatch_http(
+        &self,
+        _: &str,
+        _: &[(&str, &str)],
+        _: &[u8],
+        _: u32,
+    ) -> Result<u32, HostError> {
+        Err(HostError::Status(1))
+    }
+    fn define_metric(&self, _: crate::host::MetricKind, _: &str) -> Result<u32, HostError> {
+        Err(HostError::Status(1))
+    }
+    fn increment_metric(&self, _: u32, _: i64) -> Result<(), HostError> {
+        Err(HostError::Status(1))
+    }
+    fn record_metric(&self, _: u32, _: u64) -> Result<(), HostError> {
+        Err(HostError::Status(1))
+    }
+}
+
+#[test]
+fn a_merge_that_loses_the_race_reads_again_and_loses_nothing() {
+    let host = host_with_keys(&["bot"]);
+    let (mine, rival) = (Accumulator::new(), Accumulator::new());
+    mine.add("bot", &today(), Some("t1"), Some("u1"), 10);
+    rival.add("bot", &today(), Some("t1"), Some("u2"), 32);
+    let racing = Racing {
+        inner: &host,
+        rival: &rival,
+        raced: std::cell::Cell::new(false),
+    };
+    assert_eq!(mine.publish(&racing), vec![]);
+    assert!(racing.raced.get() && mine.is_empty() && rival.is_empty());
+    let top = read(&host, "bot", &today()).unwrap();
+    assert_eq!(top.tasks, pairs(&[("t1", 42)]));
+    assert_eq!(top.users, pairs(&[("u2", 32), ("u1", 10)]));
+}
