@@ -183,6 +183,9 @@ def envoy_bootstrap(variant: str, upstream: int, wasm: Path | None = None,
     if budget_headers is not None:
         plugin["budget_headers"] = budget_headers
     config = harness.bootstrap(port, admin, upstream, plugin)
+    # The ops listener (status page) serves no calls; without it "plain" runs no VM at all.
+    listeners = config["static_resources"]["listeners"]
+    listeners[:] = [entry for entry in listeners if entry["name"] != harness.OPS_LISTENER]
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     if variant == "plain":
         before = len(hcm["http_filters"])

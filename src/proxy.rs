@@ -11,6 +11,7 @@ use agent_budget_core::filter::{
 };
 use agent_budget_core::host::{Host, HostError, MetricKind, Versioned};
 use agent_budget_core::root::{Worker, TICK_MILLIS};
+use agent_budget_core::status::{self, StatusRequest};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(AgentBudgetRoot { worker: None }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(AgentBudgetRoot { worker: None, role: Role::Gateway }) });
 }}
 
 mod abi {
@@ -150,8 +151,22 @@ impl Host for ProxyHost {
     }
 }
 
+/// The plugin `root_id` of the status page; any other root id meters calls.
+const STATUS_ROOT_ID: &str = "agent_budget_status";
+
+/// What a plugin instance does, by its `root_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Meters and enforces the calls passing through.
+    Gateway,
+    /// Serves the status page from the shared data the gateway writes (same `vm_id`); meters
+    /// and counts nothing, and so needs no tick.
+    Status,
+}
+
 struct AgentBudgetRoot {
     worker: Option<Rc<Worker>>,
+    role: Role,
 }
 
 impl Context for AgentBudgetRoot {
@@ -183,7 +198,16 @@ impl RootContext for AgentBudgetRoot {
                 return false;
             }
         };
+        if property(&["plugin_root_id"]).as_deref() == Some(STATUS_ROOT_ID) {
+            self.role = Role::Status;
+        }
         match Config::from_bytes(&bytes) {
+            Ok(config) if self.role == Role::Status => {
+                let agents = config.agents.len();
+                self.worker = Some(Rc::new(Worker::new(config)));
+                log::info!("status page configured for {agents} agent budgets");
+                true
+            }
             Ok(config) => {
                 let agents = config.agents.len();
                 let worker = Rc::new(Worker::new(config));
@@ -210,6 +234,9 @@ impl RootContext for AgentBudgetRoot {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         let worker = Rc::clone(self.worker.as_ref()?);
+        if self.role == Role::Status {
+            return Some(Box::new(StatusHttp { worker }));
+        }
         Some(Box::new(AgentBudgetHttp {
             call: Call::new(worker),
             attribution_exported: false,
@@ -290,6 +317,36 @@ unsafe fn take_host_buffer(data: *mut u8, size: usize) -> Vec<u8> {
 fn property(path: &[&str]) -> Option<String> {
     let bytes = hostcalls::get_property(path.to_vec()).ok().flatten()?;
     String::from_utf8(bytes).ok()
+}
+
+/// A request on the ops listener: `/budgets` and `/budgets.json` are answered here, anything
+/// else goes on to the route.
+struct StatusHttp {
+    worker: Rc<Worker>,
+}
+
+impl Context for StatusHttp {}
+
+impl HttpContext for StatusHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let headers = header_map(MapType::HttpRequestHeaders);
+        let mut request = StatusRequest::default();
+        for (name, value) in wire::pairs(&headers) {
+            match name {
+                ":path" => request.path = value,
+                ":method" => request.method = value,
+                "authorization" => request.authorization = Some(value),
+                _ => {}
+            }
+        }
+        match status::respond(&ProxyHost, &self.worker, &request) {
+            Some(reply) => {
+                send_reply(&reply);
+                Action::Pause
+            }
+            None => Action::Continue,
+        }
+    }
 }
 
 impl AgentBudgetHttp {

@@ -108,16 +108,21 @@ class Mock:
 
 
 DYNAMIC_BOOTSTRAP = REPO / "envoy/agent-budget-dynamic.yaml"
+OPS_LISTENER = "agent_budget_ops"
 LDS = REPO / "envoy/lds.yaml"
 
 
 def bootstrap(listen_port: int, admin_port: int, upstream_port: int, plugin_config,
-              as_string: bool = False) -> dict:
-    """envoy/agent-budget.yaml with test ports and plugin configuration (see _set_plugin)."""
+              as_string: bool = False, ops_port: int | None = None) -> dict:
+    """envoy/agent-budget.yaml with test ports and plugin configuration (see _set_plugin).
+    The ops listener (the status page) shares the gateway's plugin configuration through a
+    YAML alias, so it gets the same; it listens on ops_port (a free port if None)."""
     config = _shipped_bootstrap(BOOTSTRAP, admin_port, upstream_port)
     listener = config["static_resources"]["listeners"][0]
     listener["address"]["socket_address"]["port_value"] = listen_port
     _set_plugin(_hcm(listener), plugin_config, as_string)
+    ops = next(entry for entry in config["static_resources"]["listeners"] if entry["name"] == OPS_LISTENER)
+    ops["address"]["socket_address"]["port_value"] = free_port() if ops_port is None else ops_port
     return config
 
 
@@ -183,13 +188,16 @@ def _set_plugin(hcm: dict, plugin_config, as_string: bool) -> None:
     wasm["vm_config"]["code"]["local"]["filename"] = str(WASM)
     if plugin_config is None:
         return
+    # Edited in place: the ops listener's status plugin holds the same object (a YAML alias).
+    configuration = wasm["configuration"]
     if as_string:
-        wasm["configuration"] = {
+        configuration.clear()
+        configuration.update({
             "@type": "type.googleapis.com/google.protobuf.StringValue",
             "value": plugin_config if isinstance(plugin_config, str) else json.dumps(plugin_config),
-        }
+        })
     else:
-        wasm["configuration"]["value"] = plugin_config
+        configuration["value"] = plugin_config
 
 
 # The mock provider's knobs (mock-provider/README.md). It answers 400 to any other x-mock-*
@@ -235,6 +243,8 @@ class Gateway:
     envoy_args: list = field(default_factory=list)
     port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
+    # The ops listener's (the status page); static bootstraps only.
+    ops_port: int = field(default_factory=free_port)
     version: int = field(default=0, init=False)  # of the last lds.yaml written
 
     def start(self, expect_failure: bool = False) -> "Gateway":
@@ -250,7 +260,7 @@ class Gateway:
             source["watched_directory"] = {"path": self.dir.name}
         else:
             config = bootstrap(self.port, self.admin_port, self.upstream_port, self.plugin_config,
-                               self.as_string)
+                               self.as_string, self.ops_port)
         for name, port in self.clusters.items():
             add_static_cluster(config, name, port)
         path = home / "envoy.yaml"

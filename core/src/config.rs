@@ -85,6 +85,22 @@ pub struct RawConfig {
     hold_request_headers: Option<bool>,
     #[serde(default)]
     alerts: Option<RawAlerts>,
+    #[serde(default)]
+    status_page: Option<RawStatusPage>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStatusPage {
+    #[serde(default)]
+    bearer_token: Option<String>,
+}
+
+/// The status page's settings (used by the `agent_budget_status` plugin only).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatusPageConfig {
+    /// When set, `/budgets` answers only requests with `authorization: Bearer <token>`.
+    pub bearer_token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -338,6 +354,7 @@ pub struct Config {
     /// withholds the body from a filter that holds the headers, and the call stalls.
     pub hold_request_headers: bool,
     pub alerts: Option<AlertsConfig>,
+    pub status_page: StatusPageConfig,
 }
 
 pub const DEFAULT_SOFT_THRESHOLD: f64 = 0.8;
@@ -491,6 +508,23 @@ fn alerts_config(raw: RawAlerts) -> Result<AlertsConfig, ConfigError> {
         format,
         timeout_ms,
         max_attempts,
+    })
+}
+
+/// A bearer token travels in a header: visible ASCII without spaces, and long enough not to
+/// be guessed.
+fn status_page_config(raw: RawStatusPage) -> Result<StatusPageConfig, ConfigError> {
+    let Some(token) = raw.bearer_token else {
+        return Ok(StatusPageConfig::default());
+    };
+    if token.len() < 16 || token.len() > 512 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::new(
+            "status_page.bearer_token",
+            "must be 16 to 512 visible ASCII characters without spaces",
+        ));
+    }
+    Ok(StatusPageConfig {
+        bearer_token: Some(token),
     })
 }
 
@@ -704,6 +738,11 @@ impl TryFrom<RawConfig> for Config {
             ));
         }
         let alerts = raw.alerts.map(alerts_config).transpose()?;
+        let status_page = raw
+            .status_page
+            .map(status_page_config)
+            .transpose()?
+            .unwrap_or_default();
 
         Ok(Config {
             agent_header,
@@ -723,6 +762,7 @@ impl TryFrom<RawConfig> for Config {
             budget_headers: raw.budget_headers.unwrap_or_default(),
             default_max_output_tokens: u64::from(default_max_output_tokens),
             alerts,
+            status_page,
         })
     }
 }

@@ -855,6 +855,15 @@ impl Forwarded {
         let mut trouble = Trouble::default();
         let settled = self.booking.settle(host, micro_usd, &mut trouble);
         worker.report(trouble);
+        let identity = &self.caller.identity;
+        let [today, _] = worker.current_periods(self.caller.now);
+        worker.top.add(
+            &identity.budget,
+            &today,
+            identity.task.as_deref(),
+            identity.user.as_deref(),
+            micro_usd,
+        );
         if let Some(budget) = config.budget(&self.caller.identity.budget) {
             self.caller.after_settle(host, worker, budget, &settled);
         }

@@ -29,5 +29,7 @@ pub mod providers;
 pub mod replies;
 pub mod root;
 pub mod sse;
+pub mod status;
 pub mod stripper;
+pub mod top;
 pub mod usage;

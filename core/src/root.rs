@@ -8,6 +8,7 @@ use crate::host::Host;
 use crate::ledger::{Account, AccountKey, Ledger, LedgerError};
 use crate::metrics::{AgentGauge, Agents, Counter, Gauge, Metrics, ReasonCounter};
 use crate::period::{Period, PeriodKind};
+use crate::top::{self, Accumulator};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::rc::Rc;
@@ -44,6 +45,8 @@ pub struct Worker {
     /// Webhook calls awaiting a reply: dispatch token → outbox delivery id.
     in_flight: RefCell<HashMap<u32, u64>>,
     delivery_counts: Cell<[u64; 4]>,
+    /// Today's spend by task and user, merged into shared data on the tick.
+    pub top: Accumulator,
 }
 
 impl Worker {
@@ -69,6 +72,7 @@ impl Worker {
             outbox: RefCell::new(outbox),
             in_flight: RefCell::new(HashMap::new()),
             delivery_counts: Cell::new([0; 4]),
+            top: Accumulator::new(),
         }
     }
 
@@ -100,7 +104,10 @@ impl Worker {
         let ids: Vec<Rc<str>> = current.iter().map(|p| Rc::clone(&p.id)).collect();
         if *self.prepared.borrow() != ids {
             let ledger = Ledger::new(host);
-            let prepared = ledger.ensure_shards().and_then(|_| ledger.prune(&current));
+            let prepared = ledger
+                .ensure_shards()
+                .and_then(|_| top::ensure_keys(host, self.config.agents.keys()))
+                .and_then(|_| ledger.prune(&current));
             match prepared {
                 Ok(()) => *self.prepared.borrow_mut() = ids,
                 Err(error) => self.ledger_error(&error),
@@ -108,6 +115,9 @@ impl Worker {
             self.known_flags.borrow_mut().clear();
         }
         let retried = self.retry_pending(host);
+        for error in self.top.publish(host) {
+            self.ledger_error(&error);
+        }
         let ticks = self.ticks.get();
         self.ticks.set(ticks.wrapping_add(1));
         let served = self.served.replace(false);

@@ -136,6 +136,21 @@ fn rejections_name_the_field() {
             "max_response_body_bytes",
             "at least",
         ),
+        (
+            json!({"status_page": {"bearer_token": "short"}, "agents": {"a": {"daily_usd": 1}}}),
+            "status_page.bearer_token",
+            "16 to 512",
+        ),
+        (
+            json!({"status_page": {"bearer_token": "has a space in it, long enough"}, "agents": {"a": {"daily_usd": 1}}}),
+            "status_page.bearer_token",
+            "without spaces",
+        ),
+        (
+            json!({"status_page": {"token": "x"}, "agents": {"a": {"daily_usd": 1}}}),
+            "status_page.token",
+            "unknown field `token`",
+        ),
     ];
     for (value, field, reason) in cases {
         for bytes in [serde_json::to_vec(&value).unwrap(), encode_struct(&value)] {
@@ -145,6 +160,18 @@ fn rejections_name_the_field() {
             assert!(error.to_string().contains(field), "{error}");
         }
     }
+}
+
+#[test]
+fn status_page_token_is_optional() {
+    let open = Config::from_bytes(br#"{"agents":{"a":{"daily_usd":1}},"status_page":{}}"#).unwrap();
+    assert_eq!(open.status_page.bearer_token, None);
+    let token = "0123456789abcdef-_.~+/=";
+    let text = format!(
+        r#"{{"agents":{{"a":{{"daily_usd":1}}}},"status_page":{{"bearer_token":"{token}"}}}}"#
+    );
+    let closed = Config::from_bytes(text.as_bytes()).unwrap();
+    assert_eq!(closed.status_page.bearer_token.as_deref(), Some(token));
 }
 
 #[test]

@@ -339,8 +339,14 @@ fn openai_json_call_is_charged_at_list_price() {
     assert_eq!(ran.outcomes, vec![ChunkOutcome::Pass]);
     assert_eq!(ran.client, OPENAI_CHAT);
 
+    // Spend by task and user stays in the worker until the tick merges it.
+    let [today, _] = worker.current_periods(now(&host));
+    let top_of = || crate::top::read(&host, "bot", &today).unwrap();
+    assert_eq!((top_of().tasks, top_of().users), (vec![], vec![]));
     // Counts and gauges leave on the tick.
     worker.tick(&host);
+    assert_eq!(top_of().tasks, vec![("t-1".to_string(), CHAT_COST)]);
+    assert_eq!(top_of().users, vec![("u-1".to_string(), CHAT_COST)]);
     let expected_metrics = [
         ("agent_budget_requests.agent.bot", 1),
         ("agent_budget_input_tokens.agent.bot", 507),
