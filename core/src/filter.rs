@@ -11,14 +11,14 @@
 //! [`crate::attribution`]'s and the cutting of usage chunks [`crate::stripper`]'s.
 
 use crate::alerts::{Alert, Trigger};
-use crate::attribution::{Attribution, Outcome};
+use crate::attribution::{self, Attribution, Outcome};
 use crate::booking::{Booking, Settled, Trouble};
 use crate::config::{AgentBudget, BudgetHeaders, Config, LimitAction};
 use crate::degrade::{self, Rewrite};
 use crate::host::Host;
 use crate::identity::{identify, Identity};
 use crate::ledger::{Account, AccountKey, Ledger};
-use crate::metrics::{AgentCounter, AgentId, Counter, ReasonCounter};
+use crate::metrics::{AgentCounter, AgentId, CallOutcome, Counter, ModelCounter, ReasonCounter};
 use crate::period::Period;
 use crate::policy::{self, Crossing, Decision, Line, Misfit, Scope, StopReason};
 use crate::providers::{
@@ -148,6 +148,8 @@ struct Forwarded {
     degrade: Degrade,
     /// A budget of the agent was used up when the call came (`alert` lets it through).
     past_limit: bool,
+    /// Its charge booked spend past an `alert` budget's limit.
+    overage: bool,
     /// The tightest agent line's `x-agent-budget-*` headers, unless the option hides them.
     budget_headers: Vec<(String, String)>,
     /// The filter asked for a usage report the client did not: it is cut from the stream.
@@ -325,6 +327,16 @@ impl Call {
             } else {
                 Vec::new()
             };
+            let agent = caller.agent;
+            let record = Attribution::new(
+                caller.identity,
+                None,
+                requested_model,
+                None,
+                CallOutcome::Unmetered,
+                Outcome::Passed,
+            );
+            self.attribute(agent, record);
             self.stage = Stage::Passed { budget_headers };
             return forward(HeadAction::Continue, HeaderEdits::default());
         };
@@ -337,6 +349,7 @@ impl Call {
             booking,
             degrade: Degrade::Off,
             past_limit,
+            overage: false,
             budget_headers,
             strip_usage: false,
             response: Response::Pending,
@@ -479,15 +492,18 @@ impl Call {
             caller.now,
             with_headers,
         );
-        self.attribution = Some(Attribution::new(
+        let agent = caller.agent;
+        let record = Attribution::new(
             caller.identity,
-            api,
+            Some(api),
             model,
             None,
+            CallOutcome::Stopped,
             Outcome::Stopped {
                 status: reply.status,
             },
-        ));
+        );
+        self.attribute(agent, record);
         let mut trouble = Trouble::default();
         booking.release(host, &mut trouble);
         worker.report(trouble);
@@ -582,21 +598,64 @@ impl Call {
         };
         let model = match &outcome {
             Outcome::Charged { metered, .. } => metered.model.clone().or(model),
-            Outcome::Unmetered(_) | Outcome::Stopped { .. } => model,
+            Outcome::Unmetered(_) | Outcome::Passed | Outcome::Stopped { .. } => model,
+        };
+        let action = match &outcome {
+            Outcome::Charged { .. } => {
+                let alert_past_limit = call.overage
+                    || (call.past_limit
+                        && worker
+                            .config
+                            .budget(&call.caller.identity.budget)
+                            .is_some_and(|b| b.action == LimitAction::Alert));
+                let degraded = matches!(call.degrade, Degrade::Swapped { .. });
+                attribution::charged_action(degraded, alert_past_limit)
+            }
+            Outcome::Unmetered(_) | Outcome::Passed => CallOutcome::Unmetered,
+            Outcome::Stopped { .. } => CallOutcome::Stopped,
         };
         let degraded_from = match call.degrade {
             Degrade::Swapped { from, .. } => Some(from),
             Degrade::Off | Degrade::On => None,
         };
+        let agent = call.caller.agent;
         let attribution = Attribution::new(
             call.caller.identity,
-            call.api,
+            Some(call.api),
             model,
             degraded_from,
+            action,
             outcome,
         );
         attribution.log();
-        self.attribution = Some(attribution);
+        self.attribute(agent, attribution);
+    }
+
+    /// Keeps the call's record for the access log and counts it: its outcome once, and a
+    /// charge's cost and tokens under its served model's price-table family.
+    fn attribute(&mut self, agent: Option<AgentId>, record: Attribution) {
+        if let Some(agent) = agent {
+            let metrics = &self.worker.metrics;
+            metrics.count(Counter::Calls(agent, record.action), 1);
+            if let Outcome::Charged {
+                metered,
+                micro_usd,
+                priced_as,
+                ..
+            } = &record.outcome
+            {
+                let model = metrics.model(priced_as.as_deref());
+                let usage = &metered.usage;
+                for (counter, delta) in [
+                    (ModelCounter::CostMicroUsd, *micro_usd),
+                    (ModelCounter::InputTokens, usage.total_input()),
+                    (ModelCounter::OutputTokens, usage.output),
+                ] {
+                    metrics.count(Counter::Model(counter, agent, model), delta);
+                }
+            }
+        }
+        self.attribution = Some(record);
     }
 }
 
@@ -834,7 +893,7 @@ impl Forwarded {
         let settled = self.booking.settle(host, micro_usd, &mut trouble);
         worker.report(trouble);
         if let Some(budget) = config.budget(&self.caller.identity.budget) {
-            self.caller.after_settle(host, worker, budget, &settled);
+            self.overage = self.caller.after_settle(host, worker, budget, &settled);
         }
         if matches!(self.degrade, Degrade::Swapped { .. }) {
             self.caller.count(worker, AgentCounter::DegradedRequests, 1);
@@ -960,15 +1019,16 @@ impl Caller {
     }
 
     /// What a settled charge set off: threshold crossings (each alerted once per agent and
-    /// period across all workers) and, for `alert`, the overage.
+    /// period across all workers) and, for `alert`, the overage; true if it booked any.
     fn after_settle(
         &self,
         host: &dyn Host,
         worker: &Worker,
         budget: &AgentBudget,
         settled: &[Settled],
-    ) {
+    ) -> bool {
         let ledger = Ledger::new(host);
+        let mut booked = false;
         for entry in settled.iter().filter(|s| s.scope == Scope::Agent) {
             let kind = entry.period.kind;
             let Some(limit) = budget.limit(kind) else {
@@ -978,6 +1038,7 @@ impl Caller {
             if budget.action == LimitAction::Alert {
                 let overage = policy::overage(limit, entry.before.spent, entry.after.spent);
                 if overage > 0 {
+                    booked = true;
                     let account = AccountKey::Overage(self.identity.budget.clone());
                     if let Err(error) = ledger.add_spend(&entry.period, &account, overage) {
                         worker.ledger_error(&error);
@@ -988,6 +1049,7 @@ impl Caller {
                 }
             }
         }
+        booked
     }
 
     /// Raises the alerts for every level `spent` has reached on the agent's period, each

@@ -368,8 +368,11 @@ fn openai_json_call_is_charged_at_list_price() {
             task: Some("t-1".to_string()),
             user: Some("u-1".to_string()),
             api: "openai_chat",
+            operation: Some("chat"),
+            provider: Some("openai"),
             model: "gpt-4o-2024-08-06".to_string(),
             degraded_from: None,
+            action: CallOutcome::Allowed,
             outcome: Outcome::Charged {
                 estimated: false,
                 metered: Metered {
@@ -1455,8 +1458,21 @@ fn paths_the_filter_does_not_meter_only_get_budget_headers() {
         Some("daily")
     );
     assert_eq!(ran.outcomes, vec![ChunkOutcome::Pass]);
-    assert_eq!(ran.call.attribution, None);
+    // Attributed and forwarded, but not metered: its record says why.
+    let attribution = ran.call.attribution.as_ref().unwrap();
+    assert_eq!(
+        (attribution.api, attribution.action, &attribution.outcome),
+        ("-", CallOutcome::Unmetered, &Outcome::Passed)
+    );
     assert_eq!(metric(&host, &worker, "agent_budget_requests.agent.bot"), 1);
+    assert_eq!(
+        metric(
+            &host,
+            &worker,
+            "agent_budget_calls.agent.bot.outcome.unmetered"
+        ),
+        1
+    );
     assert_eq!(spent(&host, &worker, "bot"), (0, 0));
 }
 
@@ -2026,4 +2042,81 @@ fn a_call_larger_than_the_whole_budget_is_told_it_can_never_fit() {
         "{message}"
     );
     assert!(message.contains("max_tokens"), "{message}");
+}
+
+#[test]
+fn every_attributed_call_has_exactly_one_outcome() {
+    let (host, worker) = setup(
+        r#"{"agents":{
+            "ok":{"daily_usd":10},
+            "stopper":{"daily_usd":0.000001},
+            "alerting":{"daily_usd":0.000001,"action":"alert"},
+            "cheap":{"daily_usd":0.000001,"action":"degrade","degrade_usd":10,
+                     "degrade_to":{"gpt-4o*":"gpt-4o-mini"}}}}"#,
+    );
+    let failed = Exchange {
+        status: 500,
+        ..Exchange::openai("ok", br#"{"error":{}}"#)
+    };
+    // (call, its action): each agent's first call uses up its tiny budget.
+    let cases = [
+        (Exchange::openai("ok", OPENAI_CHAT), CallOutcome::Allowed),
+        (failed, CallOutcome::Unmetered),
+        (
+            Exchange::openai("stopper", OPENAI_CHAT),
+            CallOutcome::Allowed,
+        ),
+        (
+            Exchange::openai("stopper", OPENAI_CHAT),
+            CallOutcome::Stopped,
+        ),
+        (
+            Exchange::openai("alerting", OPENAI_CHAT),
+            CallOutcome::Overage,
+        ),
+        (
+            Exchange::openai("alerting", OPENAI_CHAT),
+            CallOutcome::Overage,
+        ),
+        (Exchange::openai("cheap", OPENAI_CHAT), CallOutcome::Allowed),
+        (
+            Exchange::openai("cheap", OPENAI_CHAT),
+            CallOutcome::Degraded,
+        ),
+    ];
+    for (index, (exchange, want)) in cases.iter().enumerate() {
+        let ran = run_call(&host, &worker, exchange);
+        let attribution = ran.call.attribution.as_ref().expect("attributed");
+        assert_eq!(attribution.action, *want, "call {index}");
+    }
+    let counts = [
+        ("ok", "allowed", 1),
+        ("ok", "unmetered", 1),
+        ("stopper", "allowed", 1),
+        ("stopper", "stopped", 1),
+        ("alerting", "overage", 2),
+        ("cheap", "allowed", 1),
+        ("cheap", "degraded", 1),
+    ];
+    for (agent, outcome, want) in counts {
+        let name = format!("agent_budget_calls.agent.{agent}.outcome.{outcome}");
+        assert_eq!(metric(&host, &worker, &name), want, "{name}");
+    }
+    let calls: i64 = host
+        .metric_names()
+        .iter()
+        .filter(|n| n.starts_with("agent_budget_calls."))
+        .map(|n| host.metric(n).unwrap_or(0))
+        .sum();
+    assert_eq!(calls, cases.len() as i64, "one outcome per call");
+    // The served model (the response's gpt-4o-2024-08-06) counts under its family.
+    let per_model = [
+        ("cost_micro_usd", CHAT_COST as i64),
+        ("input_tokens", 507 + 512),
+        ("output_tokens", 310),
+    ];
+    for (stem, want) in per_model {
+        let name = format!("agent_budget_model_{stem}.agent.ok.model.gpt-4o");
+        assert_eq!(metric(&host, &worker, &name), want, "{name}");
+    }
 }
