@@ -71,9 +71,22 @@ pub fn operation_name(api: Api) -> &'static str {
     }
 }
 
+/// The API format a call was metered as, and whether its path is an Azure OpenAI
+/// deployment's (the same format, another provider).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Format {
+    pub api: Api,
+    pub azure: bool,
+}
+
 /// `gen_ai.provider.name` (OpenTelemetry GenAI semantic conventions) of a format.
-pub fn provider_name(api: Api) -> &'static str {
-    match api {
+pub fn provider_name(format: Format) -> &'static str {
+    match format.api {
+        Api::OpenAiChat | Api::OpenAiCompletions | Api::OpenAiResponses | Api::OpenAiEmbeddings
+            if format.azure =>
+        {
+            "azure.ai.openai"
+        }
         Api::OpenAiChat | Api::OpenAiCompletions | Api::OpenAiResponses | Api::OpenAiEmbeddings => {
             "openai"
         }
@@ -136,11 +149,11 @@ struct Record<'a> {
 }
 
 impl Attribution {
-    /// The record of `identity`'s call to `api` (None: no format matched): `model` is the one
-    /// that served it (or was asked for), `-` if none is known.
+    /// The record of `identity`'s call in `format` (None: no format matched): `model` is the
+    /// one that served it (or was asked for), `-` if none is known.
     pub fn new(
         identity: Identity,
-        api: Option<Api>,
+        format: Option<Format>,
         model: Option<String>,
         degraded_from: Option<String>,
         action: CallOutcome,
@@ -151,9 +164,9 @@ impl Attribution {
             budget: identity.budget,
             task: identity.task,
             user: identity.user,
-            api: api.map_or("-", Api::name),
-            operation: api.map(operation_name),
-            provider: api.map(provider_name),
+            api: format.map_or("-", |f| f.api.name()),
+            operation: format.map(|f| operation_name(f.api)),
+            provider: format.map(provider_name),
             model: model.unwrap_or_else(|| "-".to_string()),
             degraded_from,
             action,

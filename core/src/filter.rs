@@ -11,7 +11,7 @@
 //! [`crate::attribution`]'s and the cutting of usage chunks [`crate::stripper`]'s.
 
 use crate::alerts::{Alert, Trigger};
-use crate::attribution::{self, Attribution, Outcome};
+use crate::attribution::{self, Attribution, Format, Outcome};
 use crate::booking::{Booking, Settled, Trouble};
 use crate::config::{AgentBudget, BudgetHeaders, Config, LimitAction};
 use crate::degrade::{self, Rewrite};
@@ -136,6 +136,8 @@ struct Caller {
 struct Forwarded {
     caller: Caller,
     api: Api,
+    /// The path is an Azure OpenAI deployment's.
+    azure: bool,
     /// Where the call names its model: how, and whether, degrade can change it.
     model_in: ModelIn,
     /// The model the request names: an Azure deployment's configured model, else the
@@ -252,6 +254,9 @@ impl Call {
         );
         let api = detected.as_ref().map(|d| d.api);
         let model_in = detected.as_ref().map_or(ModelIn::Body, Detected::model_in);
+        let azure = detected
+            .as_ref()
+            .is_some_and(|d| d.azure_deployment.is_some());
         let requested_model = detected.and_then(|d| path_model(config, d));
         // A call the filter does not meter is refused in the OpenAI shape.
         let reply_api = api.unwrap_or(Api::OpenAiChat);
@@ -313,7 +318,11 @@ impl Call {
                     reason,
                     worst_case: None,
                 };
-                let reply = self.refuse(host, caller, reply_api, requested_model, booking, stop);
+                let format = Format {
+                    api: reply_api,
+                    azure,
+                };
+                let reply = self.refuse(host, caller, format, requested_model, booking, stop);
                 return reply_only(reply);
             }
             Decision::Degrade => true,
@@ -343,6 +352,7 @@ impl Call {
         let mut call = Forwarded {
             caller,
             api,
+            azure,
             model_in,
             requested_model,
             request_bytes: 0,
@@ -424,7 +434,8 @@ impl Call {
             return BodyOutcome::default();
         };
         let model = call.model().map(str::to_string);
-        let reply = self.refuse(host, call.caller, call.api, model, call.booking, stop);
+        let format = call.format();
+        let reply = self.refuse(host, call.caller, format, model, call.booking, stop);
         BodyOutcome {
             body: None,
             reply: Some(reply),
@@ -437,12 +448,13 @@ impl Call {
         &mut self,
         host: &dyn Host,
         caller: Caller,
-        api: Api,
+        format: Format,
         model: Option<String>,
         mut booking: Booking,
         stop: Stop,
     ) -> LocalReply {
         let worker = Rc::clone(&self.worker);
+        let api = format.api;
         let Stop {
             line,
             reason,
@@ -495,7 +507,7 @@ impl Call {
         let agent = caller.agent;
         let record = Attribution::new(
             caller.identity,
-            Some(api),
+            Some(format),
             model,
             None,
             CallOutcome::Stopped,
@@ -614,6 +626,7 @@ impl Call {
             Outcome::Unmetered(_) | Outcome::Passed => CallOutcome::Unmetered,
             Outcome::Stopped { .. } => CallOutcome::Stopped,
         };
+        let format = call.format();
         let degraded_from = match call.degrade {
             Degrade::Swapped { from, .. } => Some(from),
             Degrade::Off | Degrade::On => None,
@@ -621,7 +634,7 @@ impl Call {
         let agent = call.caller.agent;
         let attribution = Attribution::new(
             call.caller.identity,
-            Some(call.api),
+            Some(format),
             model,
             degraded_from,
             action,
@@ -660,6 +673,13 @@ impl Call {
 }
 
 impl Forwarded {
+    fn format(&self) -> Format {
+        Format {
+            api: self.api,
+            azure: self.azure,
+        }
+    }
+
     /// The model to price the call by when the response names none: the cheaper one if
     /// degraded, else the one requested.
     fn model(&self) -> Option<&str> {

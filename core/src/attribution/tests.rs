@@ -193,9 +193,13 @@ fn formats_map_to_genai_names() {
         (Api::Gemini, "generate_content", "gcp.gemini"),
     ];
     for (api, operation, provider) in cases {
+        let format = Format { api, azure: false };
         assert_eq!(
-            (operation_name(api), provider_name(api)),
+            (operation_name(api), provider_name(format)),
             (operation, provider)
         );
     }
+    let azure = |api| provider_name(Format { api, azure: true });
+    assert_eq!(azure(Api::OpenAiChat), "azure.ai.openai");
+    assert_eq!(azure(Api::OpenAiEmbeddings), "azure.ai.openai");
 }

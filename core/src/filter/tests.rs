@@ -1632,7 +1632,12 @@ fn azure_deployment_and_path_models_price_calls_without_a_model() {
     for (path, request, want) in cases {
         let ran = run_call(&host, &worker, &Exchange::json(path, "bot", request, body));
         assert_eq!(charged(&ran.call).0, want, "{path}");
+        let provider = ran.call.attribution.as_ref().and_then(|a| a.provider);
+        assert_eq!(provider, Some("azure.ai.openai"), "{path}");
     }
+    let ran = run_call(&host, &worker, &Exchange::openai("bot", OPENAI_CHAT));
+    let provider = ran.call.attribution.as_ref().and_then(|a| a.provider);
+    assert_eq!(provider, Some("openai"));
 }
 
 #[test]
