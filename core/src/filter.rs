@@ -613,16 +613,7 @@ impl Call {
             Outcome::Unmetered(_) | Outcome::Passed | Outcome::Stopped { .. } => model,
         };
         let action = match &outcome {
-            Outcome::Charged { .. } => {
-                let alert_past_limit = call.overage
-                    || (call.past_limit
-                        && worker
-                            .config
-                            .budget(&call.caller.identity.budget)
-                            .is_some_and(|b| b.action == LimitAction::Alert));
-                let degraded = matches!(call.degrade, Degrade::Swapped { .. });
-                attribution::charged_action(degraded, alert_past_limit)
-            }
+            Outcome::Charged { .. } => call.charged_action(&worker.config),
             Outcome::Unmetered(_) | Outcome::Passed => CallOutcome::Unmetered,
             Outcome::Stopped { .. } => CallOutcome::Stopped,
         };
@@ -678,6 +669,17 @@ impl Forwarded {
             api: self.api,
             azure: self.azure,
         }
+    }
+
+    /// What the filter did with this call, once charged: degraded, overage (an `alert`
+    /// budget let it through past its limit: it came past it, or its charge crossed it), or
+    /// allowed.
+    fn charged_action(&self, config: &Config) -> CallOutcome {
+        let alert = config
+            .budget(&self.caller.identity.budget)
+            .is_some_and(|b| b.action == LimitAction::Alert);
+        let degraded = matches!(self.degrade, Degrade::Swapped { .. });
+        attribution::charged_action(degraded, self.overage || (self.past_limit && alert))
     }
 
     /// The model to price the call by when the response names none: the cheaper one if
