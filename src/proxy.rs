@@ -350,8 +350,9 @@ impl HttpContext for StatusHttp {
 }
 
 impl AgentBudgetHttp {
-    /// Publishes the attribution record as one filter-state value (a JSON object), readable
-    /// in access logs as `%FILTER_STATE(wasm.agent_budget:PLAIN)%`: one host call per call.
+    /// Publishes the attribution record as one filter-state value (the members of a JSON
+    /// object), readable in access logs as `%FILTER_STATE(wasm.agent_budget:PLAIN)%` (see
+    /// envoy/access-log.yaml): one host call per call.
     fn export_attribution(&mut self) {
         if self.attribution_exported {
             return;
@@ -360,7 +361,7 @@ impl AgentBudgetHttp {
             return;
         };
         self.attribution_exported = true;
-        let _ = hostcalls::set_property(vec!["agent_budget"], Some(record.record().as_bytes()));
+        let _ = hostcalls::set_property(vec!["agent_budget"], Some(record.members().as_bytes()));
     }
 }
 

@@ -315,23 +315,15 @@ class Gateway:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def access_records(self) -> list[dict]:
-        """Attribution records from the access log. Envoy flushes access logs on a timer, so
-        this stops Envoy first (which flushes them): call it last in a test."""
+        """The attribution log (envoy/access-log.yaml): one flat JSON object per attributed
+        call. Envoy flushes access logs on a timer, so this stops Envoy first (which flushes
+        them): call it last in a test."""
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
         self.access_log.flush()
-        records = []
-        for line in self.access_log_path.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                record = json.loads(line)
-                # The filter's record is one JSON object inside the line (null for a call
-                # the filter did not attribute).
-                attribution = record.pop("agent_budget", None)
-                if isinstance(attribution, str) and attribution.startswith("{"):
-                    record.update(json.loads(attribution))
-                records.append(record)
-        return records
+        return [json.loads(line) for line in self.access_log_path.read_text(errors="replace").splitlines()
+                if line.startswith("{")]
 
     def post(self, path: str, body: dict | bytes, headers: dict[str, str] | None = None) -> Response:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()

@@ -139,8 +139,8 @@ def test_agent_is_stopped_exactly_when_its_budget_is_reached(gateway, mock):
     stats = gw.stats()
     assert stats.value("agent_budget_rejected", agent="batch") == 2
     assert stats.value("agent_budget_spend_micro_usd", agent="batch", period="daily") == 9000
-    stops = [r for r in gw.access_records() if r.get("stopped") == 429]
-    assert [r["agent"] for r in stops] == ["batch", "batch"]
+    stops = [r for r in gw.access_records() if r["action"] == "stopped"]
+    assert [(r["agent"], r["http.response.status_code"]) for r in stops] == [("batch", 429)] * 2
 
 
 def test_monthly_budget_stop_waits_for_the_month(gateway):
@@ -203,8 +203,10 @@ def test_access_log_attribution_record(gateway):
     gw = gateway(BASIC)
     gw.post(CHAT, chat("gpt-4o"), {**knobs("bot", 1000, 100), "x-task-id": "t-42", "x-user-id": "u-7"})
     [record] = gw.access_records()
-    assert (record["agent"], record["task"], record["user"], record["model"]) == ("bot", "t-42", "u-7", "gpt-4o")
-    assert (record["input_tokens"], record["output_tokens"], record["cost_micro_usd"]) == (1000, 100, 3500)
+    assert (record["agent"], record["task"], record["user"]) == ("bot", "t-42", "u-7")
+    assert (record["gen_ai.request.model"], record["gen_ai.response.model"]) == ("gpt-4o", "gpt-4o")
+    assert (record["gen_ai.usage.input_tokens"], record["gen_ai.usage.output_tokens"],
+            record["cost_micro_usd"]) == (1000, 100, 3500)
     assert "hello" not in json.dumps(record)
 
 

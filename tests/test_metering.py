@@ -45,12 +45,11 @@ def test_client_leaving_mid_stream_is_charged_an_estimate(gateway):
     stats = gw.stats()
     assert stats.value("agent_budget_estimated_requests", agent="a") == 2
     assert stats.value("agent_budget_cost_micro_usd", agent="a") > 1000  # 1000 haiku input tokens alone
-    records = {r["path"]: r for r in gw.access_records()}
-    anthropic = records[MESSAGES]
-    assert anthropic["details"] == "downstream_remote_disconnect"
-    assert anthropic["estimated"] is True and anthropic["input_tokens"] == 1000
-    assert 0 < int(anthropic["output_tokens"]) < 200
-    assert records[CHAT]["estimated"] is True
+    records = {r["api"]: r for r in gw.access_records()}
+    anthropic = records["anthropic_messages"]
+    assert anthropic["estimated"] is True and anthropic["gen_ai.usage.input_tokens"] == 1000
+    assert 0 < anthropic["gen_ai.usage.output_tokens"] < 200
+    assert records["openai_chat"]["estimated"] is True
 
 
 def test_stream_the_upstream_cuts_is_charged_what_was_reported_and_streamed(gateway):
@@ -75,8 +74,9 @@ def test_stream_the_upstream_cuts_is_charged_what_was_reported_and_streamed(gate
     assert 0 < stats.value("agent_budget_cost_micro_usd", agent="a") < 1000
     assert stats.value("agent_budget_input_tokens", agent="b") == 1000
     assert 3000 < stats.value("agent_budget_cost_micro_usd", agent="b") < 3100
-    records = {r["path"]: r for r in gw.access_records()}
-    assert records[CHAT]["estimated"] is True and records[MESSAGES]["estimated"] is True
+    records = {r["api"]: r for r in gw.access_records()}
+    assert records["openai_chat"]["estimated"] is True
+    assert records["anthropic_messages"]["estimated"] is True
 
 
 def test_oversized_body_reaches_client_unchanged_and_is_counted(gateway):

@@ -221,7 +221,10 @@ fn run_call(
         },
     );
     let mut touched = head.edits.set.len();
-    if matches!(head.action, HeadAction::WaitForBody | HeadAction::HoldForBody) {
+    if matches!(
+        head.action,
+        HeadAction::WaitForBody | HeadAction::HoldForBody
+    ) {
         let body = call.on_request_body(host, request);
         touched += body.body.map_or(0, |b| b.len());
     }

@@ -70,6 +70,8 @@ pub struct RawConfig {
     #[serde(default)]
     max_response_body_bytes: Option<u32>,
     #[serde(default)]
+    max_tracked_agents: Option<u32>,
+    #[serde(default)]
     api_overrides: Vec<RawApiOverride>,
     #[serde(default)]
     azure_deployments: BTreeMap<String, String>,
@@ -337,6 +339,9 @@ pub struct Config {
     pub fallback_price: Price,
     /// JSON response bodies beyond this are not metered (counted as unmetered `too_large`).
     pub max_response_body_bytes: u32,
+    /// Agent budgets with series of their own in the metrics (the first ones by name); the
+    /// rest report under `agent="other"`, which bounds the metrics' cardinality.
+    pub max_tracked_agents: u32,
     /// Checked in order before path detection.
     pub api_overrides: Vec<ApiOverride>,
     /// Azure OpenAI deployment name → model, for pricing when a response names no model.
@@ -361,6 +366,7 @@ pub const DEFAULT_SOFT_THRESHOLD: f64 = 0.8;
 pub const DEFAULT_MAX_OUTPUT_TOKENS: u32 = 4096;
 
 pub const DEFAULT_MAX_RESPONSE_BODY_BYTES: u32 = 8 * 1024 * 1024;
+pub const DEFAULT_MAX_TRACKED_AGENTS: u32 = 500;
 /// Deliberately expensive (an opus-class price): an unknown model must not drain budgets
 /// slower than a known one.
 pub const DEFAULT_FALLBACK_PRICE: Price = Price::new(15_000_000, 75_000_000, None);
@@ -699,6 +705,10 @@ impl TryFrom<RawConfig> for Config {
                 "must be at least 1024",
             ));
         }
+        let max_tracked_agents = raw.max_tracked_agents.unwrap_or(DEFAULT_MAX_TRACKED_AGENTS);
+        if max_tracked_agents == 0 {
+            return Err(ConfigError::new("max_tracked_agents", "must be at least 1"));
+        }
 
         let mut api_overrides = Vec::new();
         for (index, raw_override) in raw.api_overrides.into_iter().enumerate() {
@@ -755,6 +765,7 @@ impl TryFrom<RawConfig> for Config {
             prices,
             fallback_price,
             max_response_body_bytes,
+            max_tracked_agents,
             api_overrides,
             azure_deployments: raw.azure_deployments,
             reservations: raw.reservations.unwrap_or(true),

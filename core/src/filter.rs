@@ -11,14 +11,14 @@
 //! [`crate::attribution`]'s and the cutting of usage chunks [`crate::stripper`]'s.
 
 use crate::alerts::{Alert, Trigger};
-use crate::attribution::{Attribution, Outcome};
+use crate::attribution::{self, Attribution, Format, Outcome};
 use crate::booking::{Booking, Settled, Trouble};
 use crate::config::{AgentBudget, BudgetHeaders, Config, LimitAction};
 use crate::degrade::{self, Rewrite};
 use crate::host::Host;
 use crate::identity::{identify, Identity};
 use crate::ledger::{Account, AccountKey, Ledger};
-use crate::metrics::{AgentCounter, AgentId, Counter, ReasonCounter};
+use crate::metrics::{AgentCounter, AgentId, CallOutcome, Counter, ModelCounter, ReasonCounter};
 use crate::period::Period;
 use crate::policy::{self, Crossing, Decision, Line, Misfit, Scope, StopReason};
 use crate::providers::{
@@ -142,6 +142,8 @@ struct Caller {
 struct Forwarded {
     caller: Caller,
     api: Api,
+    /// The path is an Azure OpenAI deployment's.
+    azure: bool,
     /// Where the call names its model: how, and whether, degrade can change it.
     model_in: ModelIn,
     /// The model the request names: an Azure deployment's configured model, else the
@@ -154,6 +156,8 @@ struct Forwarded {
     degrade: Degrade,
     /// A budget of the agent was used up when the call came (`alert` lets it through).
     past_limit: bool,
+    /// Its charge booked spend past an `alert` budget's limit.
+    overage: bool,
     /// The tightest agent line's `x-agent-budget-*` headers, unless the option hides them.
     budget_headers: Vec<(String, String)>,
     /// The filter asked for a usage report the client did not: it is cut from the stream.
@@ -256,6 +260,9 @@ impl Call {
         );
         let api = detected.as_ref().map(|d| d.api);
         let model_in = detected.as_ref().map_or(ModelIn::Body, Detected::model_in);
+        let azure = detected
+            .as_ref()
+            .is_some_and(|d| d.azure_deployment.is_some());
         let requested_model = detected.and_then(|d| path_model(config, d));
         // A call the filter does not meter is refused in the OpenAI shape.
         let reply_api = api.unwrap_or(Api::OpenAiChat);
@@ -317,7 +324,11 @@ impl Call {
                     reason,
                     worst_case: None,
                 };
-                let reply = self.refuse(host, caller, reply_api, requested_model, booking, stop);
+                let format = Format {
+                    api: reply_api,
+                    azure,
+                };
+                let reply = self.refuse(host, caller, format, requested_model, booking, stop);
                 return reply_only(reply);
             }
             Decision::Degrade => true,
@@ -331,18 +342,30 @@ impl Call {
             } else {
                 Vec::new()
             };
+            let agent = caller.agent;
+            let record = Attribution::new(
+                caller.identity,
+                None,
+                requested_model,
+                None,
+                CallOutcome::Unmetered,
+                Outcome::Passed,
+            );
+            self.attribute(agent, record);
             self.stage = Stage::Passed { budget_headers };
             return forward(HeadAction::Continue, HeaderEdits::default());
         };
         let mut call = Forwarded {
             caller,
             api,
+            azure,
             model_in,
             requested_model,
             request_bytes: 0,
             booking,
             degrade: Degrade::Off,
             past_limit,
+            overage: false,
             budget_headers,
             strip_usage: false,
             response: Response::Pending,
@@ -431,7 +454,8 @@ impl Call {
             return BodyOutcome::default();
         };
         let model = call.model().map(str::to_string);
-        let reply = self.refuse(host, call.caller, call.api, model, call.booking, stop);
+        let format = call.format();
+        let reply = self.refuse(host, call.caller, format, model, call.booking, stop);
         BodyOutcome {
             body: None,
             reply: Some(reply),
@@ -445,12 +469,13 @@ impl Call {
         &mut self,
         host: &dyn Host,
         caller: Caller,
-        api: Api,
+        format: Format,
         model: Option<String>,
         mut booking: Booking,
         stop: Stop,
     ) -> LocalReply {
         let worker = Rc::clone(&self.worker);
+        let api = format.api;
         let Stop {
             line,
             reason,
@@ -500,15 +525,18 @@ impl Call {
             caller.now,
             with_headers,
         );
-        self.attribution = Some(Attribution::new(
+        let agent = caller.agent;
+        let record = Attribution::new(
             caller.identity,
-            api,
+            Some(format),
             model,
             None,
+            CallOutcome::Stopped,
             Outcome::Stopped {
                 status: reply.status,
             },
-        ));
+        );
+        self.attribute(agent, record);
         let mut trouble = Trouble::default();
         booking.release(host, &mut trouble);
         worker.report(trouble);
@@ -603,25 +631,78 @@ impl Call {
         };
         let model = match &outcome {
             Outcome::Charged { metered, .. } => metered.model.clone().or(model),
-            Outcome::Unmetered(_) | Outcome::Stopped { .. } => model,
+            Outcome::Unmetered(_) | Outcome::Passed | Outcome::Stopped { .. } => model,
         };
+        let action = match &outcome {
+            Outcome::Charged { .. } => call.charged_action(&worker.config),
+            Outcome::Unmetered(_) | Outcome::Passed => CallOutcome::Unmetered,
+            Outcome::Stopped { .. } => CallOutcome::Stopped,
+        };
+        let format = call.format();
         let degraded_from = match call.degrade {
             Degrade::Swapped { from, .. } => Some(from),
             Degrade::Off | Degrade::On => None,
         };
+        let agent = call.caller.agent;
         let attribution = Attribution::new(
             call.caller.identity,
-            call.api,
+            Some(format),
             model,
             degraded_from,
+            action,
             outcome,
         );
         attribution.log();
-        self.attribution = Some(attribution);
+        self.attribute(agent, attribution);
+    }
+
+    /// Keeps the call's record for the access log and counts it: its outcome once, and a
+    /// charge's cost and tokens under its served model's price-table family.
+    fn attribute(&mut self, agent: Option<AgentId>, record: Attribution) {
+        if let Some(agent) = agent {
+            let metrics = &self.worker.metrics;
+            metrics.count(Counter::Calls(agent, record.action), 1);
+            if let Outcome::Charged {
+                metered,
+                micro_usd,
+                priced_as,
+                ..
+            } = &record.outcome
+            {
+                let model = metrics.model(priced_as.as_deref());
+                let usage = &metered.usage;
+                for (counter, delta) in [
+                    (ModelCounter::CostMicroUsd, *micro_usd),
+                    (ModelCounter::InputTokens, usage.total_input()),
+                    (ModelCounter::OutputTokens, usage.output),
+                ] {
+                    metrics.count(Counter::Model(counter, agent, model), delta);
+                }
+            }
+        }
+        self.attribution = Some(record);
     }
 }
 
 impl Forwarded {
+    fn format(&self) -> Format {
+        Format {
+            api: self.api,
+            azure: self.azure,
+        }
+    }
+
+    /// What the filter did with this call, once charged: degraded, overage (an `alert`
+    /// budget let it through past its limit: it came past it, or its charge crossed it), or
+    /// allowed.
+    fn charged_action(&self, config: &Config) -> CallOutcome {
+        let alert = config
+            .budget(&self.caller.identity.budget)
+            .is_some_and(|b| b.action == LimitAction::Alert);
+        let degraded = matches!(self.degrade, Degrade::Swapped { .. });
+        attribution::charged_action(degraded, self.overage || (self.past_limit && alert))
+    }
+
     /// The model to price the call by when the response names none: the cheaper one if
     /// degraded, else the one requested.
     fn model(&self) -> Option<&str> {
@@ -865,7 +946,7 @@ impl Forwarded {
             micro_usd,
         );
         if let Some(budget) = config.budget(&self.caller.identity.budget) {
-            self.caller.after_settle(host, worker, budget, &settled);
+            self.overage = self.caller.after_settle(host, worker, budget, &settled);
         }
         if matches!(self.degrade, Degrade::Swapped { .. }) {
             self.caller.count(worker, AgentCounter::DegradedRequests, 1);
@@ -991,15 +1072,16 @@ impl Caller {
     }
 
     /// What a settled charge set off: threshold crossings (each alerted once per agent and
-    /// period across all workers) and, for `alert`, the overage.
+    /// period across all workers) and, for `alert`, the overage; true if it booked any.
     fn after_settle(
         &self,
         host: &dyn Host,
         worker: &Worker,
         budget: &AgentBudget,
         settled: &[Settled],
-    ) {
+    ) -> bool {
         let ledger = Ledger::new(host);
+        let mut booked = false;
         for entry in settled.iter().filter(|s| s.scope == Scope::Agent) {
             let kind = entry.period.kind;
             let Some(limit) = budget.limit(kind) else {
@@ -1009,6 +1091,7 @@ impl Caller {
             if budget.action == LimitAction::Alert {
                 let overage = policy::overage(limit, entry.before.spent, entry.after.spent);
                 if overage > 0 {
+                    booked = true;
                     let account = AccountKey::Overage(self.identity.budget.clone());
                     if let Err(error) = ledger.add_spend(&entry.period, &account, overage) {
                         worker.ledger_error(&error);
@@ -1019,6 +1102,7 @@ impl Caller {
                 }
             }
         }
+        booked
     }
 
     /// Raises the alerts for every level `spent` has reached on the agent's period, each

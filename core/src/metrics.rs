@@ -3,7 +3,9 @@
 //! Labels travel inside the stat name (`agent_budget_requests.agent.research-bot`) and the
 //! `stats_tags` rules in `envoy/stats-tags.yaml` turn those segments into Prometheus labels,
 //! giving `agent_budget_requests{agent="research-bot"}`. Label values are configured agent
-//! names, reasons and periods only, so cardinality is bounded by the configuration.
+//! names (the first `max_tracked_agents`, the rest folded into `other`), reasons, periods,
+//! outcomes and price-table model families (else `other`), so cardinality is bounded by the
+//! configuration.
 //! Metrics are typed ([`Counter`], [`Gauge`]); each name is built and defined once per
 //! worker and its id cached; a refused definition degrades to a no-op instead of failing
 //! the call. Counts accumulate per worker and reach Envoy on the tick.
@@ -104,6 +106,53 @@ impl AgentGauge {
     }
 }
 
+/// How a call attributed to an agent budget ended: exactly one per call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CallOutcome {
+    /// Charged, within the budget.
+    Allowed,
+    /// Charged, served by the cheaper model of `degrade`.
+    Degraded,
+    /// Refused by the filter: a budget was used up (or the call's worst case did not fit).
+    Stopped,
+    /// Charged under the `alert` action, past the budget (it came past it or crossed it).
+    Overage,
+    /// Reached the provider but could not be metered (or no API format matched its path).
+    Unmetered,
+}
+
+impl CallOutcome {
+    pub fn name(self) -> &'static str {
+        match self {
+            CallOutcome::Allowed => "allowed",
+            CallOutcome::Degraded => "degraded",
+            CallOutcome::Stopped => "stopped",
+            CallOutcome::Overage => "overage",
+            CallOutcome::Unmetered => "unmetered",
+        }
+    }
+}
+
+/// Per-agent, per-served-model counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ModelCounter {
+    CostMicroUsd,
+    /// All input tokens, cached and cache-write included.
+    InputTokens,
+    /// Output tokens (reasoning included).
+    OutputTokens,
+}
+
+impl ModelCounter {
+    fn stem(self) -> &'static str {
+        match self {
+            ModelCounter::CostMicroUsd => "agent_budget_model_cost_micro_usd",
+            ModelCounter::InputTokens => "agent_budget_model_input_tokens",
+            ModelCounter::OutputTokens => "agent_budget_model_output_tokens",
+        }
+    }
+}
+
 /// Gateway-wide counters with a reason label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ReasonCounter {
@@ -128,10 +177,19 @@ impl ReasonCounter {
     }
 }
 
-/// A configured agent budget, by its position among the configured names: metric keys
-/// carry this instead of the name, so counting on the hot path neither formats nor copies.
+/// A configured agent budget, by its position among the configured names (or the `other`
+/// series it folds into): metric keys carry this instead of the name, so counting on the
+/// hot path neither formats nor copies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AgentId(u32);
+
+/// A served model's price-table family (or `other`), interned per worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ModelId(u32);
+
+/// The series that agents past `max_tracked_agents` and unpriced models report under.
+pub const OTHER: &str = "other";
+const OTHER_ID: u32 = u32::MAX;
 
 /// A counter, typed: its name is built only when it is first defined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -144,12 +202,18 @@ pub enum Counter {
     Reason(ReasonCounter, &'static str),
     /// Calls charged at the fallback price because their model has no price.
     UnpricedCalls,
+    /// Calls attributed to an agent budget, by how they ended.
+    Calls(AgentId, CallOutcome),
+    /// Charged calls' cost and tokens per agent and served model.
+    Model(ModelCounter, AgentId, ModelId),
 }
 
 /// A gauge, typed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Gauge {
     Agent(AgentGauge, AgentId, PeriodKind),
+    /// Agent budgets past `max_tracked_agents`, reporting under `agent="other"`.
+    FoldedAgents,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -167,30 +231,97 @@ fn agent_period_name(stem: &str, budget: &str, period: PeriodKind) -> String {
 #[derive(Debug, Default)]
 pub struct Agents {
     names: Vec<String>,
+    /// The first this many names have series of their own; the rest fold into `other`.
+    tracked: usize,
 }
 
 impl Agents {
-    /// `names` in the configuration's (sorted) order.
-    pub fn new(names: impl IntoIterator<Item = String>) -> Agents {
-        Agents {
-            names: names.into_iter().collect(),
-        }
+    /// `names` in the configuration's (sorted) order; the first `max_tracked` are tracked.
+    pub fn new(names: impl IntoIterator<Item = String>, max_tracked: usize) -> Agents {
+        let names: Vec<String> = names.into_iter().collect();
+        let tracked = names.len().min(max_tracked);
+        Agents { names, tracked }
     }
 
+    /// The id a configured budget counts under: its own, or `other` if it is folded.
     pub fn id(&self, name: &str) -> Option<AgentId> {
         let index = self.names.binary_search_by(|n| n.as_str().cmp(name)).ok()?;
+        if index >= self.tracked {
+            return Some(AgentId(OTHER_ID));
+        }
         u32::try_from(index).ok().map(AgentId)
     }
 
     pub fn name(&self, id: AgentId) -> &str {
+        if id.0 == OTHER_ID {
+            return OTHER;
+        }
         self.names
             .get(id.0 as usize)
             .map(String::as_str)
             .unwrap_or("unknown")
     }
 
+    /// The tracked budgets' ids, in the configuration's order (folded ones have no gauges).
     pub fn ids(&self) -> impl Iterator<Item = AgentId> + '_ {
-        (0..self.names.len()).filter_map(|i| u32::try_from(i).ok().map(AgentId))
+        (0..self.tracked).filter_map(|i| u32::try_from(i).ok().map(AgentId))
+    }
+
+    /// How many budgets report under `other`.
+    pub fn folded(&self) -> usize {
+        self.names.len() - self.tracked
+    }
+}
+
+/// Price-table families seen as served models, interned: a metric key carries the index.
+#[derive(Debug, Default)]
+struct Models {
+    names: Vec<String>,
+    ids: FastMap<String, ModelId>,
+}
+
+impl Models {
+    fn id(&mut self, family: Option<&str>) -> ModelId {
+        let Some(family) = family else {
+            return ModelId(OTHER_ID);
+        };
+        if let Some(id) = self.ids.get(family) {
+            return *id;
+        }
+        let Ok(index) = u32::try_from(self.names.len()) else {
+            return ModelId(OTHER_ID);
+        };
+        let id = ModelId(index);
+        self.names.push(sanitize(family));
+        self.ids.insert(family.to_string(), id);
+        id
+    }
+
+    fn name(&self, id: ModelId) -> &str {
+        self.names
+            .get(id.0 as usize)
+            .map(String::as_str)
+            .unwrap_or(OTHER)
+    }
+}
+
+/// A model family as one stat-name segment: anything but `[A-Za-z0-9_-]` (a dot would split
+/// the segment) becomes `_`.
+pub fn sanitize(family: &str) -> String {
+    let cleaned: String = family
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if cleaned.is_empty() {
+        OTHER.to_string()
+    } else {
+        cleaned
     }
 }
 
@@ -203,7 +334,7 @@ impl Metric {
     }
 
     /// The stat name, labels as segments (see the module doc).
-    fn name(self, agents: &Agents) -> String {
+    fn name(self, agents: &Agents, models: &Models) -> String {
         match self {
             Metric::Counter(Counter::Agent(counter, agent)) => {
                 format!("{}.agent.{}", counter.stem(), agents.name(agent))
@@ -219,9 +350,21 @@ impl Metric {
                 format!("{}.reason.{reason}", counter.stem())
             }
             Metric::Counter(Counter::UnpricedCalls) => "agent_budget_unpriced_calls".to_string(),
+            Metric::Counter(Counter::Calls(agent, outcome)) => format!(
+                "agent_budget_calls.agent.{}.outcome.{}",
+                agents.name(agent),
+                outcome.name()
+            ),
+            Metric::Counter(Counter::Model(counter, agent, model)) => format!(
+                "{}.agent.{}.model.{}",
+                counter.stem(),
+                agents.name(agent),
+                models.name(model)
+            ),
             Metric::Gauge(Gauge::Agent(gauge, agent, period)) => {
                 agent_period_name(gauge.stem(), agents.name(agent), period)
             }
+            Metric::Gauge(Gauge::FoldedAgents) => "agent_budget_folded_agents".to_string(),
         }
     }
 }
@@ -232,6 +375,7 @@ impl Metric {
 #[derive(Debug, Default)]
 pub struct Metrics {
     agents: Agents,
+    models: RefCell<Models>,
     pending: RefCell<FastMap<Counter, u64>>,
     ids: RefCell<FastMap<Metric, Option<u32>>>,
 }
@@ -246,6 +390,11 @@ impl Metrics {
 
     pub fn agents(&self) -> &Agents {
         &self.agents
+    }
+
+    /// The id a served model counts under: its price-table family, or `other` (None).
+    pub fn model(&self, family: Option<&str>) -> ModelId {
+        self.models.borrow_mut().id(family)
     }
 
     /// Counts `delta` now; it reaches the host at the next flush.
@@ -278,7 +427,7 @@ impl Metrics {
         if let Some(id) = self.ids.borrow().get(&metric) {
             return *id;
         }
-        let name = metric.name(&self.agents);
+        let name = metric.name(&self.agents, &self.models.borrow());
         let id = match host.define_metric(metric.kind(), &name) {
             Ok(id) => Some(id),
             Err(error) => {

@@ -58,7 +58,10 @@ impl Worker {
             };
             Outbox::new(format, alerts.max_attempts, MAX_QUEUED_ALERTS)
         });
-        let agents = Agents::new(config.agents.keys().cloned());
+        let agents = Agents::new(
+            config.agents.keys().cloned(),
+            config.max_tracked_agents as usize,
+        );
         Worker {
             config,
             metrics: Metrics::new(agents),
@@ -258,6 +261,10 @@ impl Worker {
     /// Publishes spend per agent and period from the ledger (one read per agent), and the
     /// limits when `with_limits`.
     fn refresh_gauges(&self, host: &dyn Host, current: &[Period; 2], with_limits: bool) {
+        if with_limits {
+            let folded = self.metrics.agents().folded() as u64;
+            self.metrics.set(host, Gauge::FoldedAgents, folded);
+        }
         let ledger = Ledger::new(host);
         for (agent, (name, budget)) in self.metrics.agents().ids().zip(&self.config.agents) {
             let snapshot = ledger.snapshot(&AccountKey::Agent(name.clone()));

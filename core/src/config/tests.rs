@@ -58,6 +58,7 @@ fn defaults_are_applied() {
     );
     assert_eq!(config.budget("a").unwrap().action, LimitAction::Stop);
     assert_eq!(config.fallback_price, DEFAULT_FALLBACK_PRICE);
+    assert_eq!(config.max_tracked_agents, DEFAULT_MAX_TRACKED_AGENTS);
     assert!(config.prices.resolve("gpt-4o").is_some());
 }
 
@@ -150,6 +151,11 @@ fn rejections_name_the_field() {
             json!({"status_page": {"token": "x"}, "agents": {"a": {"daily_usd": 1}}}),
             "status_page.token",
             "unknown field `token`",
+        ),
+        (
+            json!({"max_tracked_agents": 0, "agents": {"a": {"daily_usd": 1}}}),
+            "max_tracked_agents",
+            "at least 1",
         ),
     ];
     for (value, field, reason) in cases {

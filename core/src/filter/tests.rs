@@ -376,8 +376,11 @@ fn openai_json_call_is_charged_at_list_price() {
             task: Some("t-1".to_string()),
             user: Some("u-1".to_string()),
             api: "openai_chat",
+            operation: Some("chat"),
+            provider: Some("openai"),
             model: "gpt-4o-2024-08-06".to_string(),
             degraded_from: None,
+            action: CallOutcome::Allowed,
             outcome: Outcome::Charged {
                 estimated: false,
                 metered: Metered {
@@ -1463,8 +1466,21 @@ fn paths_the_filter_does_not_meter_only_get_budget_headers() {
         Some("daily")
     );
     assert_eq!(ran.outcomes, vec![ChunkOutcome::Pass]);
-    assert_eq!(ran.call.attribution, None);
+    // Attributed and forwarded, but not metered: its record says why.
+    let attribution = ran.call.attribution.as_ref().unwrap();
+    assert_eq!(
+        (attribution.api, attribution.action, &attribution.outcome),
+        ("-", CallOutcome::Unmetered, &Outcome::Passed)
+    );
     assert_eq!(metric(&host, &worker, "agent_budget_requests.agent.bot"), 1);
+    assert_eq!(
+        metric(
+            &host,
+            &worker,
+            "agent_budget_calls.agent.bot.outcome.unmetered"
+        ),
+        1
+    );
     assert_eq!(spent(&host, &worker, "bot"), (0, 0));
 }
 
@@ -1624,7 +1640,12 @@ fn azure_deployment_and_path_models_price_calls_without_a_model() {
     for (path, request, want) in cases {
         let ran = run_call(&host, &worker, &Exchange::json(path, "bot", request, body));
         assert_eq!(charged(&ran.call).0, want, "{path}");
+        let provider = ran.call.attribution.as_ref().and_then(|a| a.provider);
+        assert_eq!(provider, Some("azure.ai.openai"), "{path}");
     }
+    let ran = run_call(&host, &worker, &Exchange::openai("bot", OPENAI_CHAT));
+    let provider = ran.call.attribution.as_ref().and_then(|a| a.provider);
+    assert_eq!(provider, Some("openai"));
 }
 
 #[test]
@@ -2083,5 +2104,82 @@ fn held_headers_keep_content_length_and_declare_a_rewritten_body() {
             (None, false) => assert_eq!(body.headers, HeaderEdits::default(), "{case}"),
             (sent, _) => panic!("{case}: unexpected rewrite {sent:?}"),
         }
+    }
+}
+
+#[test]
+fn every_attributed_call_has_exactly_one_outcome() {
+    let (host, worker) = setup(
+        r#"{"agents":{
+            "ok":{"daily_usd":10},
+            "stopper":{"daily_usd":0.000001},
+            "alerting":{"daily_usd":0.000001,"action":"alert"},
+            "cheap":{"daily_usd":0.000001,"action":"degrade","degrade_usd":10,
+                     "degrade_to":{"gpt-4o*":"gpt-4o-mini"}}}}"#,
+    );
+    let failed = Exchange {
+        status: 500,
+        ..Exchange::openai("ok", br#"{"error":{}}"#)
+    };
+    // (call, its action): each agent's first call uses up its tiny budget.
+    let cases = [
+        (Exchange::openai("ok", OPENAI_CHAT), CallOutcome::Allowed),
+        (failed, CallOutcome::Unmetered),
+        (
+            Exchange::openai("stopper", OPENAI_CHAT),
+            CallOutcome::Allowed,
+        ),
+        (
+            Exchange::openai("stopper", OPENAI_CHAT),
+            CallOutcome::Stopped,
+        ),
+        (
+            Exchange::openai("alerting", OPENAI_CHAT),
+            CallOutcome::Overage,
+        ),
+        (
+            Exchange::openai("alerting", OPENAI_CHAT),
+            CallOutcome::Overage,
+        ),
+        (Exchange::openai("cheap", OPENAI_CHAT), CallOutcome::Allowed),
+        (
+            Exchange::openai("cheap", OPENAI_CHAT),
+            CallOutcome::Degraded,
+        ),
+    ];
+    for (index, (exchange, want)) in cases.iter().enumerate() {
+        let ran = run_call(&host, &worker, exchange);
+        let attribution = ran.call.attribution.as_ref().expect("attributed");
+        assert_eq!(attribution.action, *want, "call {index}");
+    }
+    let counts = [
+        ("ok", "allowed", 1),
+        ("ok", "unmetered", 1),
+        ("stopper", "allowed", 1),
+        ("stopper", "stopped", 1),
+        ("alerting", "overage", 2),
+        ("cheap", "allowed", 1),
+        ("cheap", "degraded", 1),
+    ];
+    for (agent, outcome, want) in counts {
+        let name = format!("agent_budget_calls.agent.{agent}.outcome.{outcome}");
+        assert_eq!(metric(&host, &worker, &name), want, "{name}");
+    }
+    let calls: i64 = host
+        .metric_names()
+        .iter()
+        .filter(|n| n.starts_with("agent_budget_calls."))
+        .map(|n| host.metric(n).unwrap_or(0))
+        .sum();
+    assert_eq!(calls, cases.len() as i64, "one outcome per call");
+    // The served model (the response's gpt-4o-2024-08-06) counts under its family.
+    let per_model = [
+        ("cost_micro_usd", CHAT_COST as i64),
+        ("input_tokens", 507 + 512),
+        ("output_tokens", 310),
+    ];
+    for (stem, want) in per_model {
+        let name = format!("agent_budget_model_{stem}.agent.ok.model.gpt-4o");
+        assert_eq!(metric(&host, &worker, &name), want, "{name}");
     }
 }

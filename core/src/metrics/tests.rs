@@ -2,7 +2,7 @@ use super::*;
 use crate::host::fake::FakeHost;
 
 fn metrics() -> Metrics {
-    Metrics::new(Agents::new(["alpha".to_string(), "bot".to_string()]))
+    Metrics::new(Agents::new(["alpha".to_string(), "bot".to_string()], 500))
 }
 
 #[test]
@@ -38,9 +38,36 @@ fn names_carry_labels_as_segments() {
             Metric::Counter(Counter::UnpricedCalls),
             "agent_budget_unpriced_calls",
         ),
+        (
+            Metric::Counter(Counter::Calls(bot, CallOutcome::Overage)),
+            "agent_budget_calls.agent.bot.outcome.overage",
+        ),
+        (
+            Metric::Counter(Counter::Model(
+                ModelCounter::InputTokens,
+                bot,
+                metrics.model(Some("gpt-4.1")),
+            )),
+            "agent_budget_model_input_tokens.agent.bot.model.gpt-4_1",
+        ),
+        (
+            Metric::Counter(Counter::Model(
+                ModelCounter::CostMicroUsd,
+                bot,
+                metrics.model(None),
+            )),
+            "agent_budget_model_cost_micro_usd.agent.bot.model.other",
+        ),
+        (
+            Metric::Gauge(Gauge::FoldedAgents),
+            "agent_budget_folded_agents",
+        ),
     ];
     for (metric, name) in cases {
-        assert_eq!(metric.name(metrics.agents()), name);
+        assert_eq!(
+            metric.name(metrics.agents(), &metrics.models.borrow()),
+            name
+        );
     }
 }
 
@@ -77,4 +104,85 @@ fn counts_reach_the_host_on_flush_with_one_definition_each() {
         Some(3)
     );
     assert_eq!(host.metric_names().len(), 2);
+}
+
+#[test]
+fn every_outcome_has_its_label() {
+    let names = [
+        CallOutcome::Allowed,
+        CallOutcome::Degraded,
+        CallOutcome::Stopped,
+        CallOutcome::Overage,
+        CallOutcome::Unmetered,
+    ]
+    .map(CallOutcome::name);
+    assert_eq!(
+        names,
+        ["allowed", "degraded", "stopped", "overage", "unmetered"]
+    );
+}
+
+#[test]
+fn model_families_become_one_stat_name_segment() {
+    let cases = [
+        ("gpt-4o-mini", "gpt-4o-mini"),
+        ("gpt-4.1", "gpt-4_1"),
+        ("claude-3.5-sonnet", "claude-3_5-sonnet"),
+        ("llama3:70b/instruct", "llama3_70b_instruct"),
+        ("Mixed_Case-9", "Mixed_Case-9"),
+        ("", "other"),
+    ];
+    for (family, segment) in cases {
+        assert_eq!(sanitize(family), segment, "{family}");
+    }
+}
+
+#[test]
+fn a_family_is_interned_once() {
+    let metrics = metrics();
+    let first = metrics.model(Some("gpt-4o"));
+    assert_eq!(metrics.model(Some("gpt-4o")), first);
+    assert_ne!(metrics.model(Some("gpt-4o-mini")), first);
+    assert_eq!(metrics.model(None), metrics.model(None));
+    assert_eq!(metrics.models.borrow().names.len(), 2);
+}
+
+#[test]
+fn agents_past_the_limit_fold_into_other() {
+    let names = ["a", "b", "c", "d"].map(String::from);
+    let agents = Agents::new(names.clone(), 2);
+    let ids: Vec<&str> = names
+        .iter()
+        .map(|n| agents.name(agents.id(n).unwrap()))
+        .collect();
+    assert_eq!(ids, ["a", "b", "other", "other"]);
+    assert_eq!(agents.id("c"), agents.id("d"));
+    assert_eq!(agents.ids().count(), 2, "folded agents get no gauges");
+    assert_eq!(agents.folded(), 2);
+    assert_eq!(agents.id("nobody"), None);
+
+    let all = Agents::new(names, 500);
+    assert_eq!(all.folded(), 0);
+    assert_eq!(all.name(all.id("d").unwrap()), "d");
+}
+
+#[test]
+fn folded_agents_count_into_one_series() {
+    let host = FakeHost::new();
+    let metrics = Metrics::new(Agents::new(["a", "b", "c"].map(String::from), 1));
+    for name in ["a", "b", "c"] {
+        let agent = metrics.agents().id(name).unwrap();
+        metrics.count(Counter::Calls(agent, CallOutcome::Allowed), 1);
+    }
+    metrics.set(&host, Gauge::FoldedAgents, metrics.agents().folded() as u64);
+    metrics.flush(&host);
+    assert_eq!(
+        host.metric("agent_budget_calls.agent.a.outcome.allowed"),
+        Some(1)
+    );
+    assert_eq!(
+        host.metric("agent_budget_calls.agent.other.outcome.allowed"),
+        Some(2)
+    );
+    assert_eq!(host.metric("agent_budget_folded_agents"), Some(2));
 }

@@ -158,3 +158,24 @@ fn alerts_are_delivered_retried_and_counted() {
     worker.tick(&host);
     assert_eq!(host.dispatched().len(), 2, "never sent again");
 }
+
+#[test]
+fn folded_agents_are_counted_and_get_no_gauges() {
+    let host = FakeHost::new().at_unix_secs(NOW);
+    let worker = Worker::new(
+        Config::from_bytes(
+            br#"{"max_tracked_agents":2,"agents":{"a":{"daily_usd":1},"b":{"daily_usd":1},"c":{"daily_usd":1}}}"#,
+        )
+        .unwrap(),
+    );
+    worker.tick(&host);
+    assert_eq!(host.metric("agent_budget_folded_agents"), Some(1));
+    for (agent, gauge) in [("a", Some(1_000_000)), ("b", Some(1_000_000)), ("c", None)] {
+        let name = format!("agent_budget_limit_micro_usd.agent.{agent}.period.daily");
+        assert_eq!(host.metric(&name), gauge, "{name}");
+    }
+    assert!(host
+        .metric_names()
+        .iter()
+        .all(|n| !n.contains(".agent.other.")));
+}
