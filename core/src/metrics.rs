@@ -93,6 +93,10 @@ pub enum AgentGauge {
     SpendMicroUsd,
     /// The period's budget.
     LimitMicroUsd,
+    /// What is left of the period's budget (0 once used up).
+    RemainingMicroUsd,
+    /// Spend so far plus the burn rate until the period ends.
+    ProjectedSpendMicroUsd,
 }
 
 impl AgentGauge {
@@ -100,6 +104,26 @@ impl AgentGauge {
         match self {
             AgentGauge::SpendMicroUsd => "agent_budget_spend_micro_usd",
             AgentGauge::LimitMicroUsd => "agent_budget_limit_micro_usd",
+            AgentGauge::RemainingMicroUsd => "agent_budget_remaining_micro_usd",
+            AgentGauge::ProjectedSpendMicroUsd => "agent_budget_projected_spend_micro_usd",
+        }
+    }
+}
+
+/// Per-agent gauges of the spend history (no period).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RateGauge {
+    /// Spend over the current window, per hour.
+    BurnMicroUsdPerHour,
+    /// The agent's usual hourly burn (0 while it has none).
+    BaselineMicroUsdPerHour,
+}
+
+impl RateGauge {
+    fn stem(self) -> &'static str {
+        match self {
+            RateGauge::BurnMicroUsdPerHour => "agent_budget_burn_rate_micro_usd_per_hour",
+            RateGauge::BaselineMicroUsdPerHour => "agent_budget_baseline_micro_usd_per_hour",
         }
     }
 }
@@ -150,6 +174,7 @@ pub enum Counter {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Gauge {
     Agent(AgentGauge, AgentId, PeriodKind),
+    Rate(RateGauge, AgentId),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -221,6 +246,9 @@ impl Metric {
             Metric::Counter(Counter::UnpricedCalls) => "agent_budget_unpriced_calls".to_string(),
             Metric::Gauge(Gauge::Agent(gauge, agent, period)) => {
                 agent_period_name(gauge.stem(), agents.name(agent), period)
+            }
+            Metric::Gauge(Gauge::Rate(gauge, agent)) => {
+                format!("{}.agent.{}", gauge.stem(), agents.name(agent))
             }
         }
     }
