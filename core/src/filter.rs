@@ -833,7 +833,7 @@ impl Forwarded {
         let mut trouble = Trouble::default();
         let settled = self.booking.settle(host, micro_usd, &mut trouble);
         worker.report(trouble);
-        worker.record_spend(self.caller.agent, self.caller.now, micro_usd);
+        worker.record_spend(&self.caller.identity.budget, self.caller.now, micro_usd);
         if let Some(budget) = config.budget(&self.caller.identity.budget) {
             self.caller.after_settle(host, worker, budget, &settled);
         }

@@ -35,10 +35,9 @@
 use crate::config::{AnomalyConfig, Config};
 use crate::host::{Host, HostError, Versioned};
 use crate::ledger::LedgerError;
-use crate::metrics::AgentId;
 use crate::period::Period;
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 const KEY_PREFIX: &str = "agent_budget/history/v1";
 const MAGIC: &[u8; 2] = b"H1";
@@ -345,20 +344,26 @@ fn saturate(value: u128) -> u64 {
     u64::try_from(value).unwrap_or(u64::MAX)
 }
 
-/// Spend this worker charged since its last merge, per agent and bucket: the hot path adds
-/// here (no host call), the tick merges it into the shared history.
+/// Spend this worker charged since its last merge, per agent budget and bucket: the hot
+/// path adds here (no host call), the tick merges it into the shared history. Keyed by the
+/// budget's name, so it does not depend on how metrics label agents.
 #[derive(Debug, Default)]
 pub struct Accumulator {
-    deltas: RefCell<BTreeMap<(AgentId, i64), u64>>,
+    deltas: RefCell<HashMap<String, BTreeMap<i64, u64>>>,
 }
 
 impl Accumulator {
-    pub fn add(&self, agent: AgentId, bucket: i64, micro_usd: u64) {
+    pub fn add(&self, budget: &str, bucket: i64, micro_usd: u64) {
         if micro_usd == 0 {
             return;
         }
         let mut deltas = self.deltas.borrow_mut();
-        let slot = deltas.entry((agent, bucket)).or_insert(0);
+        // Allocates the name once per agent between merges, not per call.
+        let buckets = match deltas.get_mut(budget) {
+            Some(buckets) => buckets,
+            None => deltas.entry(budget.to_string()).or_default(),
+        };
+        let slot = buckets.entry(bucket).or_insert(0);
         *slot = slot.saturating_add(micro_usd);
     }
 
@@ -366,19 +371,21 @@ impl Accumulator {
         self.deltas.borrow().is_empty()
     }
 
-    /// Everything accumulated, grouped by agent, leaving the accumulator empty.
-    pub fn take(&self) -> BTreeMap<AgentId, Vec<(i64, u64)>> {
-        let mut grouped: BTreeMap<AgentId, Vec<(i64, u64)>> = BTreeMap::new();
-        for ((agent, bucket), micro_usd) in std::mem::take(&mut *self.deltas.borrow_mut()) {
-            grouped.entry(agent).or_default().push((bucket, micro_usd));
-        }
-        grouped
+    /// Everything accumulated, per budget, leaving the accumulator empty.
+    pub fn take(&self) -> Vec<(String, Vec<(i64, u64)>)> {
+        let mut taken: Vec<(String, Vec<(i64, u64)>)> =
+            std::mem::take(&mut *self.deltas.borrow_mut())
+                .into_iter()
+                .map(|(budget, buckets)| (budget, buckets.into_iter().collect()))
+                .collect();
+        taken.sort();
+        taken
     }
 
     /// Puts back deltas a merge could not write, for the next tick.
-    pub fn restore(&self, agent: AgentId, deltas: &[(i64, u64)]) {
+    pub fn restore(&self, budget: &str, deltas: &[(i64, u64)]) {
         for &(bucket, micro_usd) in deltas {
-            self.add(agent, bucket, micro_usd);
+            self.add(budget, bucket, micro_usd);
         }
     }
 }

@@ -8,7 +8,7 @@ use crate::config::{AlertFormat, Config};
 use crate::history::{self, Accumulator};
 use crate::host::Host;
 use crate::ledger::{Account, AccountKey, Ledger, LedgerError};
-use crate::metrics::{AgentGauge, AgentId, Agents, Counter, Gauge, Metrics, ReasonCounter};
+use crate::metrics::{AgentGauge, Agents, Counter, Gauge, Metrics, ReasonCounter};
 use crate::period::{Period, PeriodKind};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -143,10 +143,11 @@ impl Worker {
     }
 
     /// Notes a charged call's cost for the spend history (memory only: the tick merges it).
-    pub fn record_spend(&self, agent: Option<AgentId>, now: i64, micro_usd: u64) {
-        if let Some(agent) = agent {
+    /// Only configured budgets have a history.
+    pub fn record_spend(&self, budget: &str, now: i64, micro_usd: u64) {
+        if self.config.budget(budget).is_some() {
             let bucket = history::bucket_of(&self.config.anomaly, now);
-            self.history.add(agent, bucket, micro_usd);
+            self.history.add(budget, bucket, micro_usd);
         }
     }
 
@@ -158,8 +159,8 @@ impl Worker {
         }
         let settings = &self.config.anomaly;
         let oldest = history::oldest_needed(settings, now);
-        for (agent, deltas) in self.history.take() {
-            let key = history::key(settings, self.metrics.agents().name(agent));
+        for (budget, deltas) in self.history.take() {
+            let key = history::key(settings, &budget);
             match history::merge(host, &key, &deltas, oldest, now) {
                 Ok(()) => {}
                 // Written, but unchecked: counted, not retried.
@@ -168,7 +169,7 @@ impl Worker {
                     self.ledger_error(&error);
                     let kept: Vec<(i64, u64)> =
                         deltas.into_iter().filter(|(b, _)| *b >= oldest).collect();
-                    self.history.restore(agent, &kept);
+                    self.history.restore(&budget, &kept);
                 }
             }
         }

@@ -41,7 +41,6 @@ impl Sim {
             self.now += STEP;
             self.host.set_unix_secs(self.now);
             let worker = &self.workers[step as usize % self.workers.len()];
-            let id = worker.metrics.agents().id(agent).unwrap();
             let periods = worker.current_periods(self.now);
             let ledger = Ledger::new(&self.host);
             for period in &periods {
@@ -50,7 +49,7 @@ impl Sim {
                     .unwrap();
             }
             // A step's calls happen during it, not at its end.
-            worker.record_spend(Some(id), self.now - STEP / 2, per_step);
+            worker.record_spend(agent, self.now - STEP / 2, per_step);
             for worker in &self.workers {
                 // Each worker serves calls: its spend gauges refresh on this tick.
                 worker.serving();

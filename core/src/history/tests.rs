@@ -167,14 +167,13 @@ fn calls_reach_the_shared_history_on_the_tick_only() {
     let host = FakeHost::new().at_unix_secs(DAY_START);
     let worker = Worker::new(config(""));
     worker.tick(&host);
-    let bot = worker.metrics.agents().id("bot").unwrap();
     assert_eq!(
         history_at(&host, &worker.config, "bot"),
         History::new(DAY_START)
     );
-    worker.record_spend(Some(bot), DAY_START + 10, 1_500);
-    worker.record_spend(Some(bot), DAY_START + 20, 500);
-    worker.record_spend(None, DAY_START + 20, 99);
+    worker.record_spend("bot", DAY_START + 10, 1_500);
+    worker.record_spend("bot", DAY_START + 20, 500);
+    worker.record_spend("nobody", DAY_START + 20, 99);
     assert!(history_at(&host, &worker.config, "bot").buckets.is_empty());
     host.set_unix_secs(DAY_START + 21);
     worker.tick(&host);
@@ -184,6 +183,8 @@ fn calls_reach_the_shared_history_on_the_tick_only() {
     assert!(history_at(&host, &worker.config, "other")
         .buckets
         .is_empty());
+    // An unconfigured name gets no key.
+    assert!(!host.shared_keys().iter().any(|k| k.ends_with("/nobody")));
     let now_rates = rates(&host, &worker.config, "bot", DAY_START + 21).unwrap();
     assert_eq!(now_rates.burn_micro_usd_per_hour, 2_000);
     assert_eq!(
@@ -200,14 +201,13 @@ fn workers_sharing_one_host_merge_exactly() {
     for worker in &workers {
         worker.tick(&host);
     }
-    let bot = workers[0].metrics.agents().id("bot").unwrap();
     let mut want: BTreeMap<i64, u64> = BTreeMap::new();
     for second in 0..600 {
         let now = DAY_START + second;
         host.set_unix_secs(now);
         let micro_usd = 1_000 + second as u64;
         let worker = &workers[(second % 2) as usize];
-        worker.record_spend(Some(bot), now, micro_usd);
+        worker.record_spend("bot", now, micro_usd);
         *want.entry(bucket_of(&config.anomaly, now)).or_default() += micro_usd;
         // The workers tick at different moments, each merging its own share.
         if second % 3 == 0 {
@@ -230,8 +230,7 @@ fn a_contended_merge_keeps_its_deltas_for_the_next_tick() {
     let host = FakeHost::new().at_unix_secs(DAY_START);
     let worker = Worker::new(config(""));
     worker.tick(&host);
-    let bot = worker.metrics.agents().id("bot").unwrap();
-    worker.record_spend(Some(bot), DAY_START, 700);
+    worker.record_spend("bot", DAY_START, 700);
     host.fail_next_cas_writes(MERGE_ATTEMPTS);
     worker.tick(&host);
     assert!(history_at(&host, &worker.config, "bot").buckets.is_empty());
@@ -239,7 +238,7 @@ fn a_contended_merge_keeps_its_deltas_for_the_next_tick() {
         host.metric("agent_budget_ledger_errors.reason.contended"),
         Some(1)
     );
-    worker.record_spend(Some(bot), DAY_START + 1, 300);
+    worker.record_spend("bot", DAY_START + 1, 300);
     host.set_unix_secs(DAY_START + 1);
     worker.tick(&host);
     let bucket = bucket_of(&worker.config.anomaly, DAY_START);
@@ -299,11 +298,10 @@ fn buckets_older_than_the_window_are_pruned() {
         config(r#","anomaly":{"bucket":"1m","current":"5m","window":"30m","min_history":"10m"}"#);
     let worker = Worker::new(config.clone());
     worker.tick(&host);
-    let bot = worker.metrics.agents().id("bot").unwrap();
     for minute in 0..120 {
         let now = DAY_START + minute * 60;
         host.set_unix_secs(now);
-        worker.record_spend(Some(bot), now, 100);
+        worker.record_spend("bot", now, 100);
         worker.tick(&host);
     }
     let now = DAY_START + 119 * 60;
