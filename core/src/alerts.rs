@@ -42,15 +42,21 @@ pub enum AlertKind {
     LimitAlert,
     /// The degrade allowance is used up as well: calls are now stopped.
     DegradeExhausted,
+    /// The agent burns money at a multiple of its usual rate (once per episode).
+    Anomaly,
+    /// At its current burn rate the agent will spend past the period's budget.
+    Projection,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 5] = [
+    pub const ALL: [AlertKind; 7] = [
         AlertKind::Soft,
         AlertKind::LimitStop,
         AlertKind::LimitDegrade,
         AlertKind::LimitAlert,
         AlertKind::DegradeExhausted,
+        AlertKind::Anomaly,
+        AlertKind::Projection,
     ];
 
     /// Stable snake_case name, used in dedup keys, log lines and the JSON `kind` field.
@@ -61,14 +67,16 @@ impl AlertKind {
             AlertKind::LimitDegrade => "limit_degrade",
             AlertKind::LimitAlert => "limit_alert",
             AlertKind::DegradeExhausted => "degrade_exhausted",
+            AlertKind::Anomaly => "anomaly",
+            AlertKind::Projection => "projection",
         }
     }
 
-    /// `warning` for a soft threshold, `critical` once a budget (or the degrade allowance)
-    /// is used up.
+    /// `warning` for a soft threshold, an unusual burn or a projected overrun, `critical`
+    /// once a budget (or the degrade allowance) is used up.
     pub fn severity(self) -> &'static str {
         match self {
-            AlertKind::Soft => "warning",
+            AlertKind::Soft | AlertKind::Anomaly | AlertKind::Projection => "warning",
             AlertKind::LimitStop
             | AlertKind::LimitDegrade
             | AlertKind::LimitAlert
@@ -78,16 +86,21 @@ impl AlertKind {
 
     /// Paging priority:
     ///
-    /// - `P3` for a soft threshold: nothing is affected yet, look at it in working hours.
+    /// - `P3` for a soft threshold or a projected overrun: nothing is affected yet, look at
+    ///   it in working hours.
+    /// - `P2` for an anomaly: money goes out faster than usual right now.
     /// - `P1` for [`AlertKind::LimitAlert`]: the budget is used up but nothing stops the
     ///   spend, so money is being lost until someone acts.
     /// - `P2` for the other limit kinds: the spend is contained (stopped or degraded), but
     ///   the agent's calls are refused or degraded, which somebody should look at soon.
     pub fn priority(self) -> &'static str {
         match self {
-            AlertKind::Soft => "P3",
+            AlertKind::Soft | AlertKind::Projection => "P3",
             AlertKind::LimitAlert => "P1",
-            AlertKind::LimitStop | AlertKind::LimitDegrade | AlertKind::DegradeExhausted => "P2",
+            AlertKind::LimitStop
+            | AlertKind::LimitDegrade
+            | AlertKind::DegradeExhausted
+            | AlertKind::Anomaly => "P2",
         }
     }
 
@@ -100,6 +113,8 @@ impl AlertKind {
                 "AgentBudgetExhausted"
             }
             AlertKind::DegradeExhausted => "AgentBudgetDegradeExhausted",
+            AlertKind::Anomaly => "AgentBudgetAnomaly",
+            AlertKind::Projection => "AgentBudgetProjectedOverrun",
         }
     }
 
@@ -111,13 +126,15 @@ impl AlertKind {
                 format!("used up its {period} budget")
             }
             AlertKind::DegradeExhausted => format!("used up its {period} degrade allowance"),
+            AlertKind::Anomaly => "is spending faster than usual".to_string(),
+            AlertKind::Projection => format!("is on course to overrun its {period} budget"),
         }
     }
 
     /// What it means for the agent's calls, when anything.
     fn consequence(self) -> Option<&'static str> {
         match self {
-            AlertKind::Soft => None,
+            AlertKind::Soft | AlertKind::Anomaly | AlertKind::Projection => None,
             AlertKind::LimitStop | AlertKind::DegradeExhausted => Some("calls are stopped"),
             AlertKind::LimitDegrade => Some("calls continue degraded"),
             AlertKind::LimitAlert => Some("calls continue and spend keeps growing"),
@@ -137,6 +154,19 @@ pub enum Trigger {
         worst_case_micro_usd: u64,
         remaining_micro_usd: u64,
     },
+    /// The burn rate reached `multiple_milli` thousandths of the baseline; the episode
+    /// began at `episode_since` (Unix seconds).
+    Anomaly {
+        burn_micro_usd_per_hour: u64,
+        baseline_micro_usd_per_hour: u64,
+        multiple_milli: u64,
+        episode_since: i64,
+    },
+    /// Spend so far plus the burn rate until the period ends passes the budget.
+    Projection {
+        projected_micro_usd: u64,
+        burn_micro_usd_per_hour: u64,
+    },
 }
 
 impl Trigger {
@@ -144,6 +174,8 @@ impl Trigger {
         match self {
             Trigger::Reached => "budget_reached",
             Trigger::WorstCase { .. } => "worst_case",
+            Trigger::Anomaly { .. } => "burn_rate",
+            Trigger::Projection { .. } => "projected_spend",
         }
     }
 
@@ -151,6 +183,26 @@ impl Trigger {
     fn describe(self) -> Option<String> {
         match self {
             Trigger::Reached => None,
+            Trigger::Anomaly {
+                burn_micro_usd_per_hour,
+                baseline_micro_usd_per_hour,
+                multiple_milli,
+                ..
+            } => Some(format!(
+                "burning ${}/h, {} its baseline of ${}/h (alert at {})",
+                format_usd(burn_micro_usd_per_hour),
+                ratio_text(burn_micro_usd_per_hour, baseline_micro_usd_per_hour),
+                format_usd(baseline_micro_usd_per_hour),
+                multiple_text(multiple_milli)
+            )),
+            Trigger::Projection {
+                projected_micro_usd,
+                burn_micro_usd_per_hour,
+            } => Some(format!(
+                "projected ${} by the reset at ${}/h",
+                format_usd(projected_micro_usd),
+                format_usd(burn_micro_usd_per_hour)
+            )),
             Trigger::WorstCase {
                 worst_case_micro_usd,
                 remaining_micro_usd,
@@ -193,8 +245,13 @@ impl Alert {
     /// agent), whatever the spend or time, so the same crossing maps to the same key on
     /// every worker. The agent comes last, so names containing `/` cannot collide.
     pub fn dedup_key(&self) -> String {
+        // Each anomaly episode is an alert of its own, whichever period it falls in.
+        let episode = match self.trigger {
+            Trigger::Anomaly { episode_since, .. } => format!("{episode_since}/"),
+            _ => String::new(),
+        };
         format!(
-            "{}/{}/{}/{}",
+            "{}/{}/{}/{episode}{}",
             self.kind.name(),
             self.period.name(),
             self.period_id,
@@ -244,6 +301,9 @@ impl Alert {
                     self.period.name()
                 )
             }
+            Trigger::Anomaly { .. } | Trigger::Projection { .. } => self
+                .kind
+                .what(&threshold_percent(self.threshold), self.period.name()),
         }
     }
 
@@ -268,13 +328,19 @@ impl Alert {
 
     /// Longer text for the Alertmanager `description` annotation.
     fn description(&self) -> String {
+        let threshold = match self.trigger {
+            Trigger::Reached | Trigger::WorstCase { .. } => {
+                format!("Threshold {}, action", threshold_percent(self.threshold))
+            }
+            // Their threshold is not a share of the budget: the figures say it.
+            Trigger::Anomaly { .. } | Trigger::Projection { .. } => "Action".to_string(),
+        };
         format!(
-            "Agent {} {} in period {}: {}. Threshold {}, action at the limit: {}.",
+            "Agent {} {} in period {}: {}. {threshold} at the limit: {}.",
             self.agent,
             self.what(),
             self.period_id,
             self.details(),
-            threshold_percent(self.threshold),
             self.action
         )
     }
@@ -287,6 +353,66 @@ pub fn percent(spend_micro_usd: u64, budget_micro_usd: u64) -> Option<u64> {
     }
     let pct = u128::from(spend_micro_usd) * 100 / u128::from(budget_micro_usd);
     Some(u64::try_from(pct).unwrap_or(u64::MAX))
+}
+
+/// `burn / baseline` to a tenth, rounded down: `4.0x`; `-` for a zero baseline.
+fn ratio_text(burn: u64, baseline: u64) -> String {
+    if baseline == 0 {
+        return "-".to_string();
+    }
+    let tenths = u128::from(burn) * 10 / u128::from(baseline);
+    format!("{}.{}x", tenths / 10, tenths % 10)
+}
+
+/// `3000` → `3x`, `2500` → `2.5x`.
+fn multiple_text(milli: u64) -> String {
+    let whole = milli / 1_000;
+    let frac = milli % 1_000;
+    if frac == 0 {
+        format!("{whole}x")
+    } else {
+        let digits = format!("{frac:03}");
+        format!("{whole}.{}x", digits.trim_end_matches('0'))
+    }
+}
+
+/// The figures of anomaly and projection alerts, as `(name, USD or text)` pairs for the
+/// payloads; empty for the other triggers.
+fn rate_figures(trigger: Trigger) -> Vec<(&'static str, String)> {
+    match trigger {
+        Trigger::Reached | Trigger::WorstCase { .. } => Vec::new(),
+        Trigger::Anomaly {
+            burn_micro_usd_per_hour,
+            baseline_micro_usd_per_hour,
+            multiple_milli,
+            episode_since,
+        } => vec![
+            (
+                "burn_rate_usd_per_hour",
+                format_usd(burn_micro_usd_per_hour),
+            ),
+            (
+                "baseline_usd_per_hour",
+                format_usd(baseline_micro_usd_per_hour),
+            ),
+            ("multiple", multiple_text(multiple_milli)),
+            (
+                "ratio",
+                ratio_text(burn_micro_usd_per_hour, baseline_micro_usd_per_hour),
+            ),
+            ("episode_since", format_utc(episode_since)),
+        ],
+        Trigger::Projection {
+            projected_micro_usd,
+            burn_micro_usd_per_hour,
+        } => vec![
+            ("projected_usd", format_usd(projected_micro_usd)),
+            (
+                "burn_rate_usd_per_hour",
+                format_usd(burn_micro_usd_per_hour),
+            ),
+        ],
+    }
 }
 
 fn percent_text(pct: Option<u64>) -> String {
@@ -339,7 +465,7 @@ fn alertmanager_alert(alert: &Alert) -> Value {
         ("priority", alert.kind.priority().to_string()),
         ("action", alert.action.clone()),
     ]);
-    let annotations = string_map([
+    let mut annotations = string_map([
         ("summary", alert.summary()),
         ("description", alert.description()),
         ("spend_usd", format_usd(alert.spend_micro_usd)),
@@ -349,6 +475,11 @@ fn alertmanager_alert(alert: &Alert) -> Value {
         ("resets_at", resets_at),
         ("trigger", alert.trigger.name().to_string()),
     ]);
+    if let Value::Object(map) = &mut annotations {
+        for (name, value) in rate_figures(alert.trigger) {
+            map.insert(name.to_string(), Value::String(value));
+        }
+    }
     // Alertmanager rejects the whole request if an alert ends before it starts, which a
     // late alert for a period already over would do: such an alert arrives resolved.
     let ends_at = alert.period_end_unix_secs.max(alert.at_unix_secs);
@@ -367,7 +498,7 @@ pub fn json_body(alert: &Alert) -> Vec<u8> {
 }
 
 fn json_alert(alert: &Alert) -> Value {
-    json!({
+    let mut value = json!({
         "text": alert.text(),
         "agent": alert.agent,
         "period": alert.period.name(),
@@ -385,9 +516,15 @@ fn json_alert(alert: &Alert) -> Value {
         "trigger": alert.trigger.name(),
         "worst_case_usd": match alert.trigger {
             Trigger::WorstCase { worst_case_micro_usd, .. } => Some(format_usd(worst_case_micro_usd)),
-            Trigger::Reached => None,
+            _ => None,
         },
-    })
+    });
+    if let Value::Object(map) = &mut value {
+        for (name, figure) in rate_figures(alert.trigger) {
+            map.insert(name.to_string(), Value::String(figure));
+        }
+    }
+    value
 }
 
 fn string_map<const N: usize>(pairs: [(&str, String); N]) -> Value {
@@ -411,9 +548,13 @@ pub fn log_line(alert: &Alert) -> String {
         Some(pct) => pct.to_string(),
         None => "none".to_string(),
     };
+    let figures: String = rate_figures(alert.trigger)
+        .into_iter()
+        .map(|(name, value)| format!(" {name}={}", log_value(&value)))
+        .collect();
     format!(
         "agent_budget_alert kind={} severity={} priority={} agent={} period={} period_id={} \
-         spend_usd={} budget_usd={} percent={} threshold={} action={} at={} resets_at={}",
+         spend_usd={} budget_usd={} percent={} threshold={} action={} at={} resets_at={}{figures}",
         alert.kind.name(),
         alert.kind.severity(),
         alert.kind.priority(),

@@ -89,6 +89,8 @@ pub struct RawConfig {
     alerts: Option<RawAlerts>,
     #[serde(default)]
     status_page: Option<RawStatusPage>,
+    #[serde(default)]
+    anomaly: Option<RawAnomaly>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,6 +106,61 @@ pub struct StatusPageConfig {
     /// When set, `/budgets` answers only requests with `authorization: Bearer <token>`.
     pub bearer_token: Option<String>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAnomaly {
+    #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default)]
+    projection: Option<bool>,
+    #[serde(default, deserialize_with = "optional_amount")]
+    multiple: Option<f64>,
+    #[serde(default)]
+    bucket: Option<String>,
+    #[serde(default)]
+    current: Option<String>,
+    #[serde(default)]
+    window: Option<String>,
+    #[serde(default)]
+    min_history: Option<String>,
+}
+
+/// Spend history, burn rates and the alerts drawn from them (see `history` and `anomaly`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnomalyConfig {
+    /// Raise `anomaly` alerts (the history and burn rates are kept either way).
+    pub enabled: bool,
+    /// Raise `projection` alerts.
+    pub projection: bool,
+    /// The alert fires when the current burn reaches this many thousandths of the baseline.
+    pub multiple_milli: u64,
+    /// Seconds per history bucket; divides `current_secs` and `window_secs`.
+    pub bucket_secs: i64,
+    /// The burn rate is the spend over this many last seconds.
+    pub current_secs: i64,
+    /// The baseline covers this many seconds before the current window.
+    pub window_secs: i64,
+    /// No baseline until the history is this old.
+    pub min_history_secs: i64,
+}
+
+impl Default for AnomalyConfig {
+    fn default() -> AnomalyConfig {
+        AnomalyConfig {
+            enabled: true,
+            projection: true,
+            multiple_milli: 3_000,
+            bucket_secs: 3_600,
+            current_secs: 3_600,
+            window_secs: 14 * 86_400,
+            min_history_secs: 86_400,
+        }
+    }
+}
+
+/// Most buckets a history may need, to bound each agent's shared-data value.
+pub const MAX_HISTORY_BUCKETS: i64 = 5_000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -360,6 +417,7 @@ pub struct Config {
     pub hold_request_headers: bool,
     pub alerts: Option<AlertsConfig>,
     pub status_page: StatusPageConfig,
+    pub anomaly: AnomalyConfig,
 }
 
 pub const DEFAULT_SOFT_THRESHOLD: f64 = 0.8;
@@ -531,6 +589,91 @@ fn status_page_config(raw: RawStatusPage) -> Result<StatusPageConfig, ConfigErro
     }
     Ok(StatusPageConfig {
         bearer_token: Some(token),
+    })
+}
+
+/// `90s`, `5m`, `1h`, `14d` to seconds (at least 1).
+pub fn parse_duration(text: &str) -> Result<i64, String> {
+    let trimmed = text.trim();
+    let invalid = || format!("`{text}` is not a duration such as `90s`, `5m`, `1h` or `14d`");
+    let split = trimmed.len().saturating_sub(1);
+    let (digits, unit) = (trimmed.get(..split).unwrap_or(""), trimmed.get(split..));
+    let unit_secs = match unit {
+        Some("s") => 1,
+        Some("m") => 60,
+        Some("h") => 3_600,
+        Some("d") => 86_400,
+        _ => return Err(invalid()),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid());
+    }
+    let count: i64 = digits.parse().map_err(|_| invalid())?;
+    match count.checked_mul(unit_secs) {
+        // A year at most: history lives in memory.
+        Some(secs) if (1..=366 * 86_400).contains(&secs) => Ok(secs),
+        _ => Err(format!("`{text}` must be between 1s and 366d")),
+    }
+}
+
+fn anomaly_config(raw: RawAnomaly) -> Result<AnomalyConfig, ConfigError> {
+    let defaults = AnomalyConfig::default();
+    let duration = |field: &str, text: Option<String>, default: i64| match text {
+        None => Ok(default),
+        Some(text) => parse_duration(&text)
+            .map_err(|reason| ConfigError::new(format!("anomaly.{field}"), reason)),
+    };
+    let bucket_secs = duration("bucket", raw.bucket, defaults.bucket_secs)?;
+    let current_secs = duration("current", raw.current, defaults.current_secs)?;
+    let window_secs = duration("window", raw.window, defaults.window_secs)?;
+    // The default asks for a day of history, or the whole window when it is shorter.
+    let min_history_secs = duration(
+        "min_history",
+        raw.min_history,
+        defaults.min_history_secs.min(window_secs),
+    )?;
+    for (field, secs) in [("current", current_secs), ("window", window_secs)] {
+        if secs % bucket_secs != 0 {
+            return Err(ConfigError::new(
+                format!("anomaly.{field}"),
+                "must be a whole number of `anomaly.bucket`s",
+            ));
+        }
+    }
+    if current_secs >= window_secs {
+        return Err(ConfigError::new(
+            "anomaly.current",
+            "must be shorter than `anomaly.window`",
+        ));
+    }
+    if (window_secs + current_secs) / bucket_secs > MAX_HISTORY_BUCKETS {
+        return Err(ConfigError::new(
+            "anomaly.bucket",
+            format!("`window` and `current` span more than {MAX_HISTORY_BUCKETS} buckets; use a longer bucket"),
+        ));
+    }
+    if min_history_secs > window_secs {
+        return Err(ConfigError::new(
+            "anomaly.min_history",
+            "must not be longer than `anomaly.window`",
+        ));
+    }
+    let multiple = raw.multiple.unwrap_or(3.0);
+    if !(multiple > 1.0 && multiple <= 1_000.0) {
+        return Err(ConfigError::new(
+            "anomaly.multiple",
+            format!("{multiple} is not a multiple of the baseline above 1 (e.g. 3)"),
+        ));
+    }
+    Ok(AnomalyConfig {
+        enabled: raw.enabled.unwrap_or(defaults.enabled),
+        projection: raw.projection.unwrap_or(defaults.projection),
+        // In (1, 1000] by the check above.
+        multiple_milli: (multiple * 1_000.0).round() as u64,
+        bucket_secs,
+        current_secs,
+        window_secs,
+        min_history_secs,
     })
 }
 
@@ -753,6 +896,10 @@ impl TryFrom<RawConfig> for Config {
             .map(status_page_config)
             .transpose()?
             .unwrap_or_default();
+        let anomaly = match raw.anomaly {
+            Some(raw_anomaly) => anomaly_config(raw_anomaly)?,
+            None => AnomalyConfig::default(),
+        };
 
         Ok(Config {
             agent_header,
@@ -774,6 +921,7 @@ impl TryFrom<RawConfig> for Config {
             default_max_output_tokens: u64::from(default_max_output_tokens),
             alerts,
             status_page,
+            anomaly,
         })
     }
 }

@@ -945,6 +945,7 @@ impl Forwarded {
             identity.user.as_deref(),
             micro_usd,
         );
+        worker.record_spend(&self.caller.identity.budget, self.caller.now, micro_usd);
         if let Some(budget) = config.budget(&self.caller.identity.budget) {
             self.overage = self.caller.after_settle(host, worker, budget, &settled);
         }

@@ -12,11 +12,13 @@
 //! so nothing here can reach the host any other way.
 
 pub mod alerts;
+pub mod anomaly;
 pub mod attribution;
 pub mod booking;
 pub mod config;
 pub mod degrade;
 pub mod filter;
+pub mod history;
 pub mod host;
 pub mod identity;
 pub mod ledger;

@@ -95,6 +95,10 @@ pub enum AgentGauge {
     SpendMicroUsd,
     /// The period's budget.
     LimitMicroUsd,
+    /// What is left of the period's budget (0 once used up).
+    RemainingMicroUsd,
+    /// Spend so far plus the burn rate until the period ends.
+    ProjectedSpendMicroUsd,
 }
 
 impl AgentGauge {
@@ -102,6 +106,26 @@ impl AgentGauge {
         match self {
             AgentGauge::SpendMicroUsd => "agent_budget_spend_micro_usd",
             AgentGauge::LimitMicroUsd => "agent_budget_limit_micro_usd",
+            AgentGauge::RemainingMicroUsd => "agent_budget_remaining_micro_usd",
+            AgentGauge::ProjectedSpendMicroUsd => "agent_budget_projected_spend_micro_usd",
+        }
+    }
+}
+
+/// Per-agent gauges of the spend history (no period).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RateGauge {
+    /// Spend over the current window, per hour.
+    BurnMicroUsdPerHour,
+    /// The agent's usual hourly burn (0 while it has none).
+    BaselineMicroUsdPerHour,
+}
+
+impl RateGauge {
+    fn stem(self) -> &'static str {
+        match self {
+            RateGauge::BurnMicroUsdPerHour => "agent_budget_burn_rate_micro_usd_per_hour",
+            RateGauge::BaselineMicroUsdPerHour => "agent_budget_baseline_micro_usd_per_hour",
         }
     }
 }
@@ -214,6 +238,7 @@ pub enum Gauge {
     Agent(AgentGauge, AgentId, PeriodKind),
     /// Agent budgets past `max_tracked_agents`, reporting under `agent="other"`.
     FoldedAgents,
+    Rate(RateGauge, AgentId),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -250,6 +275,13 @@ impl Agents {
             return Some(AgentId(OTHER_ID));
         }
         u32::try_from(index).ok().map(AgentId)
+    }
+
+    /// The budget's own id, `None` when it reports under `other`: per-agent gauges are
+    /// set only for budgets with series of their own, since folded ones would overwrite
+    /// each other.
+    pub fn own_id(&self, name: &str) -> Option<AgentId> {
+        self.id(name).filter(|id| id.0 != OTHER_ID)
     }
 
     pub fn name(&self, id: AgentId) -> &str {
@@ -365,6 +397,9 @@ impl Metric {
                 agent_period_name(gauge.stem(), agents.name(agent), period)
             }
             Metric::Gauge(Gauge::FoldedAgents) => "agent_budget_folded_agents".to_string(),
+            Metric::Gauge(Gauge::Rate(gauge, agent)) => {
+                format!("{}.agent.{}", gauge.stem(), agents.name(agent))
+            }
         }
     }
 }

@@ -2,13 +2,15 @@
 //! ledger could not take yet, and the periodic upkeep run on ticks.
 
 use crate::alerts::{self, Alert, Outbox, PayloadFormat};
+use crate::anomaly;
 use crate::booking::{PendingCharge, Trouble};
 use crate::config::{AlertFormat, Config};
+use crate::history;
 use crate::host::Host;
 use crate::ledger::{Account, AccountKey, Ledger, LedgerError};
 use crate::metrics::{AgentGauge, Agents, Counter, Gauge, Metrics, ReasonCounter};
 use crate::period::{Period, PeriodKind};
-use crate::top::{self, Accumulator};
+use crate::top;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::rc::Rc;
@@ -46,7 +48,11 @@ pub struct Worker {
     in_flight: RefCell<HashMap<u32, u64>>,
     delivery_counts: Cell<[u64; 4]>,
     /// Today's spend by task and user, merged into shared data on the tick.
-    pub top: Accumulator,
+    pub top: top::Accumulator,
+    /// Spend charged since the last merge into the shared history.
+    history: history::Accumulator,
+    /// When the rates were last reviewed (see `anomaly::review`).
+    last_review: Cell<Option<i64>>,
 }
 
 impl Worker {
@@ -75,7 +81,9 @@ impl Worker {
             outbox: RefCell::new(outbox),
             in_flight: RefCell::new(HashMap::new()),
             delivery_counts: Cell::new([0; 4]),
-            top: Accumulator::new(),
+            top: top::Accumulator::new(),
+            history: history::Accumulator::default(),
+            last_review: Cell::new(None),
         }
     }
 
@@ -110,7 +118,8 @@ impl Worker {
             let prepared = ledger
                 .ensure_shards()
                 .and_then(|_| top::ensure_keys(host, self.config.agents.keys()))
-                .and_then(|_| ledger.prune(&current));
+                .and_then(|_| ledger.prune(&current))
+                .and_then(|_| history::ensure(host, &self.config, now).map(|_| ()));
             match prepared {
                 Ok(()) => *self.prepared.borrow_mut() = ids,
                 Err(error) => self.ledger_error(&error),
@@ -121,6 +130,7 @@ impl Worker {
         for error in self.top.publish(host) {
             self.ledger_error(&error);
         }
+        self.merge_history(host, now);
         let ticks = self.ticks.get();
         self.ticks.set(ticks.wrapping_add(1));
         let served = self.served.replace(false);
@@ -130,8 +140,50 @@ impl Worker {
             // after a reload.
             self.refresh_gauges(host, &current, ticks == 0 || served);
         }
+        let interval = anomaly::review_interval_secs(&self.config.anomaly);
+        if self
+            .last_review
+            .get()
+            .is_none_or(|last| now.saturating_sub(last) >= interval)
+        {
+            self.last_review.set(Some(now));
+            anomaly::review(self, host, now, &current);
+        }
         self.deliver_alerts(host, now);
         self.metrics.flush(host);
+    }
+
+    /// Notes a charged call's cost for the spend history (memory only: the tick merges it).
+    /// Only configured budgets have a history.
+    pub fn record_spend(&self, budget: &str, now: i64, micro_usd: u64) {
+        if self.config.budget(budget).is_some() {
+            let bucket = history::bucket_of(&self.config.anomaly, now);
+            self.history.add(budget, bucket, micro_usd);
+        }
+    }
+
+    /// Merges the spend accumulated since the last tick into the shared history; what a
+    /// merge cannot write now is kept for the next tick.
+    fn merge_history(&self, host: &dyn Host, now: i64) {
+        if self.history.is_empty() {
+            return;
+        }
+        let settings = &self.config.anomaly;
+        let oldest = history::oldest_needed(settings, now);
+        for (budget, deltas) in self.history.take() {
+            let key = history::key(settings, &budget);
+            match history::merge(host, &key, &deltas, oldest, now) {
+                Ok(()) => {}
+                // Written, but unchecked: counted, not retried.
+                Err(error @ LedgerError::LateCreate { .. }) => self.ledger_error(&error),
+                Err(error) => {
+                    self.ledger_error(&error);
+                    let kept: Vec<(i64, u64)> =
+                        deltas.into_iter().filter(|(b, _)| *b >= oldest).collect();
+                    self.history.restore(&budget, &kept);
+                }
+            }
+        }
     }
 
     /// Counts and logs what a booking step could not do, and keeps its charges for retry.
@@ -276,9 +328,13 @@ impl Worker {
                     }
                 }
                 if let Ok(snapshot) = &snapshot {
+                    let spent = snapshot.account(period).spent;
                     let gauge = Gauge::Agent(AgentGauge::SpendMicroUsd, agent, period.kind);
-                    self.metrics
-                        .set(host, gauge, snapshot.account(period).spent);
+                    self.metrics.set(host, gauge, spent);
+                    if let Some(limit) = budget.limit(period.kind) {
+                        let gauge = Gauge::Agent(AgentGauge::RemainingMicroUsd, agent, period.kind);
+                        self.metrics.set(host, gauge, limit.saturating_sub(spent));
+                    }
                 }
             }
         }

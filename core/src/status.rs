@@ -7,6 +7,7 @@
 //! runs per metered call: [`collect`] reads the ledger when a page is asked for.
 
 use crate::config::{AgentBudget, Config, LimitAction};
+use crate::history;
 use crate::host::Host;
 use crate::ledger::{AccountKey, Ledger, LedgerError, Snapshot};
 use crate::period::{format_utc, Period, PeriodKind};
@@ -147,28 +148,24 @@ struct Outlook {
     projected: Vec<u64>,
 }
 
-/// Stand-in for the spend history (`history::rates` and `history::projected_micro_usd`):
-/// no history is kept yet, so the burn is zero and the projection is what is spent. Every
-/// use of burn rates on this page goes through here.
+/// The agent budget's rates from the shared spend history, and each period's projection.
 fn rates_of(
-    _host: &dyn Host,
-    _config: &Config,
-    _budget_name: &str,
+    host: &dyn Host,
+    config: &Config,
+    budget_name: &str,
     now: i64,
     spent_and_periods: &[(u64, &Period)],
 ) -> Result<Outlook, LedgerError> {
-    let burn: u64 = 0;
+    let rates = history::rates(host, config, budget_name, now)?;
     let projected = spent_and_periods
         .iter()
         .map(|(spent, period)| {
-            let secs_left = u64::try_from(period.end.saturating_sub(now)).unwrap_or(0);
-            let more = u128::from(burn) * u128::from(secs_left) / 3_600;
-            spent.saturating_add(u64::try_from(more).unwrap_or(u64::MAX))
+            history::projected_micro_usd(*spent, rates.burn_micro_usd_per_hour, now, period)
         })
         .collect();
     Ok(Outlook {
-        burn_micro_usd_per_hour: burn,
-        baseline_micro_usd_per_hour: None,
+        burn_micro_usd_per_hour: rates.burn_micro_usd_per_hour,
+        baseline_micro_usd_per_hour: rates.baseline_micro_usd_per_hour,
         projected,
     })
 }

@@ -109,6 +109,20 @@ fn kinds_have_severity_priority_and_names() {
             "P2",
             "AgentBudgetDegradeExhausted",
         ),
+        (
+            AlertKind::Anomaly,
+            "anomaly",
+            "warning",
+            "P2",
+            "AgentBudgetAnomaly",
+        ),
+        (
+            AlertKind::Projection,
+            "projection",
+            "warning",
+            "P3",
+            "AgentBudgetProjectedOverrun",
+        ),
     ];
     assert_eq!(cases.len(), AlertKind::ALL.len());
     for (kind, name, severity, priority, alertname) in cases {
@@ -858,4 +872,104 @@ fn a_limit_set_off_by_a_call_that_does_not_fit_says_so_with_its_figures() {
     assert!(reached.text().contains("used up its daily budget"));
     let json: serde_json::Value = serde_json::from_slice(&json_body(&reached)).unwrap();
     assert_eq!(json["trigger"], "budget_reached");
+}
+
+fn anomaly(episode_since: i64) -> Alert {
+    let mut a = alert(AlertKind::Anomaly, "bot", PeriodKind::Daily);
+    a.spend_micro_usd = 2_500_000;
+    a.threshold = 3.0;
+    a.trigger = Trigger::Anomaly {
+        burn_micro_usd_per_hour: 400_000,
+        baseline_micro_usd_per_hour: 100_000,
+        multiple_milli: 3_000,
+        episode_since,
+    };
+    a
+}
+
+fn projection() -> Alert {
+    let mut a = alert(AlertKind::Projection, "bot", PeriodKind::Daily);
+    a.spend_micro_usd = 2_000_000;
+    a.trigger = Trigger::Projection {
+        projected_micro_usd: 12_500_000,
+        burn_micro_usd_per_hour: 1_000_000,
+    };
+    a
+}
+
+#[test]
+fn anomaly_and_projection_alerts_carry_their_figures() {
+    let a = anomaly(NOW);
+    assert_eq!(
+        a.text(),
+        "[P2 warning] bot is spending faster than usual (2026-11-28): burning $0.400000/h, \
+         4.0x its baseline of $0.100000/h (alert at 3x); spend $2.500000 of $10.000000 (25%), \
+         resets at 2026-11-29T00:00:00Z"
+    );
+    let body: Value = serde_json::from_slice(&alertmanager_body(std::slice::from_ref(&a))).unwrap();
+    let annotations = &body[0]["annotations"];
+    for (name, want) in [
+        ("burn_rate_usd_per_hour", "0.400000"),
+        ("baseline_usd_per_hour", "0.100000"),
+        ("multiple", "3x"),
+        ("ratio", "4.0x"),
+        ("spend_usd", "2.500000"),
+        ("budget_usd", "10.000000"),
+        ("trigger", "burn_rate"),
+    ] {
+        assert_eq!(annotations[name], want, "{name}");
+    }
+    assert_eq!(body[0]["labels"]["alertname"], "AgentBudgetAnomaly");
+    assert!(!annotations["description"]
+        .as_str()
+        .unwrap()
+        .contains("Threshold"));
+    let json: Value = serde_json::from_slice(&json_body(&a)).unwrap();
+    assert_eq!(json["kind"], "anomaly");
+    assert_eq!(json["burn_rate_usd_per_hour"], "0.400000");
+    assert_eq!(json["baseline_usd_per_hour"], "0.100000");
+    assert_eq!(json["multiple"], "3x");
+    assert_eq!(json["threshold"], 3.0);
+    assert!(log_line(&a).ends_with("multiple=3x ratio=4.0x episode_since=2026-11-28T21:06:40Z"));
+
+    let p = projection();
+    assert_eq!(p.summary(), "bot is on course to overrun its daily budget");
+    assert!(p.text().contains(
+        "projected $12.500000 by the reset at $1.000000/h; spend $2.000000 of $10.000000 (20%)"
+    ));
+    let json: Value = serde_json::from_slice(&json_body(&p)).unwrap();
+    assert_eq!(json["kind"], "projection");
+    assert_eq!(json["projected_usd"], "12.500000");
+    assert_eq!(json["burn_rate_usd_per_hour"], "1.000000");
+    assert_eq!(json.get("multiple"), None);
+}
+
+#[test]
+fn each_anomaly_episode_is_an_alert_of_its_own() {
+    let first = anomaly(NOW);
+    let mut seen_later = first.clone();
+    seen_later.at_unix_secs += 60;
+    assert_eq!(first.dedup_key(), seen_later.dedup_key());
+    let second = anomaly(NOW + 7_200);
+    assert_ne!(first.dedup_key(), second.dedup_key());
+    let mut outbox = Outbox::new(PayloadFormat::Json, 3, 10);
+    assert!(outbox.push(first));
+    assert!(!outbox.push(seen_later));
+    assert!(outbox.push(second));
+    assert_eq!(outbox.len(), 2);
+}
+
+#[test]
+fn multiples_and_ratios_read_as_people_write_them() {
+    for (milli, want) in [
+        (3_000, "3x"),
+        (2_500, "2.5x"),
+        (1_250, "1.25x"),
+        (10_001, "10.001x"),
+    ] {
+        assert_eq!(multiple_text(milli), want);
+    }
+    for (burn, baseline, want) in [(400, 100, "4.0x"), (299, 100, "2.9x"), (1, 0, "-")] {
+        assert_eq!(ratio_text(burn, baseline), want);
+    }
 }

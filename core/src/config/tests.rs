@@ -271,3 +271,99 @@ fn api_overrides_and_azure_deployments() {
         assert!(error.reason.contains(reason), "{error}");
     }
 }
+
+#[test]
+fn anomaly_section_defaults_and_durations() {
+    let defaults = Config::from_bytes(br#"{"agents":{"a":{"daily_usd":1}}}"#).unwrap();
+    assert_eq!(defaults.anomaly, AnomalyConfig::default());
+    assert_eq!(
+        (
+            defaults.anomaly.enabled,
+            defaults.anomaly.projection,
+            defaults.anomaly.multiple_milli,
+            defaults.anomaly.bucket_secs,
+            defaults.anomaly.current_secs,
+            defaults.anomaly.window_secs,
+            defaults.anomaly.min_history_secs
+        ),
+        (true, true, 3_000, 3_600, 3_600, 14 * 86_400, 86_400)
+    );
+    let value = json!({
+        "agents": {"a": {"daily_usd": 1}},
+        "anomaly": {"enabled": false, "projection": false, "multiple": "2.5", "bucket": "5s",
+                    "current": "10s", "window": "60s"}
+    });
+    for bytes in [serde_json::to_vec(&value).unwrap(), encode_struct(&value)] {
+        let anomaly = Config::from_bytes(&bytes).unwrap().anomaly;
+        assert_eq!(
+            anomaly,
+            AnomalyConfig {
+                enabled: false,
+                projection: false,
+                multiple_milli: 2_500,
+                bucket_secs: 5,
+                current_secs: 10,
+                window_secs: 60,
+                // A day, or the window when it is shorter.
+                min_history_secs: 60,
+            }
+        );
+    }
+    for (text, want) in [
+        ("90s", Ok(90)),
+        ("5m", Ok(300)),
+        ("1h", Ok(3_600)),
+        ("14d", Ok(1_209_600)),
+        (" 2h ", Ok(7_200)),
+    ] {
+        assert_eq!(parse_duration(text), want, "{text}");
+    }
+    for text in [
+        "",
+        "h",
+        "5",
+        "1w",
+        "-5m",
+        "1.5h",
+        "0s",
+        "400d",
+        "99999999999999999999d",
+    ] {
+        assert!(parse_duration(text).is_err(), "{text}");
+    }
+}
+
+#[test]
+fn anomaly_rejections_name_the_field() {
+    let cases = [
+        (json!({"bucket": "7m"}), "anomaly.current", "whole number"),
+        (
+            json!({"bucket": "1h", "current": "2h", "window": "150m"}),
+            "anomaly.window",
+            "whole number",
+        ),
+        (json!({"current": "14d"}), "anomaly.current", "shorter"),
+        (
+            json!({"window": "2h", "min_history": "3h"}),
+            "anomaly.min_history",
+            "longer",
+        ),
+        (json!({"multiple": 1}), "anomaly.multiple", "above 1"),
+        (
+            json!({"multiple": "lots"}),
+            "anomaly.multiple",
+            "invalid value",
+        ),
+        (json!({"bucket": "1m"}), "anomaly.bucket", "5000 buckets"),
+        (json!({"window": "two weeks"}), "anomaly.window", "duration"),
+        (json!({"windw": "1d"}), "anomaly.windw", "unknown field"),
+    ];
+    for (anomaly, field, reason) in cases {
+        let value = json!({"agents": {"a": {"daily_usd": 1}}, "anomaly": anomaly});
+        for bytes in [serde_json::to_vec(&value).unwrap(), encode_struct(&value)] {
+            let error = Config::from_bytes(&bytes).unwrap_err();
+            assert_eq!(error.field, field, "{value} -> {error}");
+            assert!(error.reason.contains(reason), "{value} -> {error}");
+        }
+    }
+}

@@ -2183,3 +2183,21 @@ fn every_attributed_call_has_exactly_one_outcome() {
         assert_eq!(metric(&host, &worker, &name), want, "{name}");
     }
 }
+
+#[test]
+fn a_charged_call_reaches_the_spend_history_on_the_tick() {
+    let (host, worker) = setup(CONFIG);
+    let key = crate::history::key(&worker.config.anomaly, "bot");
+    let history = |host: &FakeHost| crate::history::load(host, &key).unwrap().unwrap().history;
+    run_call(&host, &worker, &Exchange::openai("bot", OPENAI_CHAT));
+    assert!(
+        history(&host).buckets.is_empty(),
+        "the call itself writes no history"
+    );
+    worker.tick(&host);
+    let bucket = crate::history::bucket_of(&worker.config.anomaly, NOW);
+    assert_eq!(
+        history(&host).buckets,
+        std::collections::BTreeMap::from([(bucket, CHAT_COST)])
+    );
+}
