@@ -101,6 +101,14 @@ def test_json_figures_equal_the_charges_and_the_token_guards_them(gateway):
         assert agent["day"]["reserved_micro_usd"] == 0
         assert 0 < agent["day"]["resets_in_secs"] <= 86_400
         assert agent["error"] is None
+        # Every call fell within the last hour (the burn window): the burn is what was spent
+        # (a hair less if an hour began since, as the older bucket weighs in part). A
+        # history seconds old has no baseline yet.
+        assert 0.99 * spent <= agent["burn_micro_usd_per_hour"] <= spent, (name, agent)
+        assert agent["baseline_micro_usd_per_hour"] is None
+        hours_left = agent["day"]["resets_in_secs"] / 3600
+        projected = spent + agent["burn_micro_usd_per_hour"] * hours_left
+        assert abs(agent["day"]["projected_micro_usd"] - projected) <= 0.01 * projected + 1, (name, agent)
     assert agents["research-bot"]["month"]["budget_micro_usd"] == 100_000_000
     assert agents["idle-bot"]["month"]["budget_micro_usd"] is None
     states = {name: agent["state"] for name, agent in agents.items()}
@@ -163,7 +171,10 @@ def test_chromium_renders_the_table_sorted_and_takes_a_screenshot(gateway):
         ("research-bot", 38_000, "ok"), ("nightly-batch", 3_500, "soft-alerted"),
         ("copilot", 3_000, "overage"), ("idle-bot", 0, "ok")]
     research = table[0][3]
-    assert research.startswith("research-bot ok $0.038 of $5.00 $4.96 left projected $0.038 · resets in ")
+    shown = re.match(r"research-bot ok \$0\.038 of \$5\.00 \$4\.96 left projected \$([0-9.]+) · resets in ", research)
+    assert shown, research
+    # All of today's spend fell in the last hour: the burn ($0.038/h) projects past it.
+    assert float(shown.group(1)) > 0.038, research
     assert "t-beta $0.02 t-alpha $0.018" in research and "ana $0.032" in research
     # The user name `bo<b>` is text, not markup.
     assert "bo<b> $0.006" in research

@@ -150,10 +150,17 @@ impl AgentView<'_> {
         let settings = &self.worker.config.anomaly;
         let burn = rates.burn_micro_usd_per_hour;
         let baseline = rates.baseline_micro_usd_per_hour.unwrap_or(0);
-        let anomalous = baseline > 0
-            && u128::from(burn) * 1_000
-                >= u128::from(settings.multiple_milli) * u128::from(baseline);
         let in_episode = stored.history.episode_since != 0;
+        // An episode starts at the multiple and ends only once the burn is back below
+        // halfway to it (2x for 3x): a burn hovering at the threshold is one episode, not
+        // an alert each time it wavers across.
+        let threshold_milli = if in_episode {
+            1_000 + settings.multiple_milli.saturating_sub(1_000) / 2
+        } else {
+            settings.multiple_milli
+        };
+        let anomalous = baseline > 0
+            && u128::from(burn) * 1_000 >= u128::from(threshold_milli) * u128::from(baseline);
         if anomalous == in_episode {
             return;
         }

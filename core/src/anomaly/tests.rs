@@ -273,3 +273,20 @@ fn a_budget_folded_into_other_is_still_reviewed_but_sets_no_gauges_of_its_own() 
         "rate gauges of folded budgets would overwrite each other"
     );
 }
+
+#[test]
+fn a_burn_wavering_across_the_multiple_is_one_episode() {
+    let mut sim = Sim::new(&steady_config(), 1);
+    sim.run("bot", 1_200_000, 14 * 24);
+    // 4x, then 2.5x (below the 3x multiple, above halfway back to it), then 4x again.
+    sim.run("bot", 4_800_000, 2);
+    sim.run("bot", 3_000_000, 2);
+    sim.run("bot", 4_800_000, 2);
+    assert_eq!(sim.counted("bot", "anomaly"), 1);
+    assert_ne!(sim.episode_since("bot"), 0, "still the first episode");
+    // Below 2x the episode is over; the next burst is a new one.
+    sim.run("bot", 1_200_000, 24);
+    assert_eq!(sim.episode_since("bot"), 0);
+    sim.run("bot", 6_000_000, 2);
+    assert_eq!(sim.counted("bot", "anomaly"), 2);
+}
