@@ -180,6 +180,13 @@ fn the_usage_option_is_added_without_respelling_the_clients_bytes() {
             String::from_utf8_lossy(want)
         );
     }
+    // Invalid UTF-8 inside a string the typed read skips: the option is added all the same,
+    // so the stream is still metered (the provider judges the body).
+    let prepared = prepare_request(b"{\"stream\":true,\"messages\":[\"\x98\"]}");
+    assert_eq!(
+        prepared.rewritten.as_deref(),
+        Some(&b"{\"stream\":true,\"messages\":[\"\x98\"],\"stream_options\":{\"include_usage\":true}}"[..])
+    );
     // The fuzzer's input itself: every number reads back as the client sent it.
     let found = include_bytes!("../../../../fuzz/corpus/prepare_request/crash-number-respelled");
     let body = &found[1..];
