@@ -275,7 +275,7 @@ pub fn rewrite_body(api: Api, body: &[u8], map: &ModelMap) -> Rewrite {
         return Rewrite::Unchanged;
     };
     let (from, to) = (from.clone(), to.to_string());
-    let spliced = model_value_spans(body).and_then(|spans| splice(body, &spans, &to));
+    let spliced = members(body, "model").and_then(|found| splice(body, &found.values, &to));
     let body = match spliced {
         Some(body) => body,
         // Unreachable for JSON serde_json accepted, but never leave the model unchanged:
@@ -310,38 +310,48 @@ fn splice(body: &[u8], spans: &[Range<usize>], to: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// The byte ranges of the values of every top-level `"model"` key of the JSON object in
-/// `body`, which serde_json has already accepted. None if the scan meets anything it does
-/// not expect, rather than guessing.
-fn model_value_spans(body: &[u8]) -> Option<Vec<Range<usize>>> {
-    let mut spans = Vec::new();
+/// Where a top-level key's values are in a JSON object, and where the object closes.
+pub(crate) struct Members {
+    /// The byte range of the value of each occurrence of the key, in order.
+    pub(crate) values: Vec<Range<usize>>,
+    /// The offset of the object's closing `}`.
+    pub(crate) close: usize,
+}
+
+/// The values of every top-level `key` (escaped spellings included) of the JSON object in
+/// `body`, which serde_json has already accepted: lets a caller change those bytes and keep
+/// every other byte as sent. None if the scan meets anything it does not expect, rather than
+/// guessing.
+pub(crate) fn members(body: &[u8], key: &str) -> Option<Members> {
+    let quoted = format!("\"{key}\"");
+    let mut values = Vec::new();
     let mut at = skip_whitespace(body, 0);
     if body.get(at) != Some(&b'{') {
         return None;
     }
     at = skip_whitespace(body, at + 1);
     if body.get(at) == Some(&b'}') {
-        return Some(spans);
+        return Some(Members { values, close: at });
     }
     loop {
         let key_end = string_end(body, at)?;
-        let key = body.get(at..key_end)?;
-        let is_model = key == b"\"model\""
-            || (key.contains(&b'\\')
-                && serde_json::from_slice::<String>(key).ok().as_deref() == Some("model"));
+        let name = body.get(at..key_end)?;
+        let matches = name == quoted.as_bytes()
+            || (name.contains(&b'\\')
+                && serde_json::from_slice::<String>(name).ok().as_deref() == Some(key));
         at = skip_whitespace(body, key_end);
         if body.get(at) != Some(&b':') {
             return None;
         }
         let value_start = skip_whitespace(body, at + 1);
         let value_end = value_end(body, value_start)?;
-        if is_model {
-            spans.push(value_start..value_end);
+        if matches {
+            values.push(value_start..value_end);
         }
         at = skip_whitespace(body, value_end);
         match body.get(at) {
             Some(b',') => at = skip_whitespace(body, at + 1),
-            Some(b'}') => return Some(spans),
+            Some(b'}') => return Some(Members { values, close: at }),
             _ => return None,
         }
     }

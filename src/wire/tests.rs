@@ -51,3 +51,36 @@ fn damage_ends_the_map_and_non_utf8_pairs_are_skipped() {
     lying[..4].copy_from_slice(&u32::MAX.to_le_bytes());
     assert!(pairs(&lying).count() <= 2);
 }
+
+// ---- property tests: random maps and bytes -------------------------------------------------
+
+#[cfg(not(target_arch = "wasm32"))]
+mod properties {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_pairs_read_back_as_serialized(
+            pairs in vec((".{0,8}", ".{0,8}"), 0..8),
+        ) {
+            let borrowed: Vec<(&[u8], &[u8])> =
+                pairs.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())).collect();
+            let read: Vec<(&str, &str)> = pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+            let map = serialize(&borrowed);
+            prop_assert_eq!(super::pairs(&map).collect::<Vec<_>>(), read);
+        }
+
+        #[test]
+        fn any_bytes_give_at_most_the_declared_pairs(bytes in vec(any::<u8>(), 0..96)) {
+            let declared = bytes
+                .get(..4)
+                .map_or(0, |w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]) as usize);
+            let read: Vec<_> = pairs(&bytes).collect();
+            prop_assert!(read.len() <= declared);
+            let held: usize = read.iter().map(|(n, v)| n.len() + v.len() + 2).sum();
+            prop_assert!(held <= bytes.len());
+        }
+    }
+}

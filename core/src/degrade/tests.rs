@@ -673,9 +673,15 @@ fn the_scanner_finds_top_level_model_values_only() {
         (r#"{"model":"a""#, None),
     ];
     for (body, want) in cases {
-        let spans = model_value_spans(body.as_bytes());
-        let got: Option<Vec<&str>> =
-            spans.map(|spans| spans.into_iter().map(|s| body.get(s).unwrap()).collect());
+        let found = members(body.as_bytes(), "model");
+        let got: Option<Vec<&str>> = found.map(|found| {
+            assert_eq!(body.get(found.close..found.close + 1), Some("}"), "{body}");
+            found
+                .values
+                .into_iter()
+                .map(|s| body.get(s).unwrap())
+                .collect()
+        });
         assert_eq!(got, want, "{body}");
     }
 }
@@ -767,6 +773,113 @@ fn rewrites_gemini_paths() {
             let detected = Api::detect(new).unwrap();
             assert_eq!(detected.api, Api::Gemini);
             assert_eq!(detected.path_model.as_deref(), Some(to));
+        }
+    }
+}
+
+// ---- property tests: random request objects, random bytes ----------------------------------
+
+#[cfg(not(target_arch = "wasm32"))]
+mod properties {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    /// A JSON value as text, with the awkward spellings a client may send: escapes,
+    /// whitespace, nested `model` keys, numbers in exponent form.
+    fn value_text() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            Just("\"gpt-4o\"".to_string()),
+            Just("\"claude-sonnet-4-5-20250929\"".to_string()),
+            Just("\"a\\\"b\\\\\"".to_string()),
+            Just("\"\\u006dodel\"".to_string()),
+            Just("1.5e3".to_string()),
+            Just("-0".to_string()),
+            Just("null".to_string()),
+            Just("true".to_string()),
+            "[a-z{}\\[\\]:, ]{0,8}".prop_map(|s| serde_json::to_string(&s).unwrap()),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                vec(inner.clone(), 0..4).prop_map(|items| format!("[{}]", items.join(" , "))),
+                vec(inner, 0..3).prop_map(|values| {
+                    let fields: Vec<String> =
+                        values.iter().map(|v| format!("\"model\":{v}")).collect();
+                    format!("{{{}}}", fields.join(","))
+                }),
+            ]
+        })
+    }
+
+    /// A request object: `model` (maybe twice, maybe with an escaped key) among other keys.
+    fn request() -> impl Strategy<Value = String> {
+        let model = prop_oneof![
+            Just("gpt-4o"),
+            Just("GPT-4o-2024-08-06"),
+            Just("claude-sonnet-4-5-20250929"),
+            Just("openai/gpt-4.1"),
+            Just("o3"),
+            Just("unknown"),
+        ];
+        let key = prop_oneof![
+            Just("\"model\""),
+            Just("\"m\\u006fdel\""),
+            Just("\"messages\""),
+            Just("\"stream\""),
+            Just("\"x\""),
+        ];
+        (
+            model,
+            vec((key, value_text()), 0..5),
+            any::<prop::sample::Index>(),
+            "[ \t\n]{0,2}",
+        )
+            .prop_map(|(model, mut fields, at, space)| {
+                let at = at.index(fields.len() + 1);
+                fields.insert(at, ("\"model\"", format!("\"{model}\"")));
+                let fields: Vec<String> = fields
+                    .iter()
+                    .map(|(k, v)| format!("{space}{k}{space}:{space}{v}"))
+                    .collect();
+                format!("{{{}{space}}}", fields.join(","))
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn a_rewritten_body_is_json_with_the_target_and_every_other_key_unchanged(
+            body in request(),
+        ) {
+            let map = sample_map();
+            for api in [Api::OpenAiChat, Api::OpenAiResponses, Api::AnthropicMessages] {
+                let Rewrite::Body { from, to, body: sent } =
+                    rewrite_body(api, body.as_bytes(), &map)
+                else {
+                    continue;
+                };
+                prop_assert_eq!(map.target(&from), Some(to.as_str()));
+                let mut original: Value = serde_json::from_str(&body).unwrap();
+                let mut sent: Value = serde_json::from_slice(&sent).unwrap();
+                prop_assert_eq!(original.get("model"), Some(&Value::String(from)));
+                prop_assert_eq!(sent.get("model"), Some(&Value::String(to)));
+                original.as_object_mut().unwrap().remove("model");
+                sent.as_object_mut().unwrap().remove("model");
+                prop_assert_eq!(original, sent);
+            }
+        }
+
+        #[test]
+        fn any_bytes_and_paths_rewrite_without_panic(
+            body in vec(any::<u8>(), 0..64),
+            path in "/v1beta/models/[a-z0-9.:/?#*-]{0,24}(:generateContent)?",
+        ) {
+            let map = sample_map();
+            prop_assert_eq!(rewrite_body(Api::OpenAiChat, &body, &map), Rewrite::Unchanged);
+            if let Some((from, to, new_path)) = rewrite_path(Api::Gemini, &path, &map) {
+                prop_assert_eq!(map.target(&from), Some(to.as_str()));
+                let span = Api::Gemini.path_model_span(&new_path).unwrap();
+                prop_assert_eq!(&new_path[span], to.as_str());
+            }
         }
     }
 }

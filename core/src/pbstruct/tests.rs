@@ -656,3 +656,102 @@ fn corrupted_bytes_never_panic() {
         let _ = decode_struct(&bytes);
     }
 }
+
+// ---- property tests: random values and bytes, and configuration through both forms ---------
+
+#[cfg(not(target_arch = "wasm32"))]
+mod properties {
+    use super::*;
+    use crate::config::Config;
+    use proptest::collection::{btree_map, vec};
+    use proptest::prelude::*;
+
+    /// JSON values whose numbers a double carries exactly (integers within ±2^53, and
+    /// fractions), so they come back from a Struct unchanged.
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            (-(1i64 << 53)..=(1i64 << 53)).prop_map(Value::from),
+            (-1e6f64..1e6)
+                .prop_filter("fractional", |f| f.fract() != 0.0)
+                .prop_map(Value::from),
+            ".{0,6}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                vec(inner.clone(), 0..4).prop_map(Value::Array),
+                btree_map(".{0,4}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A configuration value: the shipped shape with random values in its fields.
+    fn config_value() -> impl Strategy<Value = Value> {
+        let field = prop_oneof![
+            Just("daily_usd"),
+            Just("monthly_usd"),
+            Just("action"),
+            Just("soft_threshold"),
+            Just("degrade_to"),
+            Just("degrade_usd"),
+            Just("task_daily_usd"),
+            Just("bogus"),
+        ];
+        let amount = prop_oneof![
+            (0u64..1000).prop_map(Value::from),
+            Just(Value::from(0.02)),
+            Just(Value::from(-1)),
+            Just(Value::from("5")),
+            Just(Value::from("stop")),
+            Just(Value::from("degrade")),
+            Just(serde_json::json!({"gpt-4o*": "gpt-4o-mini"})),
+        ];
+        btree_map("[a-z-]{1,8}", btree_map(field, amount, 0..4), 1..3).prop_map(|agents| {
+            let agents: Map<String, Value> = agents
+                .into_iter()
+                .map(|(name, fields)| {
+                    let fields = fields
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v))
+                        .collect();
+                    (name, Value::Object(fields))
+                })
+                .collect();
+            serde_json::json!({"agents": agents, "reservations": true})
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_struct_round_trips(map in btree_map(".{0,4}", value(), 0..6)) {
+            let map: Map<String, Value> = map.into_iter().collect();
+            prop_assert_eq!(decode_struct(&enc_struct(&map)), Ok(Value::Object(map)));
+        }
+
+        #[test]
+        fn any_bytes_decode_or_fail_inside_the_input(bytes in vec(any::<u8>(), 0..96)) {
+            match decode_struct(&bytes) {
+                Ok(Value::Object(map)) => {
+                    prop_assert_eq!(decode_struct(&enc_struct(&map)), Ok(Value::Object(map)));
+                }
+                Ok(other) => prop_assert!(false, "non-object {}", other),
+                Err(error) => prop_assert!(error.offset() <= bytes.len()),
+            }
+            // The configuration parser takes the same bytes (and JSON text) without panicking.
+            let _ = Config::from_bytes(&bytes);
+        }
+
+        #[test]
+        fn a_configuration_is_judged_the_same_as_json_and_as_a_struct(config in config_value()) {
+            let as_json = Config::from_bytes(config.to_string().as_bytes());
+            let as_struct = Config::from_bytes(&enc(&config));
+            match (&as_json, &as_struct) {
+                (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+                (Err(_), Err(_)) => {}
+                _ => prop_assert!(false, "JSON {:?} but Struct {:?}", as_json, as_struct),
+            }
+        }
+    }
+}

@@ -13,6 +13,7 @@ use super::{
     has_usage_object, string_values_len, Capabilities, ErrorKind, EventFate, Metered, ModelIn,
     PreparedRequest, Progress, Unmetered,
 };
+use crate::degrade;
 use crate::sse::SseEvent;
 use crate::usage::Usage;
 use serde::Deserialize;
@@ -130,6 +131,16 @@ pub fn prepare_request(body: &[u8]) -> PreparedRequest {
     if !stream || asked {
         return prepared;
     }
+    // Only the option's bytes change: a re-serialized body would respell the client's
+    // numbers (a float parsed and printed again can move by one ulp, an integer past u64
+    // turns into a float), which the provider would then read differently.
+    if let Some(body) = with_usage_report(body) {
+        prepared.rewritten = Some(body);
+        prepared.strip_usage_from_client = true;
+        return prepared;
+    }
+    // Unreachable for JSON serde_json accepted, but never leave the report unasked:
+    // re-serialize (key order kept, formatting normalized).
     let Ok(Value::Object(mut request)) = serde_json::from_slice::<Value>(body) else {
         return prepared;
     };
@@ -147,6 +158,68 @@ pub fn prepare_request(body: &[u8]) -> PreparedRequest {
         prepared.strip_usage_from_client = true;
     }
     prepared
+}
+
+/// `body` (a JSON object serde_json accepted, with at most one `stream_options`, an object
+/// or null) with `stream_options.include_usage` set to true, every other byte as sent. A new
+/// member goes last, where the client's own members stay ahead of it.
+fn with_usage_report(body: &[u8]) -> Option<Vec<u8>> {
+    const REPORT: &[u8] = br#"{"include_usage":true}"#;
+    let request = degrade::members(body, "stream_options")?;
+    match request.values.as_slice() {
+        [] => Some(append_member(
+            body,
+            request.close,
+            br#""stream_options":"#,
+            REPORT,
+        )),
+        [span] => {
+            let options = body.get(span.clone())?;
+            let mut out = body.get(..span.start)?.to_vec();
+            if options.first() == Some(&b'{') {
+                let inner = degrade::members(options, "include_usage")?;
+                let mut rest = 0;
+                for value in &inner.values {
+                    out.extend_from_slice(options.get(rest..value.start)?);
+                    out.extend_from_slice(b"true");
+                    rest = value.end;
+                }
+                if inner.values.is_empty() {
+                    out.extend_from_slice(&append_member(
+                        options,
+                        inner.close,
+                        br#""include_usage":"#,
+                        b"true",
+                    ));
+                } else {
+                    out.extend_from_slice(options.get(rest..)?);
+                }
+            } else {
+                // `null`: the option object replaces it.
+                out.extend_from_slice(REPORT);
+            }
+            out.extend_from_slice(body.get(span.end..)?);
+            Some(out)
+        }
+        // Typed parsing refuses a repeated field, so such a body is never rewritten.
+        _ => None,
+    }
+}
+
+/// The JSON object in `object`, whose closing brace is at `close`, with `"key":value` added
+/// as its last member.
+fn append_member(object: &[u8], close: usize, key: &[u8], value: &[u8]) -> Vec<u8> {
+    let (head, tail) = object.split_at(close.min(object.len()));
+    let empty = head.trim_ascii_end().ends_with(b"{");
+    let mut out = Vec::with_capacity(object.len() + key.len() + value.len() + 1);
+    out.extend_from_slice(head);
+    if !empty {
+        out.push(b',');
+    }
+    out.extend_from_slice(key);
+    out.extend_from_slice(value);
+    out.extend_from_slice(tail);
+    out
 }
 
 pub fn usage_from_body(body: &[u8]) -> Result<Metered, Unmetered> {

@@ -213,3 +213,190 @@ fn a_corrupt_usage_chunk_is_malformed_not_missing() {
     }
     assert_eq!(meter.finish(), Err(Unmetered::Malformed));
 }
+
+// ---- property tests: damaged fixtures, random chunk splits ---------------------------------
+
+#[cfg(not(target_arch = "wasm32"))]
+mod properties {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    const FIXTURES: &[(Api, &[u8])] = &[
+        (
+            Api::OpenAiChat,
+            include_bytes!("../../../tests/fixtures/openai/chat.json"),
+        ),
+        (
+            Api::OpenAiChat,
+            include_bytes!("../../../tests/fixtures/openai/chat_stream_usage.sse"),
+        ),
+        (
+            Api::OpenAiCompletions,
+            include_bytes!("../../../tests/fixtures/openai/completions.json"),
+        ),
+        (
+            Api::OpenAiCompletions,
+            include_bytes!("../../../tests/fixtures/openai/completions_stream.sse"),
+        ),
+        (
+            Api::OpenAiResponses,
+            include_bytes!("../../../tests/fixtures/openai/responses.json"),
+        ),
+        (
+            Api::OpenAiResponses,
+            include_bytes!("../../../tests/fixtures/openai/responses_stream.sse"),
+        ),
+        (
+            Api::OpenAiEmbeddings,
+            include_bytes!("../../../tests/fixtures/openai/embeddings.json"),
+        ),
+        (
+            Api::AnthropicMessages,
+            include_bytes!("../../../tests/fixtures/anthropic/messages.json"),
+        ),
+        (
+            Api::AnthropicMessages,
+            include_bytes!("../../../tests/fixtures/anthropic/messages_stream.sse"),
+        ),
+        (
+            Api::Gemini,
+            include_bytes!("../../../tests/fixtures/gemini/generate_content.json"),
+        ),
+        (
+            Api::Gemini,
+            include_bytes!("../../../tests/fixtures/gemini/stream_generate_content.sse"),
+        ),
+        (
+            Api::Gemini,
+            include_bytes!("../../../tests/fixtures/gemini/stream_generate_content_array.json"),
+        ),
+    ];
+
+    const REQUESTS: &[&[u8]] = &[
+        br#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+        br#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":false,"x":1},"max_tokens":9}"#,
+        br#"{"model":"claude-sonnet-4-5","max_tokens":100,"stream":true,"messages":[]}"#,
+        br#"{"contents":[],"generationConfig":{"maxOutputTokens":32}}"#,
+    ];
+
+    const APIS: [Api; 6] = [
+        Api::OpenAiChat,
+        Api::OpenAiCompletions,
+        Api::OpenAiResponses,
+        Api::OpenAiEmbeddings,
+        Api::AnthropicMessages,
+        Api::Gemini,
+    ];
+
+    /// A fixture as sent, or damaged the way a network or a buggy server damages bodies:
+    /// cut short, a few bytes inserted, one byte overwritten.
+    fn damaged(base: &'static [u8]) -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            Just(base.to_vec()),
+            any::<prop::sample::Index>().prop_map(move |at| base
+                .get(..at.index(base.len() + 1))
+                .unwrap_or(base)
+                .to_vec()),
+            (any::<prop::sample::Index>(), vec(any::<u8>(), 1..4)).prop_map(
+                move |(at, inserted)| {
+                    let mut bytes = base.to_vec();
+                    let at = at.index(bytes.len() + 1);
+                    bytes.splice(at..at, inserted);
+                    bytes
+                }
+            ),
+            (any::<prop::sample::Index>(), any::<u8>()).prop_map(move |(at, byte)| {
+                let mut bytes = base.to_vec();
+                if let Some(slot) = bytes.get_mut(at.index(base.len().max(1))) {
+                    *slot = byte;
+                }
+                bytes
+            }),
+        ]
+    }
+
+    fn fixture() -> impl Strategy<Value = (Api, Vec<u8>)> {
+        prop::sample::select(FIXTURES).prop_flat_map(|(api, base)| (Just(api), damaged(base)))
+    }
+
+    fn cut<'a>(bytes: &'a [u8], sizes: &[usize]) -> Vec<&'a [u8]> {
+        let mut out = Vec::new();
+        let mut rest = bytes;
+        for size in sizes.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (head, tail) = rest.split_at((*size).clamp(1, rest.len()));
+            out.push(head);
+            rest = tail;
+        }
+        out
+    }
+
+    /// The sum of the digit runs in `bytes`: no count read from them can exceed it.
+    fn digit_sum(bytes: &[u8]) -> u64 {
+        let (total, run) = bytes.iter().fold((0u64, 0u64), |(total, run), &b| {
+            if b.is_ascii_digit() {
+                (
+                    total,
+                    run.saturating_mul(10).saturating_add(u64::from(b - b'0')),
+                )
+            } else {
+                (total.saturating_add(run), 0)
+            }
+        });
+        total.saturating_add(run)
+    }
+
+    fn billed(usage: &Usage) -> u64 {
+        usage.total_input().saturating_add(usage.output)
+    }
+
+    proptest! {
+        #[test]
+        fn usage_never_exceeds_the_numbers_sent_and_streams_meter_the_same_however_cut(
+            (api, bytes) in fixture(),
+            sizes in vec(1usize..64, 1..6),
+        ) {
+            let bound = digit_sum(&bytes);
+            if let Ok(metered) = api.usage_from_body(&bytes) {
+                prop_assert!(billed(&metered.usage) <= bound);
+            }
+            let whole = meter_chunks(api, &[&bytes]);
+            prop_assert_eq!(&meter_chunks(api, &cut(&bytes, &sizes)), &whole);
+            if let Ok(metered) = &whole.0 {
+                prop_assert!(billed(&metered.usage) <= bound);
+            }
+        }
+
+        #[test]
+        fn a_rewritten_request_keeps_every_other_key_and_reads_back_the_same(
+            api in prop::sample::select(&APIS[..]),
+            body in prop::sample::select(REQUESTS).prop_flat_map(damaged),
+        ) {
+            let prepared = api.prepare_request(&body);
+            prop_assert_eq!(prepared.rewritten.is_some(), prepared.strip_usage_from_client);
+            if let Some(sent) = &prepared.rewritten {
+                prop_assert!(api.rewrites_request() && prepared.stream);
+                // A body that is JSON stays JSON (one whose ignored strings are not UTF-8 is
+                // not, and is forwarded with the option all the same).
+                if let Ok(mut original) = serde_json::from_slice::<serde_json::Value>(&body) {
+                    let mut sent_value: serde_json::Value = serde_json::from_slice(sent).unwrap();
+                    prop_assert_eq!(
+                        sent_value.pointer("/stream_options/include_usage"),
+                        Some(&serde_json::Value::Bool(true))
+                    );
+                    original.as_object_mut().unwrap().remove("stream_options");
+                    sent_value.as_object_mut().unwrap().remove("stream_options");
+                    prop_assert_eq!(original, sent_value);
+                }
+                let again = api.prepare_request(sent);
+                prop_assert_eq!(
+                    (again.model, again.stream, again.max_output_tokens, again.rewritten),
+                    (prepared.model, prepared.stream, prepared.max_output_tokens, None)
+                );
+            }
+        }
+    }
+}

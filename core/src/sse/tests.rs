@@ -371,3 +371,74 @@ fn partial_bom_at_end_of_stream_is_a_field_name() {
     let ev = p.finish().unwrap();
     assert_eq!((ev.start, ev.end, ev.data.len()), (0, 2, 0));
 }
+
+// ---- property tests: random streams, random chunk splits -----------------------------------
+
+#[cfg(not(target_arch = "wasm32"))]
+mod properties {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    /// Bytes drawn mostly from SSE syntax, so random streams hold fields, comments, blank
+    /// lines, lone CRs and BOMs, with arbitrary bytes between.
+    fn stream() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(b"data:".to_vec()),
+            Just(b"data: ".to_vec()),
+            Just(b"event: ".to_vec()),
+            Just(b":".to_vec()),
+            Just(b"\n".to_vec()),
+            Just(b"\r".to_vec()),
+            Just(b"\r\n".to_vec()),
+            Just(BOM.to_vec()),
+            vec(any::<u8>(), 0..6),
+        ];
+        vec(piece, 0..40).prop_map(|pieces| pieces.concat())
+    }
+
+    /// `bytes` cut into chunks of the given sizes, cycled.
+    fn cut<'a>(bytes: &'a [u8], sizes: &[usize]) -> Vec<&'a [u8]> {
+        let mut out = Vec::new();
+        let mut rest = bytes;
+        for size in sizes.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (head, tail) = rest.split_at((*size).clamp(1, rest.len()));
+            out.push(head);
+            rest = tail;
+        }
+        out
+    }
+
+    fn parse(pieces: &[&[u8]], max: usize) -> Vec<SseEvent> {
+        let mut parser = SseParser::new(max);
+        let mut out = Vec::new();
+        for piece in pieces {
+            parser.feed(piece, &mut out);
+        }
+        out.extend(parser.finish());
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_gives_the_same_tiled_events(
+            bytes in stream(),
+            sizes in vec(1usize..24, 1..8),
+            max in prop_oneof![Just(BIG), 0usize..16],
+        ) {
+            let whole = parse(&[&bytes], max);
+            prop_assert_eq!(&parse(&cut(&bytes, &sizes), max), &whole);
+            let mut at = 0;
+            for event in &whole {
+                prop_assert_eq!(event.start, at);
+                prop_assert!(event.end >= event.start && event.end <= bytes.len() as u64);
+                prop_assert!(event.data.len() <= max);
+                prop_assert!(!event.data.contains(&b'\r'));
+                at = event.end;
+            }
+        }
+    }
+}

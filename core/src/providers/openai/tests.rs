@@ -139,6 +139,67 @@ fn adds_include_usage_only_when_streaming_without_it() {
 }
 
 #[test]
+fn the_usage_option_is_added_without_respelling_the_clients_bytes() {
+    // Found by fuzzing (fuzz/corpus/prepare_request/crash-number-respelled): the body used to
+    // be parsed and printed again, which turned an integer past u64 into a different float.
+    let cases: [(&[u8], &[u8]); 7] = [
+        (
+            br#"{"model":"m", "stream":true,"seed":184467440730209056625,"messages":[{"content":"caf\u00e9"}]}"#,
+            br#"{"model":"m", "stream":true,"seed":184467440730209056625,"messages":[{"content":"caf\u00e9"}],"stream_options":{"include_usage":true}}"#,
+        ),
+        (
+            br#"{ "stream" : true }"#,
+            br#"{ "stream" : true ,"stream_options":{"include_usage":true}}"#,
+        ),
+        (
+            br#"{"stream":true,"stream_options":null}"#,
+            br#"{"stream":true,"stream_options":{"include_usage":true}}"#,
+        ),
+        (
+            br#"{"stream":true,"stream_options":{ "include_usage" : false, "x":1 }}"#,
+            br#"{"stream":true,"stream_options":{ "include_usage" : true, "x":1 }}"#,
+        ),
+        (
+            br#"{"stream":true,"stream_options":{ }}"#,
+            br#"{"stream":true,"stream_options":{ "include_usage":true}}"#,
+        ),
+        (
+            br#"{"stream":true,"stream_options":{"x":0.30000000000000004} , "n":2 }"#,
+            br#"{"stream":true,"stream_options":{"x":0.30000000000000004,"include_usage":true} , "n":2 }"#,
+        ),
+        (
+            br#"{"stream":true,"stream_\u006fptions":{"include_usage":null}}"#,
+            br#"{"stream":true,"stream_\u006fptions":{"include_usage":true}}"#,
+        ),
+    ];
+    for (body, want) in cases {
+        let prepared = prepare_request(body);
+        assert!(prepared.strip_usage_from_client);
+        assert_eq!(
+            String::from_utf8_lossy(prepared.rewritten.as_deref().unwrap()),
+            String::from_utf8_lossy(want)
+        );
+    }
+    // Invalid UTF-8 inside a string the typed read skips: the option is added all the same,
+    // so the stream is still metered (the provider judges the body).
+    let prepared = prepare_request(b"{\"stream\":true,\"messages\":[\"\x98\"]}");
+    assert_eq!(
+        prepared.rewritten.as_deref(),
+        Some(&b"{\"stream\":true,\"messages\":[\"\x98\"],\"stream_options\":{\"include_usage\":true}}"[..])
+    );
+    // The fuzzer's input itself: every number reads back as the client sent it.
+    let found = include_bytes!("../../../../fuzz/corpus/prepare_request/crash-number-respelled");
+    let body = &found[1..];
+    let sent = prepare_request(body).rewritten.unwrap();
+    let mut original: serde_json::Value = serde_json::from_slice(body).unwrap();
+    let mut sent: serde_json::Value = serde_json::from_slice(&sent).unwrap();
+    assert_eq!(sent["stream_options"]["include_usage"], true);
+    sent.as_object_mut().unwrap().remove("stream_options");
+    original.as_object_mut().unwrap().remove("stream_options");
+    assert_eq!(sent, original);
+}
+
+#[test]
 fn error_shape_matches_the_sdk() {
     let body: serde_json::Value =
         serde_json::from_slice(&error_body(ErrorKind::BudgetExceeded, "over")).unwrap();
