@@ -806,12 +806,16 @@ fn charge() {
 struct Replica;
 impl Context for Replica {}
 impl HttpContext for Replica {
-    fn on_http_request_headers(&mut self, _n: usize, _eos: bool) -> Action {
+    fn on_http_request_headers(&mut self, _n: usize, eos: bool) -> Action {
         let _ = self.get_http_request_headers();
         let _ = hostcalls::get_current_time();
         let _ = hostcalls::get_shared_data(LEDGER);
-        self.set_http_request_header("content-length", None);
-        Action::Continue
+        // hold_request_headers, as shipped: the headers wait for the body.
+        if eos {
+            Action::Continue
+        } else {
+            Action::Pause
+        }
     }
     fn on_http_request_body(&mut self, size: usize, eos: bool) -> Action {
         if !eos {
@@ -836,7 +840,6 @@ impl HttpContext for Replica {
         }
         if eos {
             charge();
-            log::info!("call agent=bench-agent budget=bench-agent task=bench-task user=bench-user api=openai_chat model=gpt-4o priced_as=gpt-4o input=165 cached_input=0 cache_write=0 output=300 reasoning=0 cost_micro_usd=3413 estimated=false");
             let _ = hostcalls::set_property(vec!["agent_budget"], Some(&RECORD));
         }
         Action::Continue
