@@ -317,4 +317,4 @@ fn append_capped(buf: &mut Vec<u8>, bytes: &[u8], cap: usize) -> bool {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -219,6 +219,7 @@ fn a_corrupt_usage_chunk_is_malformed_not_missing() {
 #[cfg(not(target_arch = "wasm32"))]
 mod properties {
     use super::*;
+    use crate::sse::tests::properties::cut;
     use proptest::collection::vec;
     use proptest::prelude::*;
 
@@ -318,20 +319,6 @@ mod properties {
 
     fn fixture() -> impl Strategy<Value = (Api, Vec<u8>)> {
         prop::sample::select(FIXTURES).prop_flat_map(|(api, base)| (Just(api), damaged(base)))
-    }
-
-    fn cut<'a>(bytes: &'a [u8], sizes: &[usize]) -> Vec<&'a [u8]> {
-        let mut out = Vec::new();
-        let mut rest = bytes;
-        for size in sizes.iter().cycle() {
-            if rest.is_empty() {
-                break;
-            }
-            let (head, tail) = rest.split_at((*size).clamp(1, rest.len()));
-            out.push(head);
-            rest = tail;
-        }
-        out
     }
 
     /// The sum of the digit runs in `bytes`: no count read from them can exceed it.

@@ -375,7 +375,7 @@ fn partial_bom_at_end_of_stream_is_a_field_name() {
 // ---- property tests: random streams, random chunk splits -----------------------------------
 
 #[cfg(not(target_arch = "wasm32"))]
-mod properties {
+pub(crate) mod properties {
     use super::*;
     use proptest::collection::vec;
     use proptest::prelude::*;
@@ -398,7 +398,7 @@ mod properties {
     }
 
     /// `bytes` cut into chunks of the given sizes, cycled.
-    fn cut<'a>(bytes: &'a [u8], sizes: &[usize]) -> Vec<&'a [u8]> {
+    pub(crate) fn cut<'a>(bytes: &'a [u8], sizes: &[usize]) -> Vec<&'a [u8]> {
         let mut out = Vec::new();
         let mut rest = bytes;
         for size in sizes.iter().cycle() {
