@@ -9,20 +9,11 @@ use agent_budget_core::providers::Api;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
-const APIS: [Api; 6] = [
-    Api::OpenAiChat,
-    Api::OpenAiCompletions,
-    Api::OpenAiResponses,
-    Api::OpenAiEmbeddings,
-    Api::AnthropicMessages,
-    Api::Gemini,
-];
-
 fuzz_target!(|data: &[u8]| {
     let [selector, body @ ..] = data else {
         return;
     };
-    let api = APIS[usize::from(*selector) % APIS.len()];
+    let api = Api::ALL[usize::from(*selector) % Api::ALL.len()];
     let prepared = api.prepare_request(body);
     assert_eq!(
         prepared.rewritten.is_some(),

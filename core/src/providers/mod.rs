@@ -95,6 +95,16 @@ pub fn azure_deployment(path: &str) -> Option<&str> {
 }
 
 impl Api {
+    /// Every format the filter meters.
+    pub const ALL: [Api; 6] = [
+        Api::OpenAiChat,
+        Api::OpenAiCompletions,
+        Api::OpenAiResponses,
+        Api::OpenAiEmbeddings,
+        Api::AnthropicMessages,
+        Api::Gemini,
+    ];
+
     /// Recognises the API from the request path (query string ignored).
     pub fn detect(path: &str) -> Option<Detected> {
         let azure_deployment = azure_deployment(path).map(str::to_string);

@@ -119,15 +119,7 @@ fn capabilities() {
 
 #[test]
 fn config_names_are_the_metric_names() {
-    let all = [
-        Api::OpenAiChat,
-        Api::OpenAiCompletions,
-        Api::OpenAiResponses,
-        Api::OpenAiEmbeddings,
-        Api::AnthropicMessages,
-        Api::Gemini,
-    ];
-    for api in all {
+    for api in Api::ALL {
         let parsed: Api = serde_json::from_value(serde_json::Value::from(api.name())).unwrap();
         assert_eq!(parsed, api);
     }
@@ -281,15 +273,6 @@ mod properties {
         br#"{"contents":[],"generationConfig":{"maxOutputTokens":32}}"#,
     ];
 
-    const APIS: [Api; 6] = [
-        Api::OpenAiChat,
-        Api::OpenAiCompletions,
-        Api::OpenAiResponses,
-        Api::OpenAiEmbeddings,
-        Api::AnthropicMessages,
-        Api::Gemini,
-    ];
-
     /// A fixture as sent, or damaged the way a network or a buggy server damages bodies:
     /// cut short, a few bytes inserted, one byte overwritten.
     fn damaged(base: &'static [u8]) -> impl Strategy<Value = Vec<u8>> {
@@ -359,7 +342,7 @@ mod properties {
 
         #[test]
         fn a_rewritten_request_keeps_every_other_key_and_reads_back_the_same(
-            api in prop::sample::select(&APIS[..]),
+            api in prop::sample::select(&Api::ALL[..]),
             body in prop::sample::select(REQUESTS).prop_flat_map(damaged),
         ) {
             let prepared = api.prepare_request(&body);
