@@ -27,6 +27,29 @@ pub fn pairs(map: &[u8]) -> impl Iterator<Item = (&str, &str)> {
         })
 }
 
+/// Serializes `(name, value)` pairs into the map form [`pairs`] reads (headers of a local
+/// reply or a callout). A length past `u32::MAX` cannot be sent and yields `None`.
+pub fn serialize<'a>(map: impl IntoIterator<Item = (&'a str, &'a str)> + Clone) -> Option<Vec<u8>> {
+    let count = u32::try_from(map.clone().into_iter().count()).ok()?;
+    let mut out = count.to_le_bytes().to_vec();
+    for (name, value) in map.clone() {
+        out.extend_from_slice(&u32::try_from(name.len()).ok()?.to_le_bytes());
+        out.extend_from_slice(&u32::try_from(value.len()).ok()?.to_le_bytes());
+    }
+    for (name, value) in map {
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        out.extend_from_slice(value.as_bytes());
+        out.push(0);
+    }
+    Some(out)
+}
+
+/// A property path in the ABI's form: the segments joined by NUL bytes.
+pub fn property_path(path: &[&str]) -> Vec<u8> {
+    path.join("\0").into_bytes()
+}
+
 fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
     let word = bytes.get(at..at.checked_add(4)?)?;
     Some(u32::from_le_bytes(word.try_into().ok()?))

@@ -36,7 +36,7 @@ METRICS = {
     "agent_budget_remaining_micro_usd", "agent_budget_burn_rate_micro_usd_per_hour",
     "agent_budget_baseline_micro_usd_per_hour", "agent_budget_projected_spend_micro_usd",
     "agent_budget_calls", "agent_budget_model_cost_micro_usd", "agent_budget_model_input_tokens",
-    "agent_budget_model_output_tokens", "agent_budget_folded_agents",
+    "agent_budget_model_output_tokens", "agent_budget_folded_agents", "agent_budget_host_errors",
 }
 
 # Built-in prices (core/src/pricing.rs), micro-USD per million tokens: (input, output).

@@ -188,6 +188,8 @@ pub enum ReasonCounter {
     LedgerErrors,
     /// Alert webhook deliveries (`delivered`, `failed`, `given_up`, `dropped`).
     AlertDeliveries,
+    /// Host calls of the adapter that failed, by call (`get_buffer`, `set_header`, ...).
+    HostErrors,
 }
 
 impl ReasonCounter {
@@ -197,6 +199,7 @@ impl ReasonCounter {
             ReasonCounter::Unattributed => "agent_budget_unattributed",
             ReasonCounter::LedgerErrors => "agent_budget_ledger_errors",
             ReasonCounter::AlertDeliveries => "agent_budget_alert_deliveries",
+            ReasonCounter::HostErrors => "agent_budget_host_errors",
         }
     }
 }

@@ -6,7 +6,7 @@ use crate::anomaly;
 use crate::booking::{PendingCharge, Trouble};
 use crate::config::{AlertFormat, Config};
 use crate::history;
-use crate::host::Host;
+use crate::host::{Host, HostError};
 use crate::ledger::{Account, AccountKey, Ledger, LedgerError};
 use crate::metrics::{AgentGauge, Agents, Counter, Gauge, Metrics, ReasonCounter};
 use crate::period::{Period, PeriodKind};
@@ -32,6 +32,9 @@ pub struct Worker {
     pub metrics: Metrics,
     pending: RefCell<Vec<PendingCharge>>,
     unpriced_logged: RefCell<BTreeSet<String>>,
+    /// Host calls that failed on this worker at least once (each is logged only the first
+    /// time: a failing call on the hot path must not flood the log).
+    host_errors_logged: RefCell<BTreeSet<&'static str>>,
     /// The current day and month, recomputed only when the day ends.
     periods: RefCell<Option<[Period; 2]>>,
     /// Ids of the current periods the last upkeep prepared, to act on rollovers only.
@@ -73,6 +76,7 @@ impl Worker {
             metrics: Metrics::new(agents),
             pending: RefCell::new(Vec::new()),
             unpriced_logged: RefCell::new(BTreeSet::new()),
+            host_errors_logged: RefCell::new(BTreeSet::new()),
             periods: RefCell::new(None),
             prepared: RefCell::new(Vec::new()),
             ticks: Cell::new(0),
@@ -389,6 +393,16 @@ impl Worker {
             1,
         );
         log::error!("ledger: {error}");
+    }
+
+    /// Counts a host call the adapter could not make (`call` names it, e.g. `get_buffer`),
+    /// logging it the first time on this worker. The caller goes on as its failure mode says.
+    pub fn host_error(&self, call: &'static str, error: &HostError) {
+        self.metrics
+            .count(Counter::Reason(ReasonCounter::HostErrors, call), 1);
+        if self.host_errors_logged.borrow_mut().insert(call) {
+            log::error!("host call {call} failed: {error} (logged once per worker)");
+        }
     }
 
     /// True the first time a model is seen without a price on this worker.

@@ -1,6 +1,6 @@
 use super::*;
 
-fn serialize(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
+fn serialize_test_map(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
     let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
     for (name, value) in pairs {
         out.extend_from_slice(&(name.len() as u32).to_le_bytes());
@@ -17,7 +17,7 @@ fn serialize(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
 
 #[test]
 fn reads_every_pair_in_place() {
-    let map = serialize(&[
+    let map = serialize_test_map(&[
         (b":path", b"/v1/chat/completions"),
         (b"x-agent-id", b"bot"),
         (b"empty", b""),
@@ -31,13 +31,13 @@ fn reads_every_pair_in_place() {
             ("empty", ""),
         ]
     );
-    assert_eq!(pairs(&serialize(&[])).count(), 0);
+    assert_eq!(pairs(&serialize_test_map(&[])).count(), 0);
     assert_eq!(pairs(&[]).count(), 0);
 }
 
 #[test]
 fn damage_ends_the_map_and_non_utf8_pairs_are_skipped() {
-    let map = serialize(&[(b"a", b"1"), (b"\xff", b"2"), (b"c", b"3")]);
+    let map = serialize_test_map(&[(b"a", b"1"), (b"\xff", b"2"), (b"c", b"3")]);
     assert_eq!(
         pairs(&map).collect::<Vec<_>>(),
         vec![("a", "1"), ("c", "3")]
@@ -68,7 +68,7 @@ mod properties {
             let borrowed: Vec<(&[u8], &[u8])> =
                 pairs.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())).collect();
             let read: Vec<(&str, &str)> = pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-            let map = serialize(&borrowed);
+            let map = serialize_test_map(&borrowed);
             prop_assert_eq!(super::pairs(&map).collect::<Vec<_>>(), read);
         }
 
@@ -83,4 +83,23 @@ mod properties {
             prop_assert!(held <= bytes.len());
         }
     }
+}
+
+#[test]
+fn serialized_maps_read_back_and_property_paths_join_with_nul() {
+    let headers = [(":status", "429"), ("content-type", "application/json"), ("empty", "")];
+    let map = serialize(headers.iter().copied()).unwrap();
+    assert_eq!(map, self::serialize_bytes(&headers));
+    assert_eq!(pairs(&map).collect::<Vec<_>>(), headers.to_vec());
+    assert_eq!(serialize(std::iter::empty()).unwrap(), 0u32.to_le_bytes().to_vec());
+    assert_eq!(property_path(&["xds", "route_name"]), b"xds\0route_name".to_vec());
+    assert_eq!(property_path(&["agent_budget"]), b"agent_budget".to_vec());
+}
+
+fn serialize_bytes(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let as_bytes: Vec<(&[u8], &[u8])> = pairs
+        .iter()
+        .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+        .collect();
+    self::serialize_test_map(&as_bytes)
 }
