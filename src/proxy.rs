@@ -207,10 +207,10 @@ mod raw {
         body: &[u8],
     ) -> Result<(), HostError> {
         // A header map too large for the ABI's u32 lengths: the host's "bad argument".
-        let headers =
-            wire::serialize(headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))).ok_or(
-                HostError::Status(proxy_wasm::types::Status::BadArgument as u32),
-            )?;
+        let headers = wire::serialize(headers.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+            .ok_or(HostError::Status(
+                proxy_wasm::types::Status::BadArgument as u32,
+            ))?;
         // SAFETY: body and headers are live slices for the duration of the call; no details.
         check(unsafe {
             abi::proxy_send_local_response(
@@ -707,12 +707,11 @@ impl HttpContext for AgentBudgetHttp {
         self.request_body = RequestBody::Read;
         // An unreadable body reads as empty: the core finds no model in it and treats the
         // call as it treats any unreadable request.
-        let body = raw::get_buffer(BufferType::HttpRequestBody, 0, body_size).unwrap_or_else(
-            |error| {
+        let body =
+            raw::get_buffer(BufferType::HttpRequestBody, 0, body_size).unwrap_or_else(|error| {
                 worker.host_error("get_buffer", &error);
                 Vec::new()
-            },
-        );
+            });
         let outcome = self.call.on_request_body(&ProxyHost, &body);
         if let Some(reply) = outcome.reply {
             // The call's worst case does not fit its budget: refuse it now. Unless the

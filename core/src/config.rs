@@ -62,6 +62,8 @@ pub struct RawConfig {
     missing_agent: Option<Unidentified>,
     #[serde(default)]
     unknown_agent: Option<Unidentified>,
+    #[serde(default)]
+    ledger_unavailable: Option<LedgerUnavailable>,
     agents: BTreeMap<String, RawAgent>,
     #[serde(default)]
     pricing: BTreeMap<String, RawPrice>,
@@ -318,6 +320,18 @@ pub enum Unidentified {
     Default,
 }
 
+/// What a call of a `stop` agent gets when its budget cannot be read from shared data
+/// (agents with `degrade` or `alert` always go on: their action lets calls through anyway).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LedgerUnavailable {
+    /// Refuse it with a retryable 503: no spend the limit has not checked.
+    #[default]
+    Refuse,
+    /// Forward it unchecked; its charge is still booked (retried on the tick if need be).
+    Allow,
+}
+
 /// Which calls carry the `x-agent-budget-*` response headers (each header costs a host
 /// call per call).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -390,6 +404,7 @@ pub struct Config {
     pub time_zone: TimeZone,
     pub missing_agent: Unidentified,
     pub unknown_agent: Unidentified,
+    pub ledger_unavailable: LedgerUnavailable,
     pub agents: BTreeMap<String, AgentBudget>,
     pub prices: PriceTable,
     /// Charged for a model the table does not know, so it is never free.
@@ -908,6 +923,7 @@ impl TryFrom<RawConfig> for Config {
             time_zone,
             missing_agent,
             unknown_agent,
+            ledger_unavailable: raw.ledger_unavailable.unwrap_or_default(),
             agents,
             prices,
             fallback_price,

@@ -13,7 +13,7 @@
 use crate::alerts::{Alert, Trigger};
 use crate::attribution::{self, Attribution, Format, Outcome};
 use crate::booking::{Booking, Settled, Trouble};
-use crate::config::{AgentBudget, BudgetHeaders, Config, LimitAction};
+use crate::config::{AgentBudget, BudgetHeaders, Config, LedgerUnavailable, LimitAction};
 use crate::degrade::{self, Rewrite};
 use crate::host::Host;
 use crate::identity::{identify, Identity};
@@ -306,7 +306,21 @@ impl Call {
         let periods = worker.current_periods(now);
         let (booking, lines) =
             Booking::open(host, &caller.identity, budget, &periods, &mut trouble);
+        // Only a host failure: a corrupt value is data trouble, counted, and fails open.
+        let unreadable = trouble.errors.iter().any(|error| error.reason() == "host");
         worker.report(trouble);
+        if unreadable
+            && budget.action == LimitAction::Stop
+            && config.ledger_unavailable == LedgerUnavailable::Refuse
+        {
+            // The limit cannot be checked: a `stop` agent spends nothing unchecked.
+            caller.count(&worker, AgentCounter::Rejected, 1);
+            self.stage = Stage::Refused;
+            return reply_only(replies::budget_unavailable(
+                reply_api,
+                &caller.identity.budget,
+            ));
+        }
         let past_limit = policy::past_limit(&lines);
         // Built while the lines are at hand, unless no call can show them.
         let budget_headers = if policy::shows_budget_headers(config.budget_headers, true) {

@@ -82,6 +82,8 @@ pub mod fake {
         metric_values: RefCell<Vec<i64>>,
         /// Makes the next N `shared_set` calls with a cas fail, to exercise retry paths.
         forced_cas_failures: Cell<u32>,
+        /// While set, every shared-data read and write fails with this host status.
+        shared_failure: Cell<Option<u32>>,
         dispatched: RefCell<Vec<Dispatched>>,
     }
 
@@ -107,6 +109,11 @@ pub mod fake {
         pub fn set_unix_secs(&self, secs: i64) {
             self.now_nanos
                 .set(u64::try_from(secs).unwrap_or(0) * 1_000_000_000);
+        }
+
+        /// Makes every shared-data read and write fail with `status` (None: works again).
+        pub fn fail_shared_data(&self, status: Option<u32>) {
+            self.shared_failure.set(status);
         }
 
         pub fn fail_next_cas_writes(&self, count: u32) {
@@ -155,10 +162,16 @@ pub mod fake {
         }
 
         fn shared_get(&self, key: &str) -> Result<Option<Versioned>, HostError> {
+            if let Some(status) = self.shared_failure.get() {
+                return Err(HostError::Status(status));
+            }
             Ok(self.shared.borrow().get(key).cloned())
         }
 
         fn shared_set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), HostError> {
+            if let Some(status) = self.shared_failure.get() {
+                return Err(HostError::Status(status));
+            }
             let mut shared = self.shared.borrow_mut();
             if let Some(existing) = shared.get(key) {
                 if cas != 0 && self.forced_cas_failures.get() > 0 {

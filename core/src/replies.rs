@@ -114,6 +114,24 @@ pub fn budget_exceeded(
     error(api, ErrorKind::BudgetExceeded, &message, headers)
 }
 
+/// The 503 of a `stop` agent's call whose budget cannot be read (see `ledger_unavailable`):
+/// unlike a used-up budget, this passes, so clients may retry after a second.
+pub fn budget_unavailable(api: Api, budget: &str) -> LocalReply {
+    let message = format!(
+        "The budget of agent `{budget}` cannot be checked right now; the call was not forwarded. Retry shortly."
+    );
+    let mut reply = error(api, ErrorKind::Unavailable, &message, Vec::new());
+    for (name, value) in &mut reply.headers {
+        if name == "x-should-retry" {
+            *value = "true".to_string();
+        }
+    }
+    reply
+        .headers
+        .push(("retry-after".to_string(), "1".to_string()));
+    reply
+}
+
 fn error(
     api: Api,
     kind: ErrorKind,

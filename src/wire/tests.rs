@@ -87,12 +87,22 @@ mod properties {
 
 #[test]
 fn serialized_maps_read_back_and_property_paths_join_with_nul() {
-    let headers = [(":status", "429"), ("content-type", "application/json"), ("empty", "")];
+    let headers = [
+        (":status", "429"),
+        ("content-type", "application/json"),
+        ("empty", ""),
+    ];
     let map = serialize(headers.iter().copied()).unwrap();
     assert_eq!(map, self::serialize_bytes(&headers));
     assert_eq!(pairs(&map).collect::<Vec<_>>(), headers.to_vec());
-    assert_eq!(serialize(std::iter::empty()).unwrap(), 0u32.to_le_bytes().to_vec());
-    assert_eq!(property_path(&["xds", "route_name"]), b"xds\0route_name".to_vec());
+    assert_eq!(
+        serialize(std::iter::empty()).unwrap(),
+        0u32.to_le_bytes().to_vec()
+    );
+    assert_eq!(
+        property_path(&["xds", "route_name"]),
+        b"xds\0route_name".to_vec()
+    );
     assert_eq!(property_path(&["agent_budget"]), b"agent_budget".to_vec());
 }
 

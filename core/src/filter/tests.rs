@@ -2201,3 +2201,58 @@ fn a_charged_call_reaches_the_spend_history_on_the_tick() {
         std::collections::BTreeMap::from([(bucket, CHAT_COST)])
     );
 }
+
+/// Shared data failing (the ledger unreadable and unwritable): a `stop` agent's call is
+/// refused with a retryable 503 unless `ledger_unavailable: allow`; agents whose action lets
+/// calls through go on. A forwarded call's charge is kept and lands once shared data works.
+#[test]
+fn an_unreadable_ledger_refuses_stop_agents_unless_allowed() {
+    let cases = [
+        // (config, refused)
+        (CONFIG, true),
+        (
+            r#"{"agents":{"bot":{"daily_usd":10,"monthly_usd":100}},"ledger_unavailable":"refuse"}"#,
+            true,
+        ),
+        (
+            r#"{"agents":{"bot":{"daily_usd":10,"monthly_usd":100}},"ledger_unavailable":"allow"}"#,
+            false,
+        ),
+        (
+            r#"{"agents":{"bot":{"daily_usd":10,"monthly_usd":100,"action":"alert"}}}"#,
+            false,
+        ),
+    ];
+    for (config, refused) in cases {
+        let (host, worker) = setup(config);
+        host.fail_shared_data(Some(2));
+        let ran = run_call(&host, &worker, &Exchange::openai("bot", OPENAI_CHAT));
+        assert_eq!(
+            matches!(ran.head.action, HeadAction::Reply(_)),
+            refused,
+            "{config}"
+        );
+        assert!(
+            metric(&host, &worker, "agent_budget_ledger_errors.reason.host") >= 1,
+            "{config}"
+        );
+        host.fail_shared_data(None);
+        worker.tick(&host);
+        if refused {
+            let reply = reply_of(&ran.head);
+            assert_eq!(reply.status, 503, "{config}");
+            assert_eq!(header(&reply.headers, "x-should-retry"), Some("true"));
+            assert_eq!(header(&reply.headers, "retry-after"), Some("1"));
+            assert_eq!(json(&reply.body)["error"]["code"], "budget_unavailable");
+            assert_eq!(metric(&host, &worker, "agent_budget_rejected.agent.bot"), 1);
+            assert_eq!(spent(&host, &worker, "bot"), (0, 0), "{config}");
+        } else {
+            // Booked on the retry: nothing spent unmetered.
+            assert_eq!(
+                spent(&host, &worker, "bot"),
+                (CHAT_COST, CHAT_COST),
+                "{config}"
+            );
+        }
+    }
+}

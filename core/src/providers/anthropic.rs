@@ -211,6 +211,7 @@ pub fn error_body(kind: ErrorKind, message: &str) -> Vec<u8> {
         ErrorKind::BudgetExceeded => "rate_limit_error",
         ErrorKind::InvalidRequest => "invalid_request_error",
         ErrorKind::PermissionDenied => "permission_error",
+        ErrorKind::Unavailable => "api_error",
     };
     let body = serde_json::json!({"type": "error", "error": {"type": kind, "message": message}});
     serde_json::to_vec(&body).unwrap_or_default()

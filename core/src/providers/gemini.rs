@@ -237,6 +237,7 @@ pub fn error_body(kind: ErrorKind, message: &str) -> Vec<u8> {
         ErrorKind::BudgetExceeded => "RESOURCE_EXHAUSTED",
         ErrorKind::InvalidRequest => "INVALID_ARGUMENT",
         ErrorKind::PermissionDenied => "PERMISSION_DENIED",
+        ErrorKind::Unavailable => "UNAVAILABLE",
     };
     let body = serde_json::json!({
         "error": {"code": kind.status(), "message": message, "status": status}

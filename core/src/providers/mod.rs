@@ -432,6 +432,8 @@ pub enum ErrorKind {
     InvalidRequest,
     /// 403: the agent has no budget here.
     PermissionDenied,
+    /// 503: the budget cannot be read now (shared data failing); retrying later may help.
+    Unavailable,
 }
 
 impl ErrorKind {
@@ -440,6 +442,7 @@ impl ErrorKind {
             ErrorKind::BudgetExceeded => 429,
             ErrorKind::InvalidRequest => 400,
             ErrorKind::PermissionDenied => 403,
+            ErrorKind::Unavailable => 503,
         }
     }
 }

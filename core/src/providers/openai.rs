@@ -322,6 +322,7 @@ pub fn error_body(kind: ErrorKind, message: &str) -> Vec<u8> {
         ErrorKind::BudgetExceeded => ("budget_exceeded", "budget_exceeded"),
         ErrorKind::InvalidRequest => ("invalid_request_error", "agent_not_identified"),
         ErrorKind::PermissionDenied => ("permission_denied", "agent_unknown"),
+        ErrorKind::Unavailable => ("service_unavailable", "budget_unavailable"),
     };
     let body = serde_json::json!({
         "error": {"message": message, "type": kind, "param": null, "code": code}

@@ -184,12 +184,19 @@ fn folded_agents_are_counted_and_get_no_gauges() {
 fn host_errors_are_counted_per_call_on_the_tick() {
     let host = FakeHost::new().at_unix_secs(NOW);
     let worker = worker();
-    for (call, times) in [("get_buffer", 2), ("set_header", 1), ("send_local_reply", 3)] {
+    for (call, times) in [
+        ("get_buffer", 2),
+        ("set_header", 1),
+        ("send_local_reply", 3),
+    ] {
         for _ in 0..times {
             worker.host_error(call, &HostError::Status(2));
         }
     }
-    assert_eq!(host.metric("agent_budget_host_errors.reason.get_buffer"), None);
+    assert_eq!(
+        host.metric("agent_budget_host_errors.reason.get_buffer"),
+        None
+    );
     worker.tick(&host);
     assert_eq!(
         host.metric("agent_budget_host_errors.reason.get_buffer"),
@@ -203,5 +210,8 @@ fn host_errors_are_counted_per_call_on_the_tick() {
         host.metric("agent_budget_host_errors.reason.send_local_reply"),
         Some(3)
     );
-    assert_eq!(host.metric("agent_budget_host_errors.reason.get_property"), None);
+    assert_eq!(
+        host.metric("agent_budget_host_errors.reason.get_property"),
+        None
+    );
 }
