@@ -241,3 +241,53 @@ def test_a_flood_of_distinct_ids_keeps_stats_and_memory_bounded(gateway):
         with open(figures, "w") as out:
             json.dump({"before": before, "after": after}, out)
     assert grown_kib < 64 * 1024, (before, after)
+
+
+def without_ids(body: bytes) -> list:
+    """A response body's events (or its one JSON object) with the mock's per-call id and
+    time left out, so a direct answer and one through the gateway compare equal."""
+    texts = [line[len(b"data: "):] for line in body.split(b"\n") if line.startswith(b"data: ")] or [body]
+    out = []
+    for text in texts:
+        if text == b"[DONE]":
+            out.append("[DONE]")
+            continue
+        value = json.loads(text)
+        value.pop("id", None)
+        value.pop("created", None)
+        out.append(value)
+    return out
+
+
+def test_mislabelled_responses_reach_the_client_unchanged_and_are_counted(gateway, mock):
+    """The content type says how the filter meters a response: a JSON body labelled as a
+    stream has no events (counted `no_usage`), a stream labelled as JSON is not JSON
+    (counted `malformed`), an unknown label is read as JSON. Either way the client gets the
+    body as the provider sent it, and nothing lands on another agent."""
+    gw = gateway(CONFIG)
+    cases = [
+        # (name, request body, the provider's label, outcome, unmetered reason)
+        ("json_labelled_sse", chat_body(), "text/event-stream", "unmetered", "no_usage"),
+        ("json_labelled_text", chat_body(), "text/plain", "allowed", None),
+        # The client asks for the usage report itself: the filter then leaves the request as
+        # it is (it cannot cut a report it added from a stream it does not see as one).
+        ("sse_labelled_json", json.dumps({**json.loads(chat_body(stream=True)),
+                                          "stream_options": {"include_usage": True}}).encode(),
+         JSON, "unmetered", "malformed"),
+    ]
+    for name, body, label, outcome, reason in cases:
+        before = gw.stats()
+        direct = call(mock.port, body, None, **{"x-mock-content-type": label})
+        via = call(gw.port, body, "a", **{"x-mock-content-type": label})
+        assert via.status == direct.status == 200, (name, via.status, via.body[:200])
+        assert via.headers.get("content-type") == label, name
+        assert without_ids(via.body) == without_ids(direct.body), name
+        after = gw.stats()
+        delta = lambda metric, **labels: (after.value(metric, **labels) or 0) - (before.value(metric, **labels) or 0)  # noqa: E731
+        assert delta("agent_budget_calls", agent="a", outcome=outcome) == 1, name
+        if reason:
+            assert delta("agent_budget_unmetered", reason=reason) == 1, name
+            assert delta("agent_budget_spend_micro_usd", agent="a", period="daily") == 0, name
+        else:
+            assert delta("agent_budget_spend_micro_usd", agent="a", period="daily") == CALL_COST, name
+    bystander_pays_exactly_its_own(gw, 1, a=CALL_COST)

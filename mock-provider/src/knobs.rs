@@ -30,6 +30,8 @@ pub struct Knobs<'a> {
     pub chunk_delay: Duration,
     pub gzip: bool,
     pub no_usage: bool,
+    /// Labels the response with this content type instead of the true one.
+    pub content_type: Option<&'a str>,
 }
 
 impl<'a> Knobs<'a> {
@@ -81,6 +83,7 @@ impl<'a> Knobs<'a> {
                     "identity" | "" => k.gzip = false,
                     _ => return Err(format!("header {name}: only gzip is supported")),
                 },
+                "content-type" => k.content_type = Some(text),
                 "no-usage" => {
                     k.no_usage = !matches!(text.to_ascii_lowercase().as_str(), "0" | "false" | "no")
                 }
@@ -144,6 +147,7 @@ pub(crate) mod tests {
             ("x-mock-no-usage", "1"),
             ("x-mock-chunks", "0"),
             ("x-mock-delay-ms", "5"),
+            ("x-mock-content-type", "text/plain"),
         ]);
         let k = Knobs::from_headers(&h).unwrap();
         assert_eq!(k.input_tokens(1), 100);
@@ -153,6 +157,7 @@ pub(crate) mod tests {
         assert!(k.gzip && k.no_usage);
         assert_eq!(k.content_chunks(50), 0);
         assert_eq!(k.delay, Duration::from_millis(5));
+        assert_eq!(k.content_type, Some("text/plain"));
     }
 
     #[test]

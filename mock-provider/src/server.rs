@@ -258,7 +258,8 @@ async fn provider(req: Request<Incoming>, api: Api, stats: &'static Stats) -> Re
             };
             let mut resp = Response::new(body);
             *resp.status_mut() = status;
-            resp.headers_mut().insert(CONTENT_TYPE, JSON);
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, labelled(&knobs, JSON));
             if gzipped {
                 resp.headers_mut()
                     .insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
@@ -279,11 +280,20 @@ async fn provider(req: Request<Incoming>, api: Api, stats: &'static Stats) -> Re
             } else {
                 HeaderValue::from_static("text/event-stream")
             };
-            h.insert(CONTENT_TYPE, content_type);
+            h.insert(CONTENT_TYPE, labelled(&knobs, content_type));
             h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             resp
         }
     }
+}
+
+/// The content type a reply is labelled with: its own, unless `x-mock-content-type` says
+/// otherwise (a mislabelled response).
+fn labelled(knobs: &Knobs, own: HeaderValue) -> HeaderValue {
+    knobs
+        .content_type
+        .and_then(|label| HeaderValue::from_str(label).ok())
+        .unwrap_or(own)
 }
 
 fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
@@ -719,6 +729,31 @@ mod tests {
         .await;
         assert_eq!(v["model"], "from-body");
         assert_eq!(stats.totals().0.calls, 5);
+    }
+
+    #[tokio::test]
+    async fn content_type_knob_mislabels_json_and_streams() {
+        let (addr, _stats) = start().await;
+        let label = "x-mock-content-type: text/event-stream\r\n";
+        let out = exchange(
+            addr,
+            &post(
+                "/v1/chat/completions",
+                label,
+                r#"{"model":"m","messages":[]}"#,
+                true,
+            ),
+        )
+        .await;
+        let (head, data) = split(&out);
+        assert!(head.contains("content-type: text/event-stream"), "{head}");
+        assert!(serde_json::from_str::<Value>(&data).is_ok(), "{data}");
+        let label = "x-mock-content-type: application/json\r\n";
+        let body = r#"{"model":"m","stream":true,"messages":[]}"#;
+        let out = exchange(addr, &post("/v1/chat/completions", label, body, true)).await;
+        let (head, data) = split(&out);
+        assert!(head.contains("content-type: application/json"), "{head}");
+        assert!(data.starts_with("data: "), "{data}");
     }
 
     #[tokio::test]
