@@ -173,7 +173,8 @@ def plugin_config() -> dict:
 
 
 def envoy_bootstrap(variant: str, upstream: int, wasm: Path | None = None,
-                    budget_headers: str | None = None) -> tuple[dict, int, int]:
+                    budget_headers: str | None = None,
+                    access_log: bool = True) -> tuple[dict, int, int]:
     """The shipped bootstrap (ports swapped in). variant: "filter" as shipped, "plain" with
     the agent_budget wasm filter removed (everything else identical, the compressor filter
     included), "wasm" with the filter's .wasm replaced by `wasm` (a generated module).
@@ -187,6 +188,8 @@ def envoy_bootstrap(variant: str, upstream: int, wasm: Path | None = None,
     listeners = config["static_resources"]["listeners"]
     listeners[:] = [entry for entry in listeners if entry["name"] != harness.OPS_LISTENER]
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    if not access_log:
+        assert hcm.pop("access_log", None) is not None, "the shipped bootstrap has an access log"
     if variant == "plain":
         before = len(hcm["http_filters"])
         hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "agent_budget"]
@@ -205,10 +208,11 @@ class Envoy:
     def __init__(self, name: str, variant: str, upstream: int, concurrency: int = 1,
                  log_level: str = "info", extra_args: list[str] | None = None,
                  cpus: str | None = ENVOY_CPU, wasm: Path | None = None,
-                 budget_headers: str | None = None) -> None:
+                 budget_headers: str | None = None, access_log: bool = True) -> None:
         self.name = name
         self.variant = variant
-        config, self.port, self.admin = envoy_bootstrap(variant, upstream, wasm, budget_headers)
+        config, self.port, self.admin = envoy_bootstrap(variant, upstream, wasm, budget_headers,
+                                                        access_log)
         self.dir = tmpdir(f"bench-envoy-{name}-")
         (self.dir / "envoy.yaml").write_text(yaml.safe_dump(config))
         self.log_path = self.dir / "envoy.log"
@@ -254,8 +258,18 @@ SIDE_LABELS = {
     "filter": "agent-budget, budget_headers: all",
     "filter-none": "agent-budget, budget_headers: none",
 }
+# Sides of the cost breakdown only (profile phase): the replica without part of its host
+# calls, and Envoy without the shipped access log (the attribution records' line per call).
+SIDE_LABELS.update({
+    "replica-no-ledger": "replica without its 4 shared-data calls",
+    "replica-no-headers": "replica without its 4 response-header writes",
+    "plain-no-access-log": "plain Envoy, no access log",
+    "filter-no-access-log": "agent-budget (all), no access log",
+})
 LOAD_SIDES = ["plain", "noop", "filter", "filter-none"]
 PROFILE_SIDES = ["plain", "noop", "replica", "filter"]
+ABLATION_SIDES = PROFILE_SIDES + ["replica-no-ledger", "replica-no-headers",
+                                  "plain-no-access-log", "filter-no-access-log"]
 
 
 def start_side(side: str, mock: Mock, name: str | None = None, **envoy_args) -> Envoy:
@@ -273,6 +287,22 @@ def start_side(side: str, mock: Mock, name: str | None = None, **envoy_args) -> 
         return Envoy(name, "filter", mock.port, **envoy_args)
     if side == "filter-none":
         return Envoy(name, "filter", mock.port, budget_headers="none", **envoy_args)
+    if side == "replica-no-ledger":
+        source = (REPLICA_LIB.replace("let _ = hostcalls::get_shared_data(LEDGER);\n", "")
+                  .replace("let _ = hostcalls::set_shared_data(LEDGER, Some(&VALUE), None);\n", "")
+                  .replace("            charge();\n", ""))
+        # Left: the uncalled charge() (on_configure's write goes too: nothing reads the key).
+        assert source.count("shared_data") == 2 and "charge();" not in source, "replica changed"
+        return Envoy(name, "wasm", mock.port, wasm=build_wasm_module("replica-no-ledger", source),
+                     **envoy_args)
+    if side == "replica-no-headers":
+        source = "\n".join(line for line in REPLICA_LIB.split("\n")
+                           if "set_http_response_header(" not in line)
+        assert source.count("\n") == REPLICA_LIB.count("\n") - 4, "replica's header writes moved"
+        return Envoy(name, "wasm", mock.port, wasm=build_wasm_module("replica-no-headers", source),
+                     **envoy_args)
+    if side in ("plain-no-access-log", "filter-no-access-log"):
+        return Envoy(name, side.split("-")[0], mock.port, access_log=False, **envoy_args)
     raise ValueError(f"unknown side {side!r}: one of {', '.join(SIDE_LABELS)}")
 
 
@@ -283,7 +313,8 @@ def check_side(envoy: Envoy, side: str) -> None:
         r = harness.request(envoy.port, "POST", path, body.encode(), CLIENT_HEADERS)
         assert r.status == 200, (side, api, r.status, r.body[:300])
         has = "x-agent-budget-remaining-usd" in r.headers
-        assert has == (side in ("filter", "replica")), (side, api, "x-agent-budget-remaining-usd", has)
+        shows = side in ("filter", "replica", "replica-no-ledger", "filter-no-access-log")
+        assert has == shows, (side, api, "x-agent-budget-remaining-usd", has)
 
 
 # ---------------------------------------------------------------------------------------
@@ -979,10 +1010,11 @@ def phase_profile(results: dict, args, mock: Mock, sides: list[Envoy]) -> None:
         f"{k} {v['rps']:.0f} req/s ({v['ratio']:.3f}x, {v['cpu_us_per_req']:.1f} us CPU/req)"
         for k, v in ablation.items()))
     profiles = {}
+    perf_sides = [t for t in sides if t.name in PROFILE_SIDES]
     if shutil.which("perf") and subprocess.run(
             ["perf", "record", "-e", "cpu-clock", "-o", "/dev/null", "true"],
             capture_output=True).returncode == 0:
-        for t in sides:
+        for t in perf_sides:
             profiles[t.name] = perf_profile(t, mock, script, args.profile_duration)
             p = profiles[t.name]
             log(f"profile {t.name}: {p['cpu_us_per_req']:.1f} us CPU/req: wasm code "
@@ -1249,12 +1281,14 @@ def render(results: dict) -> str:
         L.append("")
         L.append("Ablation (interleaved repetitions, medians): the same Envoy with no wasm filter; with a "
                  "do-nothing Rust proxy-wasm filter (same SDK and profile); with a module that makes "
-                 "agent-budget's host calls for such a call (its row in table 2) and nothing else; with "
-                 "agent-budget as shipped.")
+                 "agent-budget's host calls for such a call (its row in table 2) and nothing else, and "
+                 "that module without its ledger or its header calls; with agent-budget as shipped; "
+                 "and plain Envoy and agent-budget without the shipped access log (the attribution "
+                 "record's line per call is Envoy's work, not the filter's).")
         L.append("")
         L.append("| Envoy with | req/s | vs plain | Envoy CPU us/req | p50 (ms) |")
         L.append("|---|---:|---:|---:|---:|")
-        for name in PROFILE_SIDES:
+        for name in [n for n in ABLATION_SIDES if n in ab]:
             x = ab[name]
             L.append(f"| {SIDE_LABELS[name]} | {x['rps']:.0f} | {x['ratio']:.3f} | {x['cpu_us_per_req']:.1f} | "
                      f"{x['p50_us'] / 1e3:.2f} |")
@@ -1425,7 +1459,7 @@ def main() -> int:
         if "load" in phases:
             timed("load", phase_load, args, mock, [side(n) for n in args.sides])
         if "profile" in phases:
-            timed("profile", phase_profile, args, mock, [side(n) for n in PROFILE_SIDES])
+            timed("profile", phase_profile, args, mock, [side(n) for n in ABLATION_SIDES])
         if "stream" in phases:
             timed("stream", phase_stream, args, side("plain"), side("filter"))
         for e in envoys.values():
