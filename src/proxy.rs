@@ -10,7 +10,7 @@
 //! logs at critical level with the agent of the call being processed before the VM dies.
 
 use crate::wire;
-use agent_budget_core::config::Config;
+use agent_budget_core::config::{Config, IdentitySource};
 use agent_budget_core::filter::{
     Call, ChunkOutcome, EndCause, HeadAction, HeaderEdits, LocalReply, RequestHead, ResponseHead,
 };
@@ -644,10 +644,17 @@ impl HttpContext for AgentBudgetHttp {
             cluster_name,
             ..RequestHead::default()
         };
+        let keys_name_agent = matches!(config.identity, IdentitySource::ApiKey(_));
         let headers = header_map_or_empty(&worker, MapType::HttpRequestHeaders);
         for (name, value) in wire::pairs(&headers) {
             if name == ":path" {
                 head.path = value.to_string();
+            } else if keys_name_agent && name == "authorization" {
+                head.credentials.authorization = Some(value.to_string());
+            } else if keys_name_agent && name == "x-api-key" {
+                head.credentials.x_api_key = Some(value.to_string());
+            } else if keys_name_agent && name == "x-goog-api-key" {
+                head.credentials.x_goog_api_key = Some(value.to_string());
             } else if name == "content-length" {
                 head.content_length = value.trim().parse().ok();
             } else if name == "accept-encoding" {

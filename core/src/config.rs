@@ -93,6 +93,116 @@ pub struct RawConfig {
     status_page: Option<RawStatusPage>,
     #[serde(default)]
     anomaly: Option<RawAnomaly>,
+    #[serde(default)]
+    identity: Option<RawIdentity>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    #[serde(default)]
+    source: Option<RawIdentitySource>,
+    #[serde(default)]
+    api_keys: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RawIdentitySource {
+    Header,
+    ApiKey,
+}
+
+/// SHA-256 digests of provider API keys, each naming the agent the key belongs to.
+/// Debug shows only the count, so a printed config never carries a digest.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ApiKeys(BTreeMap<[u8; 32], String>);
+
+impl ApiKeys {
+    pub fn agent(&self, digest: &[u8; 32]) -> Option<&str> {
+        self.0.get(digest).map(String::as_str)
+    }
+}
+
+impl fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ApiKeys({} keys)", self.0.len())
+    }
+}
+
+/// Where a call's agent comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum IdentitySource {
+    /// The agent header, as the client sent it (for trusted callers).
+    #[default]
+    Header,
+    /// The provider API key the call carries; the agent header is ignored and removed.
+    ApiKey(ApiKeys),
+}
+
+fn parse_digest(hex: &str) -> Option<[u8; 32]> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut digest = [0u8; 32];
+    for (out, pair) in digest.iter_mut().zip(bytes.chunks_exact(2)) {
+        let high = char::from(*pair.first()?).to_digit(16)?;
+        let low = char::from(*pair.get(1)?).to_digit(16)?;
+        *out = u8::try_from(high * 16 + low).ok()?;
+    }
+    Some(digest)
+}
+
+fn identity_config(
+    raw: RawIdentity,
+    agents: &BTreeMap<String, AgentBudget>,
+) -> Result<IdentitySource, ConfigError> {
+    match raw.source.unwrap_or(RawIdentitySource::Header) {
+        RawIdentitySource::Header => {
+            if !raw.api_keys.is_empty() {
+                return Err(ConfigError::new(
+                    "identity.api_keys",
+                    "only used with `source: api_key`",
+                ));
+            }
+            Ok(IdentitySource::Header)
+        }
+        RawIdentitySource::ApiKey => {
+            if raw.api_keys.is_empty() {
+                return Err(ConfigError::new(
+                    "identity.api_keys",
+                    "`source: api_key` needs at least one key digest",
+                ));
+            }
+            let mut keys = BTreeMap::new();
+            for (index, (hex, agent)) in raw.api_keys.into_iter().enumerate() {
+                // The digest is not echoed in the error: the entry's position names it.
+                let Some(digest) = parse_digest(&hex) else {
+                    return Err(ConfigError::new(
+                        "identity.api_keys",
+                        format!(
+                            "key #{} is not a SHA-256 digest (64 hex characters)",
+                            index + 1
+                        ),
+                    ));
+                };
+                if !agents.contains_key(&agent) {
+                    return Err(ConfigError::new(
+                        "identity.api_keys",
+                        format!("agent `{agent}` is not in `agents`"),
+                    ));
+                }
+                if keys.insert(digest, agent).is_some() {
+                    return Err(ConfigError::new(
+                        "identity.api_keys",
+                        format!("key #{} repeats another key's digest", index + 1),
+                    ));
+                }
+            }
+            Ok(IdentitySource::ApiKey(ApiKeys(keys)))
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -433,6 +543,7 @@ pub struct Config {
     pub alerts: Option<AlertsConfig>,
     pub status_page: StatusPageConfig,
     pub anomaly: AnomalyConfig,
+    pub identity: IdentitySource,
 }
 
 pub const DEFAULT_SOFT_THRESHOLD: f64 = 0.8;
@@ -915,6 +1026,11 @@ impl TryFrom<RawConfig> for Config {
             Some(raw_anomaly) => anomaly_config(raw_anomaly)?,
             None => AnomalyConfig::default(),
         };
+        let identity = raw
+            .identity
+            .map(|raw_identity| identity_config(raw_identity, &agents))
+            .transpose()?
+            .unwrap_or_default();
 
         Ok(Config {
             agent_header,
@@ -938,6 +1054,7 @@ impl TryFrom<RawConfig> for Config {
             alerts,
             status_page,
             anomaly,
+            identity,
         })
     }
 }

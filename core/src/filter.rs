@@ -13,10 +13,12 @@
 use crate::alerts::{Alert, Trigger};
 use crate::attribution::{self, Attribution, Format, Outcome};
 use crate::booking::{Booking, Settled, Trouble};
-use crate::config::{AgentBudget, BudgetHeaders, Config, LedgerUnavailable, LimitAction};
+use crate::config::{
+    AgentBudget, BudgetHeaders, Config, IdentitySource, LedgerUnavailable, LimitAction,
+};
 use crate::degrade::{self, Rewrite};
 use crate::host::Host;
-use crate::identity::{identify, Identity};
+use crate::identity::{api_key_agent, identify, Credentials, Identity};
 use crate::ledger::{Account, AccountKey, Ledger};
 use crate::metrics::{AgentCounter, AgentId, CallOutcome, Counter, ModelCounter, ReasonCounter};
 use crate::period::Period;
@@ -48,6 +50,8 @@ pub struct RequestHead {
     /// Envoy's route and cluster names, read only when `api_overrides` match on them.
     pub route_name: Option<String>,
     pub cluster_name: Option<String>,
+    /// Read only when the API key names the agent (`identity.source: api_key`).
+    pub credentials: Credentials,
 }
 
 /// How Envoy finished with a call whose response had not ended.
@@ -253,6 +257,30 @@ impl Call {
     pub fn on_request_headers(&mut self, host: &dyn Host, head: RequestHead) -> HeadOutcome {
         let worker = Rc::clone(&self.worker);
         let config = &worker.config;
+        let agent = match &config.identity {
+            IdentitySource::Header => head.agent.as_deref(),
+            IdentitySource::ApiKey(keys) => api_key_agent(keys, &head.credentials),
+        };
+        // The key names the agent: a client's agent header must not reach the provider
+        // (or anything after this filter) as if it were the identity.
+        let remove_agent_header =
+            matches!(config.identity, IdentitySource::ApiKey(_)) && head.agent.is_some();
+        let agent = agent.map(str::to_string);
+        let mut outcome = self.decide_request_headers(host, &head, agent.as_deref());
+        if remove_agent_header && !matches!(outcome.action, HeadAction::Reply(_)) {
+            outcome.edits.remove.push(config.agent_header.clone());
+        }
+        outcome
+    }
+
+    fn decide_request_headers(
+        &mut self,
+        host: &dyn Host,
+        head: &RequestHead,
+        agent: Option<&str>,
+    ) -> HeadOutcome {
+        let worker = Rc::clone(&self.worker);
+        let config = &worker.config;
         let detected = config.detect_api(
             &head.path,
             head.route_name.as_deref(),
@@ -266,12 +294,7 @@ impl Call {
         let requested_model = detected.and_then(|d| path_model(config, d));
         // A call the filter does not meter is refused in the OpenAI shape.
         let reply_api = api.unwrap_or(Api::OpenAiChat);
-        let identity = match identify(
-            config,
-            head.agent.as_deref(),
-            head.task.as_deref(),
-            head.user.as_deref(),
-        ) {
+        let identity = match identify(config, agent, head.task.as_deref(), head.user.as_deref()) {
             Ok(identity) => identity,
             Err(unattributed) => {
                 worker.metrics.count(
@@ -279,11 +302,13 @@ impl Call {
                     1,
                 );
                 self.stage = Stage::Refused;
-                return reply_only(replies::unattributed(
-                    reply_api,
-                    &unattributed,
-                    &config.agent_header,
-                ));
+                let reply = match config.identity {
+                    IdentitySource::Header => {
+                        replies::unattributed(reply_api, &unattributed, &config.agent_header)
+                    }
+                    IdentitySource::ApiKey(_) => replies::no_agent_key(reply_api),
+                };
+                return reply_only(reply);
             }
         };
         let now = host.now_unix_secs();

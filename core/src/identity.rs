@@ -4,7 +4,54 @@
 //! `default` budget's name live in [`crate::config`], which validates the configured agents
 //! with them, and this module applies the same rule to each call's header.
 
-use crate::config::{is_valid_agent_id, Config, Unidentified, DEFAULT_BUDGET};
+use crate::config::{is_valid_agent_id, ApiKeys, Config, Unidentified, DEFAULT_BUDGET};
+use sha2::{Digest, Sha256};
+use std::fmt;
+
+/// The request's credential headers, read only when `identity.source` is `api_key`.
+/// Debug hides the values: they are provider keys.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    /// `authorization` (OpenAI style `Bearer <key>`).
+    pub authorization: Option<String>,
+    /// `x-api-key` (Anthropic).
+    pub x_api_key: Option<String>,
+    /// `x-goog-api-key` (Gemini).
+    pub x_goog_api_key: Option<String>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("authorization", &self.authorization.is_some())
+            .field("x_api_key", &self.x_api_key.is_some())
+            .field("x_goog_api_key", &self.x_goog_api_key.is_some())
+            .finish()
+    }
+}
+
+/// The call's API key: the bearer token, else `x-api-key`, else `x-goog-api-key`.
+pub fn api_key(credentials: &Credentials) -> Option<&str> {
+    let bearer = credentials.authorization.as_deref().and_then(|value| {
+        let (scheme, token) = value.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    });
+    [
+        bearer,
+        credentials.x_api_key.as_deref().map(str::trim),
+        credentials.x_goog_api_key.as_deref().map(str::trim),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|key| !key.is_empty())
+}
+
+/// The agent whose key the call carries, if the key is a configured one.
+pub fn api_key_agent<'a>(keys: &'a ApiKeys, credentials: &Credentials) -> Option<&'a str> {
+    let key = api_key(credentials)?;
+    let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+    keys.agent(&digest)
+}
 
 /// Task and user ids are attribution metadata only: bounded and printable, or dropped.
 pub fn sanitize_attribute(value: Option<&str>) -> Option<String> {

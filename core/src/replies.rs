@@ -46,6 +46,19 @@ pub fn unattributed(api: Api, why: &Unattributed, agent_header: &str) -> LocalRe
     error(api, kind, &message, Vec::new())
 }
 
+/// The 401 of a call without the API key of a configured agent (`identity.source: api_key`).
+/// The key is not echoed.
+pub fn no_agent_key(api: Api) -> LocalReply {
+    let mut reply = error(
+        api,
+        ErrorKind::InvalidRequest,
+        "No API key of a configured agent: at this gateway the API key names the agent.",
+        Vec::new(),
+    );
+    reply.status = 401;
+    reply
+}
+
 /// The 429 of a call `line` refuses for `budget`: what was used up and when it resets, and
 /// the call's worst case if that is what did not fit. `with_budget_headers` adds the
 /// `x-agent-budget-*` headers of the line; `retry-after` is always there.

@@ -112,6 +112,7 @@ fn play(flags: [u8; 3], request: &[u8], pieces: &[&[u8]]) -> Played {
             content_length: Some(request.len() as u64),
             route_name: None,
             cluster_name: None,
+            credentials: Default::default(),
         },
     );
     let body = match head.action {

@@ -367,3 +367,72 @@ fn anomaly_rejections_name_the_field() {
         }
     }
 }
+
+const ALPHA_DIGEST: &str = "2179e632e89277f18aa600491b68ad55121fd6caa045e047fdeb426088a5a5f1";
+
+#[test]
+fn identity_source_and_its_errors() {
+    let with_identity = |identity: serde_json::Value| {
+        let config = json!({"agents": {"alpha": {"daily_usd": 1}}, "identity": identity});
+        Config::from_bytes(config.to_string().as_bytes())
+    };
+    let none = Config::from_bytes(br#"{"agents":{"alpha":{"daily_usd":1}}}"#).unwrap();
+    assert_eq!(none.identity, IdentitySource::Header);
+    assert_eq!(
+        with_identity(json!({"source": "header"})).unwrap().identity,
+        IdentitySource::Header
+    );
+    let keyed =
+        with_identity(json!({"source": "api_key", "api_keys": {ALPHA_DIGEST: "alpha"}})).unwrap();
+    let IdentitySource::ApiKey(keys) = &keyed.identity else {
+        panic!("api_key source expected");
+    };
+    let digest = parse_digest(ALPHA_DIGEST).unwrap();
+    assert_eq!(keys.agent(&digest), Some("alpha"));
+    // Upper-case hex is the same digest; Debug never shows one.
+    let upper = with_identity(
+        json!({"source": "api_key", "api_keys": {ALPHA_DIGEST.to_uppercase(): "alpha"}}),
+    )
+    .unwrap();
+    assert_eq!(upper.identity, keyed.identity);
+    assert!(!format!("{keyed:?}").contains("2179e6"));
+
+    let short = &ALPHA_DIGEST[..63];
+    let not_hex = format!("{}g", &ALPHA_DIGEST[..63]);
+    let cases = [
+        (
+            json!({"source": "api_key"}),
+            "field `identity.api_keys`: `source: api_key` needs at least one key digest",
+        ),
+        (
+            json!({"source": "api_key", "api_keys": {short: "alpha"}}),
+            "field `identity.api_keys`: key #1 is not a SHA-256 digest (64 hex characters)",
+        ),
+        (
+            json!({"source": "api_key", "api_keys": {not_hex: "alpha"}}),
+            "field `identity.api_keys`: key #1 is not a SHA-256 digest (64 hex characters)",
+        ),
+        (
+            json!({"source": "api_key", "api_keys": {ALPHA_DIGEST: "ghost"}}),
+            "field `identity.api_keys`: agent `ghost` is not in `agents`",
+        ),
+        (
+            json!({"source": "api_key", "api_keys": {ALPHA_DIGEST: "alpha", ALPHA_DIGEST.to_uppercase(): "alpha"}}),
+            "field `identity.api_keys`: key #2 repeats another key's digest",
+        ),
+        (
+            json!({"api_keys": {ALPHA_DIGEST: "alpha"}}),
+            "field `identity.api_keys`: only used with `source: api_key`",
+        ),
+        (json!({"source": "token"}), "field `identity.source`"),
+        (json!({"sauce": "header"}), "field `identity"),
+    ];
+    for (identity, want) in cases {
+        let error = with_identity(identity.clone()).unwrap_err().to_string();
+        assert!(
+            error.starts_with(&format!("invalid configuration: {want}")),
+            "{identity}: {error}"
+        );
+        assert!(!error.contains("2179e6"), "{error}");
+    }
+}

@@ -2256,3 +2256,59 @@ fn an_unreadable_ledger_refuses_stop_agents_unless_allowed() {
         }
     }
 }
+
+#[test]
+fn the_api_key_names_the_agent_and_the_agent_header_is_removed() {
+    // sha256("sk-alpha")
+    let (host, worker) = setup(
+        r#"{"identity":{"source":"api_key","api_keys":{"2179e632e89277f18aa600491b68ad55121fd6caa045e047fdeb426088a5a5f1":"alpha"}},
+            "agents":{"alpha":{"daily_usd":1},"beta":{"daily_usd":1}}}"#,
+    );
+    let bearer = |key: &str| crate::identity::Credentials {
+        authorization: Some(format!("Bearer {key}")),
+        ..Default::default()
+    };
+    // (credentials, agent header, refused with, agent header removed)
+    let cases = [
+        (bearer("sk-alpha"), Some("beta"), None, true),
+        (bearer("sk-alpha"), None, None, false),
+        (bearer("sk-beta"), Some("beta"), Some(401), false),
+        (Default::default(), Some("alpha"), Some(401), false),
+    ];
+    for (credentials, agent, refused, removed) in cases {
+        let mut call = Call::new(Rc::clone(&worker));
+        let head = call.on_request_headers(
+            &host,
+            RequestHead {
+                path: CHAT_PATH.to_string(),
+                agent: agent.map(str::to_string),
+                has_body: true,
+                credentials,
+                ..RequestHead::default()
+            },
+        );
+        match refused {
+            Some(status) => assert_eq!(reply_of(&head).status, status, "{agent:?}"),
+            None => assert!(!matches!(head.action, HeadAction::Reply(_)), "{agent:?}"),
+        }
+        assert_eq!(
+            head.edits.remove.contains(&"x-agent-id".to_string()),
+            removed,
+            "{agent:?}"
+        );
+    }
+    // The header mode leaves the agent header alone.
+    let (host, worker) = setup(r#"{"agents":{"beta":{"daily_usd":1}}}"#);
+    let mut call = Call::new(Rc::clone(&worker));
+    let head = call.on_request_headers(
+        &host,
+        RequestHead {
+            path: CHAT_PATH.to_string(),
+            agent: Some("beta".to_string()),
+            has_body: true,
+            credentials: bearer("sk-alpha"),
+            ..RequestHead::default()
+        },
+    );
+    assert!(!head.edits.remove.contains(&"x-agent-id".to_string()));
+}

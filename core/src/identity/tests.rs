@@ -45,3 +45,58 @@ fn sanitizes_attributes() {
     );
     assert_eq!(sanitize_attribute(Some("  ")), None);
 }
+
+const ALPHA_DIGEST: &str = "2179e632e89277f18aa600491b68ad55121fd6caa045e047fdeb426088a5a5f1";
+
+fn credentials(
+    authorization: Option<&str>,
+    x_api_key: Option<&str>,
+    x_goog_api_key: Option<&str>,
+) -> Credentials {
+    Credentials {
+        authorization: authorization.map(str::to_string),
+        x_api_key: x_api_key.map(str::to_string),
+        x_goog_api_key: x_goog_api_key.map(str::to_string),
+    }
+}
+
+#[test]
+fn api_key_names_the_agent() {
+    let json = format!(
+        r#"{{"identity":{{"source":"api_key","api_keys":{{"{ALPHA_DIGEST}":"alpha"}}}},"agents":{{"alpha":{{"daily_usd":1}}}}}}"#
+    );
+    let config = Config::from_bytes(json.as_bytes()).unwrap();
+    let crate::config::IdentitySource::ApiKey(keys) = &config.identity else {
+        panic!("api_key source expected");
+    };
+    let cases: [(Credentials, Option<&str>); 10] = [
+        (
+            credentials(Some("Bearer sk-alpha"), None, None),
+            Some("alpha"),
+        ),
+        (
+            credentials(Some("bearer  sk-alpha "), None, None),
+            Some("alpha"),
+        ),
+        (credentials(None, Some("sk-alpha"), None), Some("alpha")),
+        (credentials(None, None, Some("sk-alpha")), Some("alpha")),
+        (credentials(Some("Bearer sk-other"), None, None), None),
+        (credentials(Some("Basic sk-alpha"), None, None), None),
+        (credentials(Some("sk-alpha"), None, None), None),
+        (
+            credentials(Some("Bearer "), Some("sk-alpha"), None),
+            Some("alpha"),
+        ),
+        // The bearer token is the key when both are sent.
+        (
+            credentials(Some("Bearer sk-other"), Some("sk-alpha"), None),
+            None,
+        ),
+        (credentials(None, None, None), None),
+    ];
+    for (given, want) in cases {
+        assert_eq!(api_key_agent(keys, &given), want, "{given:?}");
+    }
+    let debug = format!("{:?}", credentials(Some("Bearer sk-alpha"), None, None));
+    assert!(!debug.contains("sk-alpha"), "{debug}");
+}
