@@ -19,7 +19,7 @@ use crate::config::{
 use crate::degrade::{self, Rewrite};
 use crate::host::Host;
 use crate::identity::{api_key_agent, identify, Credentials, Identity};
-use crate::ledger::{Account, AccountKey, Ledger};
+use crate::ledger::{Account, AccountKey, Ledger, LedgerError};
 use crate::metrics::{AgentCounter, AgentId, CallOutcome, Counter, ModelCounter, ReasonCounter};
 use crate::period::Period;
 use crate::policy::{self, Crossing, Decision, Line, Misfit, Scope, StopReason};
@@ -265,8 +265,7 @@ impl Call {
         // (or anything after this filter) as if it were the identity.
         let remove_agent_header =
             matches!(config.identity, IdentitySource::ApiKey(_)) && head.agent.is_some();
-        let agent = agent.map(str::to_string);
-        let mut outcome = self.decide_request_headers(host, &head, agent.as_deref());
+        let mut outcome = self.decide_request_headers(host, &head, agent);
         if remove_agent_header && !matches!(outcome.action, HeadAction::Reply(_)) {
             outcome.edits.remove.push(config.agent_header.clone());
         }
@@ -332,7 +331,10 @@ impl Call {
         let (booking, lines) =
             Booking::open(host, &caller.identity, budget, &periods, &mut trouble);
         // Only a host failure: a corrupt value is data trouble, counted, and fails open.
-        let unreadable = trouble.errors.iter().any(|error| error.reason() == "host");
+        let unreadable = trouble
+            .errors
+            .iter()
+            .any(|error| matches!(error, LedgerError::Host { .. }));
         worker.report(trouble);
         if unreadable
             && budget.action == LimitAction::Stop
