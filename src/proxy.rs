@@ -10,7 +10,7 @@
 //! logs at critical level with the agent of the call being processed before the VM dies.
 
 use crate::wire;
-use agent_budget_core::config::{Config, IdentitySource};
+use agent_budget_core::config::{Config, IdentitySource, JWT_AUTHN_NAMESPACE};
 use agent_budget_core::filter::{
     Call, ChunkOutcome, EndCause, HeadAction, HeaderEdits, LocalReply, RequestHead, ResponseHead,
 };
@@ -573,6 +573,21 @@ fn property_or_none(worker: &Worker, path: &[&str]) -> Option<String> {
     })
 }
 
+/// A string claim of the verified JWT: one property read, since Envoy resolves the path into
+/// `jwt_authn`'s dynamic metadata and hands back the claim's string itself.
+fn jwt_claim(worker: &Worker, payload: &str, claim: &str) -> Option<String> {
+    property_or_none(
+        worker,
+        &[
+            "metadata",
+            "filter_metadata",
+            JWT_AUTHN_NAMESPACE,
+            payload,
+            claim,
+        ],
+    )
+}
+
 /// A request on the ops listener: `/budgets` and `/budgets.json` are answered here, anything
 /// else goes on to the route.
 struct StatusHttp {
@@ -669,6 +684,21 @@ impl HttpContext for AgentBudgetHttp {
             } else if name == config.user_header {
                 head.user = Some(value.to_string());
             }
+        }
+        if let IdentitySource::Jwt(claims) = &config.identity {
+            let payload = claims.payload.as_str();
+            head.claims.agent = jwt_claim(&worker, payload, &claims.agent);
+            head.claims.task = claims
+                .task
+                .as_deref()
+                .and_then(|c| jwt_claim(&worker, payload, c));
+            head.claims.user = claims
+                .user
+                .as_deref()
+                .and_then(|c| jwt_claim(&worker, payload, c));
+            let agent = head.claims.agent.as_deref().map(Rc::from);
+            set_current_agent(agent.as_ref());
+            self.agent = agent;
         }
         let declared = head.content_length;
         let outcome = self.call.on_request_headers(&ProxyHost, head);

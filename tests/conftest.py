@@ -23,7 +23,7 @@ def gateway(mock):
     """Starts Envoy gateways in front of this test's mock; stops them afterwards.
 
     gateway(plugin_config, **options) takes harness.Gateway's options (concurrency,
-    as_string, clusters, dynamic, envoy_args) and expect_failure for a configuration
+    as_string, clusters, dynamic, envoy_args, filters_before) and expect_failure for a configuration
     Envoy must refuse.
     """
     started = []

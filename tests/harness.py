@@ -241,6 +241,8 @@ class Gateway:
     clusters: dict = field(default_factory=dict)
     # Extra Envoy command-line arguments, e.g. ["--drain-strategy", "immediate"].
     envoy_args: list = field(default_factory=list)
+    # HTTP filters to run before agent_budget on the gateway listener (e.g. jwt_authn).
+    filters_before: list = field(default_factory=list)
     port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
     # The ops listener's (the status page); static bootstraps only.
@@ -263,6 +265,12 @@ class Gateway:
                                self.as_string, self.ops_port)
         for name, port in self.clusters.items():
             add_static_cluster(config, name, port)
+        if self.filters_before:
+            if self.dynamic:
+                raise ValueError("filters_before applies to static bootstraps only")
+            filters = _hcm(config["static_resources"]["listeners"][0])["http_filters"]
+            at = next(i for i, f in enumerate(filters) if f["name"] == "agent_budget")
+            filters[at:at] = self.filters_before
         path = home / "envoy.yaml"
         path.write_text(yaml.safe_dump(config))
         self.log_path = home / "envoy.log"

@@ -104,6 +104,14 @@ struct RawIdentity {
     source: Option<RawIdentitySource>,
     #[serde(default)]
     api_keys: BTreeMap<String, String>,
+    #[serde(default)]
+    jwt_payload: Option<String>,
+    #[serde(default)]
+    agent_claim: Option<String>,
+    #[serde(default)]
+    task_claim: Option<String>,
+    #[serde(default)]
+    user_claim: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -111,6 +119,7 @@ struct RawIdentity {
 enum RawIdentitySource {
     Header,
     ApiKey,
+    Jwt,
 }
 
 /// SHA-256 digests of provider API keys, each naming the agent the key belongs to.
@@ -138,7 +147,28 @@ pub enum IdentitySource {
     Header,
     /// The provider API key the call carries; the agent header is ignored and removed.
     ApiKey(ApiKeys),
+    /// Claims of a JWT that Envoy's `jwt_authn` filter verified, read from its dynamic
+    /// metadata; the headers the claims replace are ignored and removed.
+    Jwt(JwtClaims),
 }
+
+/// Where the verified JWT's claims are: `jwt_authn` writes the payload of a verified token to
+/// its dynamic metadata under the provider's `payload_in_metadata` name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtClaims {
+    /// The `payload_in_metadata` name (default `jwt_payload`).
+    pub payload: String,
+    /// The claim naming the agent (default `sub`).
+    pub agent: String,
+    /// Claims naming the task and the user; unset, those come from their headers.
+    pub task: Option<String>,
+    pub user: Option<String>,
+}
+
+/// `jwt_authn`'s dynamic-metadata namespace.
+pub const JWT_AUTHN_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
+const DEFAULT_JWT_PAYLOAD: &str = "jwt_payload";
+const DEFAULT_AGENT_CLAIM: &str = "sub";
 
 fn parse_digest(hex: &str) -> Option<[u8; 32]> {
     let bytes = hex.as_bytes();
@@ -158,7 +188,41 @@ fn identity_config(
     raw: RawIdentity,
     agents: &BTreeMap<String, AgentBudget>,
 ) -> Result<IdentitySource, ConfigError> {
-    match raw.source.unwrap_or(RawIdentitySource::Header) {
+    let source = raw.source.unwrap_or(RawIdentitySource::Header);
+    if !matches!(source, RawIdentitySource::Jwt) {
+        let jwt_fields = [
+            ("identity.jwt_payload", &raw.jwt_payload),
+            ("identity.agent_claim", &raw.agent_claim),
+            ("identity.task_claim", &raw.task_claim),
+            ("identity.user_claim", &raw.user_claim),
+        ];
+        if let Some((field, _)) = jwt_fields.iter().find(|(_, value)| value.is_some()) {
+            return Err(ConfigError::new(*field, "only used with `source: jwt`"));
+        }
+    }
+    match source {
+        RawIdentitySource::Jwt => {
+            if !raw.api_keys.is_empty() {
+                return Err(ConfigError::new(
+                    "identity.api_keys",
+                    "only used with `source: api_key`",
+                ));
+            }
+            let name = |field: &'static str, value: Option<String>| match value {
+                Some(value) if value.trim().is_empty() => {
+                    Err(ConfigError::new(field, "must not be empty"))
+                }
+                other => Ok(other),
+            };
+            Ok(IdentitySource::Jwt(JwtClaims {
+                payload: name("identity.jwt_payload", raw.jwt_payload)?
+                    .unwrap_or_else(|| DEFAULT_JWT_PAYLOAD.to_string()),
+                agent: name("identity.agent_claim", raw.agent_claim)?
+                    .unwrap_or_else(|| DEFAULT_AGENT_CLAIM.to_string()),
+                task: name("identity.task_claim", raw.task_claim)?,
+                user: name("identity.user_claim", raw.user_claim)?,
+            }))
+        }
         RawIdentitySource::Header => {
             if !raw.api_keys.is_empty() {
                 return Err(ConfigError::new(

@@ -18,7 +18,7 @@ use crate::config::{
 };
 use crate::degrade::{self, Rewrite};
 use crate::host::Host;
-use crate::identity::{api_key_agent, identify, Credentials, Identity};
+use crate::identity::{api_key_agent, identify, Credentials, Identity, TokenClaims};
 use crate::ledger::{Account, AccountKey, Ledger, LedgerError};
 use crate::metrics::{AgentCounter, AgentId, CallOutcome, Counter, ModelCounter, ReasonCounter};
 use crate::period::Period;
@@ -52,6 +52,8 @@ pub struct RequestHead {
     pub cluster_name: Option<String>,
     /// Read only when the API key names the agent (`identity.source: api_key`).
     pub credentials: Credentials,
+    /// Read only when a verified JWT names the agent (`identity.source: jwt`).
+    pub claims: TokenClaims,
 }
 
 /// How Envoy finished with a call whose response had not ended.
@@ -190,6 +192,17 @@ impl Degrade {
 enum Response {
     /// Its headers have not come yet.
     Pending,
+    /// Its headers came; its first body bytes will say how it is framed. The content type is
+    /// only the provider's word (and mislabelled bodies happen): a JSON body opens with `{`
+    /// or `[` (a Gemini stream without `alt=sse` is one JSON array), an SSE stream with a
+    /// field name and a colon; bytes that are neither go by the label. `kept` holds the first
+    /// few bytes (after leading whitespace) while they could still open either framing.
+    Sniffing {
+        api: Api,
+        strip_usage: bool,
+        labelled_stream: bool,
+        kept: Vec<u8>,
+    },
     /// A JSON body, kept until it ends.
     Json(Vec<u8>),
     /// A JSON body past `max_response_body_bytes`: no longer kept.
@@ -257,17 +270,53 @@ impl Call {
     pub fn on_request_headers(&mut self, host: &dyn Host, head: RequestHead) -> HeadOutcome {
         let worker = Rc::clone(&self.worker);
         let config = &worker.config;
-        let agent = match &config.identity {
-            IdentitySource::Header => head.agent.as_deref(),
-            IdentitySource::ApiKey(keys) => api_key_agent(keys, &head.credentials),
+        // In the verified modes a header that names who pays is the client's claim, not the
+        // identity: it must not reach the provider (or anything after this filter) as if it were.
+        let (agent, task, user, replaced_headers) = match &config.identity {
+            IdentitySource::Header => (
+                head.agent.as_deref(),
+                head.task.as_deref(),
+                head.user.as_deref(),
+                Vec::new(),
+            ),
+            IdentitySource::ApiKey(keys) => (
+                api_key_agent(keys, &head.credentials),
+                head.task.as_deref(),
+                head.user.as_deref(),
+                vec![(&config.agent_header, head.agent.is_some())],
+            ),
+            IdentitySource::Jwt(claims) => (
+                head.claims.agent.as_deref(),
+                if claims.task.is_some() {
+                    head.claims.task.as_deref()
+                } else {
+                    head.task.as_deref()
+                },
+                if claims.user.is_some() {
+                    head.claims.user.as_deref()
+                } else {
+                    head.user.as_deref()
+                },
+                vec![
+                    (&config.agent_header, head.agent.is_some()),
+                    (
+                        &config.task_header,
+                        claims.task.is_some() && head.task.is_some(),
+                    ),
+                    (
+                        &config.user_header,
+                        claims.user.is_some() && head.user.is_some(),
+                    ),
+                ],
+            ),
         };
-        // The key names the agent: a client's agent header must not reach the provider
-        // (or anything after this filter) as if it were the identity.
-        let remove_agent_header =
-            matches!(config.identity, IdentitySource::ApiKey(_)) && head.agent.is_some();
-        let mut outcome = self.decide_request_headers(host, &head, agent);
-        if remove_agent_header && !matches!(outcome.action, HeadAction::Reply(_)) {
-            outcome.edits.remove.push(config.agent_header.clone());
+        let mut outcome = self.decide_request_headers(host, &head, agent, task, user);
+        if !matches!(outcome.action, HeadAction::Reply(_)) {
+            for (name, present) in replaced_headers {
+                if present {
+                    outcome.edits.remove.push(name.clone());
+                }
+            }
         }
         outcome
     }
@@ -277,6 +326,8 @@ impl Call {
         host: &dyn Host,
         head: &RequestHead,
         agent: Option<&str>,
+        task: Option<&str>,
+        user: Option<&str>,
     ) -> HeadOutcome {
         let worker = Rc::clone(&self.worker);
         let config = &worker.config;
@@ -293,7 +344,7 @@ impl Call {
         let requested_model = detected.and_then(|d| path_model(config, d));
         // A call the filter does not meter is refused in the OpenAI shape.
         let reply_api = api.unwrap_or(Api::OpenAiChat);
-        let identity = match identify(config, agent, head.task.as_deref(), head.user.as_deref()) {
+        let identity = match identify(config, agent, task, user) {
             Ok(identity) => identity,
             Err(unattributed) => {
                 worker.metrics.count(
@@ -306,6 +357,7 @@ impl Call {
                         replies::unattributed(reply_api, &unattributed, &config.agent_header)
                     }
                     IdentitySource::ApiKey(_) => replies::no_agent_key(reply_api),
+                    IdentitySource::Jwt(_) => replies::no_verified_agent(reply_api, &unattributed),
                 };
                 return reply_only(reply);
             }
@@ -911,31 +963,27 @@ impl Forwarded {
             .as_deref()
             .map(str::trim)
             .is_some_and(|e| !e.is_empty() && !e.eq_ignore_ascii_case("identity"));
-        const EVENT_STREAM: &str = "text/event-stream";
-        let is_stream = head.content_type.as_deref().is_some_and(|t| {
-            t.trim_start()
-                .get(..EVENT_STREAM.len())
-                .is_some_and(|prefix| prefix.eq_ignore_ascii_case(EVENT_STREAM))
-        });
         self.response = if head.status >= 400 {
             Response::Unmetered(Unmetered::UpstreamError)
         } else if encoded {
             Response::Unmetered(Unmetered::Compressed)
-        } else if is_stream {
-            let stripper = self.strip_usage.then(UsageStripper::default);
-            if stripper.is_some() {
-                // Bytes are removed from the stream, so any declared length would be wrong.
+        } else {
+            if self.strip_usage {
+                // Bytes may be removed from a stream, so any declared length could be wrong.
                 edits.remove.push("content-length".to_string());
             }
-            Response::Stream(Box::new(StreamState {
-                parser: SseParser::new(MAX_EVENT_BYTES),
-                meter: self.api.stream_meter(),
-                stripper,
-                boundary: 0,
-                events: Vec::new(),
-            }))
-        } else {
-            Response::Json(Vec::new())
+            const EVENT_STREAM: &str = "text/event-stream";
+            let labelled_stream = head.content_type.as_deref().is_some_and(|t| {
+                t.trim_start()
+                    .get(..EVENT_STREAM.len())
+                    .is_some_and(|prefix| prefix.eq_ignore_ascii_case(EVENT_STREAM))
+            });
+            Response::Sniffing {
+                api: self.api,
+                strip_usage: self.strip_usage,
+                labelled_stream,
+                kept: Vec::new(),
+            }
         };
         edits
     }
@@ -1009,6 +1057,65 @@ impl Forwarded {
 impl Response {
     /// Takes in one chunk of the body; what to forward of it.
     fn feed(&mut self, chunk: &[u8], end_of_stream: bool, limit: usize) -> ChunkOutcome {
+        if let Response::Sniffing {
+            api,
+            strip_usage,
+            labelled_stream,
+            kept,
+        } = self
+        {
+            // Only a stream the filter may cut needs its first bytes held back: its usage
+            // stripper forwards whole events. Otherwise bytes pass at once and are kept to
+            // be parsed once the framing is known.
+            let held = *strip_usage && !kept.is_empty();
+            // The usual case, decided by the first chunk alone, copies nothing.
+            let alone = if kept.is_empty() {
+                sniff_framing(without_leading_whitespace(chunk), *labelled_stream)
+            } else {
+                None
+            };
+            if alone.is_none() {
+                kept.extend_from_slice(chunk);
+            }
+            let framing = match alone
+                .or_else(|| sniff_framing(without_leading_whitespace(kept), *labelled_stream))
+            {
+                Some(framing) => framing,
+                None if !end_of_stream && kept.len() <= MAX_SNIFF_BYTES => {
+                    return if *strip_usage && !chunk.is_empty() {
+                        ChunkOutcome::Replace(Vec::new())
+                    } else {
+                        ChunkOutcome::Pass
+                    };
+                }
+                None if *labelled_stream => Framing::Stream,
+                None => Framing::Json,
+            };
+            let kept = std::mem::take(kept);
+            let body = if alone.is_some() { chunk } else { &kept };
+            let outcome = match framing {
+                Framing::Json => {
+                    *self = Response::Json(Vec::new());
+                    self.feed(body, end_of_stream, limit)
+                }
+                Framing::Stream => {
+                    let mut stream = StreamState {
+                        parser: SseParser::new(MAX_EVENT_BYTES),
+                        meter: api.stream_meter(),
+                        stripper: strip_usage.then(UsageStripper::default),
+                        boundary: 0,
+                        events: Vec::new(),
+                    };
+                    let outcome = stream.feed(body, end_of_stream);
+                    *self = Response::Stream(Box::new(stream));
+                    outcome
+                }
+            };
+            return match outcome {
+                ChunkOutcome::Pass if held => ChunkOutcome::Replace(body.to_vec()),
+                outcome => outcome,
+            };
+        }
         match self {
             Response::Json(body) => {
                 if body.len().saturating_add(chunk.len()) > limit {
@@ -1019,9 +1126,10 @@ impl Response {
                 ChunkOutcome::Pass
             }
             Response::Stream(stream) => stream.feed(chunk, end_of_stream),
-            Response::Pending | Response::JsonTooLarge | Response::Unmetered(_) => {
-                ChunkOutcome::Pass
-            }
+            Response::Pending
+            | Response::Sniffing { .. }
+            | Response::JsonTooLarge
+            | Response::Unmetered(_) => ChunkOutcome::Pass,
         }
     }
 
@@ -1054,9 +1162,10 @@ impl Response {
                 }
                 (Err(reason), _) => Err(reason),
             },
-            (Response::Pending | Response::JsonTooLarge, EndCause::ClientAborted) => {
-                abandoned(Progress::default())
-            }
+            (
+                Response::Pending | Response::Sniffing { .. } | Response::JsonTooLarge,
+                EndCause::ClientAborted,
+            ) => abandoned(Progress::default()),
             (Response::Json(body), EndCause::ClientAborted) => {
                 let text_bytes = ["content", "text", "arguments"]
                     .iter()
@@ -1068,16 +1177,56 @@ impl Response {
                 })
             }
             (Response::Pending, _) => Err(Unmetered::Incomplete),
-            (Response::Json(_) | Response::JsonTooLarge, EndCause::UpstreamAborted) => {
-                Err(Unmetered::Incomplete)
-            }
+            (
+                Response::Json(_) | Response::Sniffing { .. } | Response::JsonTooLarge,
+                EndCause::UpstreamAborted,
+            ) => Err(Unmetered::Incomplete),
             (Response::JsonTooLarge, EndCause::Normal) => Err(Unmetered::TooLarge),
+            (Response::Sniffing { .. }, EndCause::Normal) => Err(Unmetered::NoUsage),
             (Response::Json(body), EndCause::Normal) if body.is_empty() => Err(Unmetered::NoUsage),
             (Response::Json(body), EndCause::Normal) => {
                 api.usage_from_body(&body).map(|m| (m, Basis::Reported))
             }
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Json,
+    Stream,
+}
+
+fn without_leading_whitespace(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|byte| !byte.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    bytes.get(start..).unwrap_or_default()
+}
+
+/// Undecided leading bytes held back before the label decides (blank lines, in practice).
+const MAX_SNIFF_BYTES: usize = 4096;
+
+/// How a response body is framed, from its first bytes (leading whitespace skipped): `None`
+/// while they could still open either (nothing yet, or the start of an SSE field name).
+fn sniff_framing(start: &[u8], labelled_stream: bool) -> Option<Framing> {
+    const SSE_FIELDS: [&[u8]; 5] = [b"data:", b"event:", b"id:", b"retry:", b":"];
+    match start.first()? {
+        b'{' | b'[' => return Some(Framing::Json),
+        _ => {}
+    }
+    if SSE_FIELDS.iter().any(|field| start.starts_with(field)) {
+        return Some(Framing::Stream);
+    }
+    if SSE_FIELDS.iter().any(|field| field.starts_with(start)) {
+        return None;
+    }
+    Some(if labelled_stream {
+        Framing::Stream
+    } else {
+        Framing::Json
+    })
 }
 
 impl StreamState {

@@ -30,6 +30,15 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// The claims of the call's verified JWT (`identity.source: jwt`), as `jwt_authn` put them
+/// in its dynamic metadata; unset when no verified token carried the claim.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenClaims {
+    pub agent: Option<String>,
+    pub task: Option<String>,
+    pub user: Option<String>,
+}
+
 /// The call's API key: the bearer token, else `x-api-key`, else `x-goog-api-key`.
 pub fn api_key(credentials: &Credentials) -> Option<&str> {
     let bearer = credentials.authorization.as_deref().and_then(|value| {

@@ -59,6 +59,27 @@ pub fn no_agent_key(api: Api) -> LocalReply {
     reply
 }
 
+/// The reply to a call whose verified JWT does not name a configured agent
+/// (`identity.source: jwt`): 401 without a usable agent claim, 403 for an agent with no budget.
+pub fn no_verified_agent(api: Api, why: &Unattributed) -> LocalReply {
+    match why {
+        Unattributed::Missing | Unattributed::Invalid => {
+            let message = if matches!(why, Unattributed::Missing) {
+                "No verified token naming an agent: at this gateway a verified JWT names the agent."
+                    .to_string()
+            } else {
+                format!(
+                    "The verified token's agent claim is not a valid agent id: {AGENT_ID_RULE}."
+                )
+            };
+            let mut reply = error(api, ErrorKind::InvalidRequest, &message, Vec::new());
+            reply.status = 401;
+            reply
+        }
+        Unattributed::Unknown(_) => unattributed(api, why, ""),
+    }
+}
+
 /// The 429 of a call `line` refuses for `budget`: what was used up and when it resets, and
 /// the call's worst case if that is what did not fit. `with_budget_headers` adds the
 /// `x-agent-budget-*` headers of the line; `retry-after` is always there.

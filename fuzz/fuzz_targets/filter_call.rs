@@ -113,6 +113,7 @@ fn play(flags: [u8; 3], request: &[u8], pieces: &[&[u8]]) -> Played {
             route_name: None,
             cluster_name: None,
             credentials: Default::default(),
+            claims: Default::default(),
         },
     );
     let body = match head.action {

@@ -397,6 +397,30 @@ fn identity_source_and_its_errors() {
     assert_eq!(upper.identity, keyed.identity);
     assert!(!format!("{keyed:?}").contains("2179e6"));
 
+    // The JWT source: jwt_authn's usual payload name and `sub` unless configured.
+    let jwt = with_identity(json!({"source": "jwt"})).unwrap();
+    assert_eq!(
+        jwt.identity,
+        IdentitySource::Jwt(JwtClaims {
+            payload: "jwt_payload".to_string(),
+            agent: "sub".to_string(),
+            task: None,
+            user: None,
+        })
+    );
+    let jwt = with_identity(json!({"source": "jwt", "jwt_payload": "agent_token",
+        "agent_claim": "agent", "task_claim": "task", "user_claim": "sub"}))
+    .unwrap();
+    assert_eq!(
+        jwt.identity,
+        IdentitySource::Jwt(JwtClaims {
+            payload: "agent_token".to_string(),
+            agent: "agent".to_string(),
+            task: Some("task".to_string()),
+            user: Some("sub".to_string()),
+        })
+    );
+
     let short = &ALPHA_DIGEST[..63];
     let not_hex = format!("{}g", &ALPHA_DIGEST[..63]);
     let cases = [
@@ -423,6 +447,26 @@ fn identity_source_and_its_errors() {
         (
             json!({"api_keys": {ALPHA_DIGEST: "alpha"}}),
             "field `identity.api_keys`: only used with `source: api_key`",
+        ),
+        (
+            json!({"agent_claim": "sub"}),
+            "field `identity.agent_claim`: only used with `source: jwt`",
+        ),
+        (
+            json!({"source": "api_key", "api_keys": {ALPHA_DIGEST: "alpha"}, "jwt_payload": "p"}),
+            "field `identity.jwt_payload`: only used with `source: jwt`",
+        ),
+        (
+            json!({"source": "jwt", "api_keys": {ALPHA_DIGEST: "alpha"}}),
+            "field `identity.api_keys`: only used with `source: api_key`",
+        ),
+        (
+            json!({"source": "jwt", "agent_claim": " "}),
+            "field `identity.agent_claim`: must not be empty",
+        ),
+        (
+            json!({"source": "jwt", "user_claim": ""}),
+            "field `identity.user_claim`: must not be empty",
         ),
         (json!({"source": "token"}), "field `identity.source`"),
         (json!({"sauce": "header"}), "field `identity"),

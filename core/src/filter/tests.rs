@@ -2312,3 +2312,192 @@ fn the_api_key_names_the_agent_and_the_agent_header_is_removed() {
     );
     assert!(!head.edits.remove.contains(&"x-agent-id".to_string()));
 }
+
+#[test]
+fn a_verified_token_names_the_agent_and_the_headers_it_replaces_are_removed() {
+    let (host, worker) = setup(
+        r#"{"identity":{"source":"jwt","task_claim":"task"},
+            "agents":{"alpha":{"daily_usd":1},"beta":{"daily_usd":1}}}"#,
+    );
+    let claims = |agent: Option<&str>, task: Option<&str>| crate::identity::TokenClaims {
+        agent: agent.map(str::to_string),
+        task: task.map(str::to_string),
+        user: None,
+    };
+    // (claims, agent header, task header, refused with, headers removed, task charged)
+    let cases = [
+        (
+            claims(Some("alpha"), Some("t1")),
+            Some("beta"),
+            Some("forged"),
+            None,
+            vec!["x-agent-id", "x-task-id"],
+            Some("t1"),
+        ),
+        (
+            claims(Some("alpha"), None),
+            None,
+            Some("forged"),
+            None,
+            vec!["x-task-id"],
+            None,
+        ),
+        (claims(Some("alpha"), None), None, None, None, vec![], None),
+        (
+            claims(Some("ghost"), None),
+            Some("alpha"),
+            None,
+            Some(403),
+            vec![],
+            None,
+        ),
+        (
+            claims(None, None),
+            Some("alpha"),
+            None,
+            Some(401),
+            vec![],
+            None,
+        ),
+        (
+            claims(Some("no spaces"), None),
+            Some("alpha"),
+            None,
+            Some(401),
+            vec![],
+            None,
+        ),
+    ];
+    for (claims, agent, task, refused, removed, charged_task) in cases {
+        let mut call = Call::new(Rc::clone(&worker));
+        let head = call.on_request_headers(
+            &host,
+            RequestHead {
+                path: CHAT_PATH.to_string(),
+                agent: agent.map(str::to_string),
+                task: task.map(str::to_string),
+                // The user comes from its header: no user claim is configured.
+                user: Some("u1".to_string()),
+                has_body: true,
+                claims,
+                ..RequestHead::default()
+            },
+        );
+        match refused {
+            Some(status) => assert_eq!(reply_of(&head).status, status, "{agent:?}"),
+            None => {
+                assert!(!matches!(head.action, HeadAction::Reply(_)), "{agent:?}");
+                call.on_request_body(&host, br#"{"model":"gpt-4o","max_tokens":10}"#);
+                call.on_done(&host, EndCause::Normal);
+                let record = call.attribution.as_ref().unwrap();
+                assert_eq!(record.task.as_deref(), charged_task, "{agent:?}");
+                assert_eq!(record.user.as_deref(), Some("u1"), "{agent:?}");
+            }
+        }
+        let identity_headers: Vec<&str> = head
+            .edits
+            .remove
+            .iter()
+            .map(String::as_str)
+            .filter(|name| name.starts_with("x-"))
+            .collect();
+        assert_eq!(identity_headers, removed, "{agent:?}");
+    }
+}
+
+#[test]
+fn framing_comes_from_the_first_bytes_and_the_label_only_breaks_ties() {
+    use Framing::{Json, Stream};
+    // (first bytes after leading whitespace, labelled a stream, framing)
+    let cases: [(&[u8], bool, Option<Framing>); 14] = [
+        (b"", false, None),
+        (b"{\"id\":1}", true, Some(Json)),
+        (b"[{\"candidates\":[]}", true, Some(Json)),
+        (b"data: {}", false, Some(Stream)),
+        (b"event: message_start", false, Some(Stream)),
+        (b": keep-alive", false, Some(Stream)),
+        (b"id:7", false, Some(Stream)),
+        (b"retry: 10", false, Some(Stream)),
+        // Could still become a field name: wait for more bytes.
+        (b"d", false, None),
+        (b"eve", true, None),
+        (b"retr", false, None),
+        // Neither: the label decides.
+        (b"not json", false, Some(Json)),
+        (b"not json", true, Some(Stream)),
+        (b"dots", false, Some(Json)),
+    ];
+    for (start, labelled_stream, want) in cases {
+        assert_eq!(
+            sniff_framing(start, labelled_stream),
+            want,
+            "{:?} labelled_stream={labelled_stream}",
+            String::from_utf8_lossy(start)
+        );
+    }
+}
+
+#[test]
+fn a_mislabelled_body_is_metered_by_its_framing_at_every_split() {
+    let stripped_stream = without_usage_block(OPENAI_STREAM, b"\n\n");
+    let with_leading_blank_lines = [b"\r\n\n".as_slice(), OPENAI_STREAM].concat();
+    // (label, request, response, what the client gets, charged)
+    type Case<'a> = (&'a str, &'a [u8], &'a [u8], &'a [u8], u64);
+    let cases: [Case; 5] = [
+        // A stream labelled JSON: still metered, and the usage report the filter asked for
+        // is still cut from what the client gets.
+        (
+            "application/json",
+            OPENAI_STREAM_REQUEST,
+            OPENAI_STREAM,
+            &stripped_stream,
+            STREAM_COST,
+        ),
+        (
+            "text/plain",
+            OPENAI_STREAM_REQUEST,
+            OPENAI_STREAM,
+            &stripped_stream,
+            STREAM_COST,
+        ),
+        (
+            "",
+            OPENAI_STREAM_REQUEST_WITH_USAGE,
+            &with_leading_blank_lines,
+            &with_leading_blank_lines,
+            STREAM_COST,
+        ),
+        // A JSON body labelled a stream: still metered, passed as it is.
+        (
+            "text/event-stream",
+            OPENAI_REQUEST,
+            OPENAI_CHAT,
+            OPENAI_CHAT,
+            CHAT_COST,
+        ),
+        (
+            "application/json",
+            OPENAI_REQUEST,
+            OPENAI_CHAT,
+            OPENAI_CHAT,
+            CHAT_COST,
+        ),
+    ];
+    for (label, request, response, client, cost) in cases {
+        for (name, chunks) in splits(response) {
+            let (host, worker) = setup(CONFIG);
+            let exchange = Exchange {
+                content_type: label,
+                chunks,
+                ..Exchange::json(CHAT_PATH, "bot", request, b"")
+            };
+            let ran = run_call(&host, &worker, &exchange);
+            assert_eq!(
+                String::from_utf8_lossy(&ran.client),
+                String::from_utf8_lossy(client),
+                "{label} {name}"
+            );
+            assert_eq!(charged(&ran.call).0, cost, "{label} {name}");
+        }
+    }
+}

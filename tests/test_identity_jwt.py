@@ -1,0 +1,131 @@
+"""Identity from a JWT that Envoy's own jwt_authn filter verified (`identity.source: jwt`), in a
+real Envoy with a local JWKS file: the token's claims name the agent, task and user; a forged
+header neither charges nor reaches anyone; a caller can neither spend another agent's budget
+nor escape its own; no token gets the unidentified outcome."""
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+
+import pytest
+
+from harness import knobs
+
+CHAT = "/v1/chat/completions"
+ISSUER = "https://issuer.agents.test"
+SIGNING_KEY = b"agent-budget-test-signing-key-0123456789"
+OTHER_KEY = b"not-the-gateway-key-9876543210-abcdefgh"
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def token(claims: dict, key: bytes = SIGNING_KEY) -> str:
+    """An HS256 JWT (RFC 7519) signed with key, valid for ten minutes."""
+    header = {"alg": "HS256", "typ": "JWT", "kid": "agents-1"}
+    payload = {"iss": ISSUER, "iat": int(time.time()), "exp": int(time.time()) + 600, **claims}
+    signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(payload).encode())}"
+    signature = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64url(signature)}"
+
+
+def bearer(claims: dict, key: bytes = SIGNING_KEY) -> dict[str, str]:
+    return {"authorization": f"Bearer {token(claims, key)}"}
+
+
+@pytest.fixture
+def jwks_file(tmp_path):
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [
+        {"kty": "oct", "alg": "HS256", "kid": "agents-1", "k": b64url(SIGNING_KEY)}]}))
+    return path
+
+
+def jwt_authn(jwks_path) -> dict:
+    """jwt_authn verifying the agents' tokens against a local JWKS file; calls without a token
+    pass on (allow_missing), so the budget filter's unidentified outcome decides them."""
+    return {
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": {"agents": {
+                "issuer": ISSUER,
+                "local_jwks": {"filename": str(jwks_path)},
+                "payload_in_metadata": "agent_token",
+            }},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"requires_any": {"requirements": [
+                {"provider_name": "agents"}, {"allow_missing": {}}]}}}],
+        },
+    }
+
+
+def jwt_config(**identity):
+    return {"missing_agent": "reject",
+            "agents": {"alpha": {"daily_usd": 100}, "beta": {"daily_usd": 100},
+                       "thrifty": {"daily_usd": 0.001, "action": "stop"}},
+            "identity": {"source": "jwt", "jwt_payload": "agent_token", **identity}}
+
+
+def chat():
+    return {"model": "gpt-4o", "max_tokens": 100, "messages": [{"role": "user", "content": "hello"}]}
+
+
+@pytest.fixture
+def jwt_gateway(gateway, jwks_file):
+    def start(**identity):
+        return gateway(jwt_config(**identity), filters_before=[jwt_authn(jwks_file)])
+    return start
+
+
+def test_the_verified_token_names_the_agent_task_and_user(jwt_gateway, mock):
+    gw = jwt_gateway(agent_claim="agent", task_claim="task", user_claim="sub")
+    claims = {"agent": "alpha", "task": "nightly-report", "sub": "u-17"}
+    # Forged headers name another agent, task and user: the token wins and they are removed.
+    forged = {**knobs("beta", 1000, 100), "x-task-id": "forged-task", "x-user-id": "forged-user"}
+    resp = gw.post(CHAT, chat(), {**forged, **bearer(claims)})
+    assert resp.status == 200, resp.body
+    stats = gw.stats()
+    assert stats.value("agent_budget_cost_micro_usd", agent="alpha") == 1000 * 2.5 + 100 * 10
+    assert stats.get("agent_budget_requests", agent="beta") in (None, 0)
+    # The mock counts calls by the x-agent-id it received: the forged header never got there.
+    provider = mock.stats()
+    assert provider["total"]["calls"] == 1
+    assert "beta" not in provider["agents"]
+    [record] = gw.access_records()
+    assert (record["agent"], record["budget"]) == ("alpha", "alpha")
+    assert (record["task"], record["user"]) == ("nightly-report", "u-17")
+
+
+def test_a_caller_cannot_escape_its_own_budget_by_naming_another(jwt_gateway, mock):
+    gw = jwt_gateway()
+    # thrifty's budget cannot fit a gpt-4o call's worst case; beta's could.
+    resp = gw.post(CHAT, chat(), {**knobs("beta", 1000, 100), **bearer({"sub": "thrifty"})})
+    assert resp.status == 429, resp.body
+    stats = gw.stats()
+    assert stats.value("agent_budget_rejected", agent="thrifty") == 1
+    assert stats.get("agent_budget_requests", agent="beta") in (None, 0)
+    assert mock.stats()["total"]["calls"] == 0
+
+
+@pytest.mark.parametrize("credential,status", [
+    ({}, 401),  # no token: jwt_authn lets it pass, the budget filter has no verified agent
+    ({"authorization": "Bearer " + token({"sub": "alpha"}, OTHER_KEY)}, 401),  # forged signature
+    ({"authorization": "Bearer " + token({"sub": "ghost"})}, 403),  # verified, but no budget
+    ({"authorization": "Bearer " + token({"sub": "not a valid id"})}, 401),
+], ids=["no-token", "wrong-signature", "unknown-agent", "invalid-agent-claim"])
+def test_a_call_without_a_verified_agent_is_unidentified(jwt_gateway, mock, credential, status):
+    gw = jwt_gateway()
+    # A valid agent header does not help: in this mode only the verified token counts.
+    resp = gw.post(CHAT, chat(), {**knobs("alpha", 10, 10), **credential})
+    assert resp.status == status, resp.body
+    assert mock.stats()["total"]["calls"] == 0
+    assert gw.stats().get("agent_budget_requests", agent="alpha") in (None, 0)
+
+
+def test_jwt_fields_outside_the_jwt_source_are_refused_naming_the_field(gateway):
+    gw = gateway({"agents": {"alpha": {"daily_usd": 1}}, "identity": {"agent_claim": "sub"}},
+                 expect_failure=True)
+    assert "field `identity.agent_claim`: only used with `source: jwt`" in gw.log_text()
