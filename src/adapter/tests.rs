@@ -1,0 +1,472 @@
+//! The adapter against a fake Envoy that fails each host call in turn: whichever call fails,
+//! nothing panics, the failure is counted under the call's name, and the call goes on as its
+//! failure mode says (never charged to another agent, never forwarded once refused).
+
+use super::*;
+use agent_budget_core::host::fake::FakeHost;
+use agent_budget_core::host::{MetricKind, Versioned};
+use agent_budget_core::ledger::{AccountKey, Ledger};
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+
+const CHAT_PATH: &str = "/v1/chat/completions";
+const CHAT_RESPONSE: &[u8] = br#"{"id":"c1","object":"chat.completion","model":"gpt-4o","choices":[],"usage":{"prompt_tokens":1000,"completion_tokens":100,"total_tokens":1100}}"#;
+/// gpt-4o at $2.50 / $10 per million tokens.
+const CHAT_COST: u64 = 1000 * 5 / 2 + 100 * 10;
+const STREAM_RESPONSE: &[u8] = b"data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\ndata: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":1000,\"completion_tokens\":100,\"total_tokens\":1100}}\n\ndata: [DONE]\n\n";
+
+/// Envoy as the adapter sees it: the stream's header maps and buffers, properties, the local
+/// reply sent, and a switch that makes the n-th ABI call fail.
+#[derive(Default)]
+struct FakeEnvoy {
+    core: FakeHost,
+    plugin_configuration: Vec<u8>,
+    request_headers: RefCell<Vec<(String, String)>>,
+    response_headers: RefCell<Vec<(String, String)>>,
+    request_body: RefCell<Vec<u8>>,
+    response_body: RefCell<Vec<u8>>,
+    properties: BTreeMap<Vec<String>, Vec<u8>>,
+    reply: RefCell<Option<u32>>,
+    /// Every ABI call so far, by name.
+    calls: RefCell<Vec<&'static str>>,
+    fail_at: Cell<Option<usize>>,
+}
+
+/// The host status the fake fails with (proxy-wasm's `InternalFailure`).
+const FAILURE: HostError = HostError::Status(10);
+
+impl FakeEnvoy {
+    fn new(config: &str) -> FakeEnvoy {
+        FakeEnvoy {
+            core: FakeHost::new().at_unix_secs(1_760_000_000),
+            plugin_configuration: config.as_bytes().to_vec(),
+            ..FakeEnvoy::default()
+        }
+    }
+
+    /// Records an ABI call; fails it if it is the one to fail.
+    fn enter(&self, name: &'static str) -> Result<(), HostError> {
+        let mut calls = self.calls.borrow_mut();
+        let index = calls.len();
+        calls.push(name);
+        if self.fail_at.get() == Some(index) {
+            Err(FAILURE)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn map(&self, map: Map) -> &RefCell<Vec<(String, String)>> {
+        match map {
+            Map::RequestHeaders => &self.request_headers,
+            Map::ResponseHeaders | Map::CallResponseHeaders => &self.response_headers,
+        }
+    }
+
+    fn metric(&self, name: &str) -> i64 {
+        self.core.metric(name).unwrap_or(0)
+    }
+}
+
+impl Host for FakeEnvoy {
+    fn now_unix_nanos(&self) -> u64 {
+        self.core.now_unix_nanos()
+    }
+    fn shared_get(&self, key: &str) -> Result<Option<Versioned>, HostError> {
+        self.core.shared_get(key)
+    }
+    fn shared_set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), HostError> {
+        self.core.shared_set(key, value, cas)
+    }
+    fn dispatch_http(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout_ms: u32,
+    ) -> Result<u32, HostError> {
+        self.core.dispatch_http(cluster, headers, body, timeout_ms)
+    }
+    fn define_metric(&self, kind: MetricKind, name: &str) -> Result<u32, HostError> {
+        self.core.define_metric(kind, name)
+    }
+    fn increment_metric(&self, id: u32, delta: i64) -> Result<(), HostError> {
+        self.core.increment_metric(id, delta)
+    }
+    fn record_metric(&self, id: u32, value: u64) -> Result<(), HostError> {
+        self.core.record_metric(id, value)
+    }
+}
+
+impl Abi for FakeEnvoy {
+    fn header_map(&self, map: Map) -> Result<Vec<u8>, HostError> {
+        self.enter("get_header_map")?;
+        let pairs = self.map(map).borrow();
+        wire::serialize(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str()))).ok_or(FAILURE)
+    }
+
+    fn set_header(&self, map: Map, name: &str, value: &str) -> Result<(), HostError> {
+        self.enter("set_header")?;
+        let mut pairs = self.map(map).borrow_mut();
+        pairs.retain(|(n, _)| n != name);
+        pairs.push((name.to_string(), value.to_string()));
+        Ok(())
+    }
+
+    fn remove_header(&self, map: Map, name: &str) -> Result<(), HostError> {
+        self.enter("remove_header")?;
+        self.map(map).borrow_mut().retain(|(n, _)| n != name);
+        Ok(())
+    }
+
+    fn get_buffer(
+        &self,
+        buffer: Buffer,
+        start: usize,
+        max_size: usize,
+    ) -> Result<Vec<u8>, HostError> {
+        self.enter("get_buffer")?;
+        let bytes = match buffer {
+            Buffer::RequestBody => self.request_body.borrow().clone(),
+            Buffer::ResponseBody => self.response_body.borrow().clone(),
+            Buffer::PluginConfiguration => self.plugin_configuration.clone(),
+        };
+        Ok(bytes.into_iter().skip(start).take(max_size).collect())
+    }
+
+    fn set_buffer(
+        &self,
+        buffer: Buffer,
+        _start: usize,
+        _size: usize,
+        bytes: &[u8],
+    ) -> Result<(), HostError> {
+        self.enter("set_buffer")?;
+        match buffer {
+            Buffer::RequestBody => *self.request_body.borrow_mut() = bytes.to_vec(),
+            Buffer::ResponseBody => *self.response_body.borrow_mut() = bytes.to_vec(),
+            Buffer::PluginConfiguration => return Err(FAILURE),
+        }
+        Ok(())
+    }
+
+    fn get_property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, HostError> {
+        self.enter("get_property")?;
+        let path: Vec<String> = path.iter().map(|p| p.to_string()).collect();
+        Ok(self.properties.get(&path).cloned())
+    }
+
+    fn set_property(&self, _path: &[&str], _value: &[u8]) -> Result<(), HostError> {
+        self.enter("set_property")
+    }
+
+    fn send_local_reply(
+        &self,
+        status: u32,
+        _headers: &[(String, String)],
+        _body: &[u8],
+    ) -> Result<(), HostError> {
+        self.enter("send_local_reply")?;
+        *self.reply.borrow_mut() = Some(status);
+        Ok(())
+    }
+
+    fn set_tick_period(&self, _millis: u32) -> Result<(), HostError> {
+        self.enter("set_tick_period")
+    }
+}
+
+fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
+}
+
+/// One call as Envoy plays it.
+struct Scenario {
+    name: &'static str,
+    config: &'static str,
+    request_headers: &'static [(&'static str, &'static str)],
+    request_body: &'static [u8],
+    response_body: &'static [u8],
+    content_type: &'static str,
+    properties: &'static [(&'static [&'static str], &'static str)],
+}
+
+/// What came of a call: each callback's flow, whether the provider was reached (the request
+/// went on and no reply was sent), and the spend of each agent.
+#[derive(Debug)]
+struct Played {
+    forwarded: bool,
+    reply_attempted: bool,
+    spent: BTreeMap<&'static str, u64>,
+}
+
+const AGENTS: [&str; 3] = ["bot", "other", "default"];
+
+fn spent(envoy: &FakeEnvoy, root: &Root, agent: &str) -> u64 {
+    let Some(worker) = &root.worker else {
+        return 0;
+    };
+    let [day, _] = worker.current_periods((&envoy.core as &dyn Host).now_unix_secs());
+    Ledger::new(&envoy.core)
+        .read(&day, &AccountKey::Agent(agent.to_string()))
+        .map(|account| account.spent)
+        .unwrap_or(0)
+}
+
+/// Configures a root (its ABI calls never fail: those are tested apart), then plays the
+/// scenario with the `fail_at`-th ABI call of the call failing.
+fn play(scenario: &Scenario, fail_at: Option<usize>) -> (FakeEnvoy, Played, Vec<&'static str>) {
+    let mut envoy = FakeEnvoy::new(scenario.config);
+    for (path, value) in scenario.properties {
+        envoy.properties.insert(
+            path.iter().map(|p| p.to_string()).collect(),
+            value.as_bytes().to_vec(),
+        );
+    }
+    if let Err(error) = Config::from_bytes(scenario.config.as_bytes()) {
+        panic!("{}: {error}", scenario.name);
+    }
+    let mut root = Root::default();
+    assert!(root.on_configure(&envoy), "{}", scenario.name);
+    envoy.calls.borrow_mut().clear();
+    envoy.fail_at.set(fail_at);
+
+    *envoy.request_headers.borrow_mut() = headers(scenario.request_headers);
+    *envoy.request_body.borrow_mut() = scenario.request_body.to_vec();
+    let mut call = root
+        .new_http_call(Some, |_| None)
+        .flatten()
+        .expect("a gateway call");
+    let mut forwarded = call.on_request_headers(&envoy, false) == Flow::Continue;
+    let body_size = scenario.request_body.len();
+    forwarded &= call.on_request_body(&envoy, body_size, true) == Flow::Continue;
+    let reply_attempted = envoy.calls.borrow().contains(&"send_local_reply");
+    if forwarded && !reply_attempted {
+        *envoy.response_headers.borrow_mut() =
+            headers(&[(":status", "200"), ("content-type", scenario.content_type)]);
+        call.on_response_headers(&envoy, false);
+        *envoy.response_body.borrow_mut() = scenario.response_body.to_vec();
+        call.on_response_body(&envoy, scenario.response_body.len(), true);
+    }
+    call.on_log(&envoy);
+    root.on_tick(&envoy);
+    let spent = AGENTS
+        .iter()
+        .map(|agent| (*agent, spent(&envoy, &root, agent)))
+        .collect();
+    let calls = envoy.calls.borrow().clone();
+    (
+        envoy,
+        Played {
+            forwarded: forwarded && !reply_attempted,
+            reply_attempted,
+            spent,
+        },
+        calls,
+    )
+}
+
+const BUDGETS: &str = r#"{"agents":{"bot":{"daily_usd":100},"other":{"daily_usd":100},
+    "broke":{"daily_usd":0.000001,"action":"stop"}}}"#;
+
+fn scenarios() -> Vec<Scenario> {
+    let chat = &[
+        (":path", CHAT_PATH),
+        (":method", "POST"),
+        ("x-agent-id", "bot"),
+        ("accept-encoding", "gzip"),
+    ];
+    vec![
+        Scenario {
+            name: "charged chat",
+            config: BUDGETS,
+            request_headers: chat,
+            request_body: br#"{"model":"gpt-4o","max_tokens":100,"messages":[]}"#,
+            response_body: CHAT_RESPONSE,
+            content_type: "application/json",
+            properties: &[],
+        },
+        Scenario {
+            name: "stream with the usage report cut",
+            config: BUDGETS,
+            request_headers: chat,
+            request_body: br#"{"model":"gpt-4o","max_tokens":100,"stream":true,"messages":[]}"#,
+            response_body: STREAM_RESPONSE,
+            content_type: "text/event-stream",
+            properties: &[],
+        },
+        Scenario {
+            name: "refused",
+            config: BUDGETS,
+            request_headers: &[(":path", CHAT_PATH), ("x-agent-id", "broke")],
+            request_body: br#"{"model":"gpt-4o","max_tokens":100,"messages":[]}"#,
+            response_body: CHAT_RESPONSE,
+            content_type: "application/json",
+            properties: &[],
+        },
+        Scenario {
+            name: "agent from a verified token",
+            config: r#"{"identity":{"source":"jwt"},"agents":{"bot":{"daily_usd":100},
+                "other":{"daily_usd":100}}}"#,
+            // The forged header names another agent: only the token counts.
+            request_headers: &[(":path", CHAT_PATH), ("x-agent-id", "other")],
+            request_body: br#"{"model":"gpt-4o","max_tokens":100,"messages":[]}"#,
+            response_body: CHAT_RESPONSE,
+            content_type: "application/json",
+            properties: &[(
+                &[
+                    "metadata",
+                    "filter_metadata",
+                    "envoy.filters.http.jwt_authn",
+                    "jwt_payload",
+                    "sub",
+                ],
+                "bot",
+            )],
+        },
+    ]
+}
+
+#[test]
+fn every_scenario_plays_as_expected_when_nothing_fails() {
+    for scenario in scenarios() {
+        let (envoy, played, calls) = play(&scenario, None);
+        let refused = scenario.name == "refused";
+        assert_eq!(played.forwarded, !refused, "{}", scenario.name);
+        assert_eq!(played.reply_attempted, refused, "{}", scenario.name);
+        let want_bot = if refused { 0 } else { CHAT_COST };
+        assert_eq!(played.spent["bot"], want_bot, "{}", scenario.name);
+        assert_eq!(played.spent["other"], 0, "{}", scenario.name);
+        assert!(calls.len() >= 3, "{}: {calls:?}", scenario.name);
+        assert_eq!(
+            envoy.metric("agent_budget_host_errors.reason.get_buffer"),
+            0,
+            "{}",
+            scenario.name
+        );
+    }
+    // The stream's usage report, asked for by the filter, was cut from what the client got.
+    let (envoy, _, calls) = play(&scenarios()[1], None);
+    assert_eq!(calls.iter().filter(|c| **c == "set_buffer").count(), 2);
+    let client = envoy.response_body.borrow().clone();
+    assert!(!String::from_utf8_lossy(&client).contains("\"usage\""));
+}
+
+#[test]
+fn whichever_host_call_fails_nothing_panics_and_nothing_lands_on_another_agent() {
+    for scenario in scenarios() {
+        let (_, baseline, calls) = play(&scenario, None);
+        for (index, failed) in calls.iter().enumerate() {
+            let case = format!("{}: call #{index} ({failed}) fails", scenario.name);
+            let (envoy, played, _) = play(&scenario, Some(index));
+            // Counted under the call's name, once.
+            assert_eq!(
+                envoy.metric(&format!("agent_budget_host_errors.reason.{failed}")),
+                1,
+                "{case}"
+            );
+            // Nobody else pays, and the agent pays at most the call's cost.
+            assert_eq!(played.spent["other"], 0, "{case}");
+            assert_eq!(played.spent["default"], 0, "{case}");
+            assert!(
+                [0, CHAT_COST].contains(&played.spent["bot"]),
+                "{case}: {played:?}"
+            );
+            // A call the filter refused never reaches the provider, even when the reply
+            // cannot be sent.
+            if played.reply_attempted {
+                assert!(!played.forwarded, "{case}");
+            }
+            match *failed {
+                // No request map: no identity, refused (the unidentified outcome).
+                "get_header_map" if index == 0 => {
+                    assert!(played.reply_attempted && !played.forwarded, "{case}");
+                }
+                // A forwarded call whose report is lost is unmetered, never charged twice;
+                // one whose report arrives is charged in full.
+                _ if baseline.forwarded => {}
+                _ => assert!(!played.forwarded, "{case}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn a_configuration_the_host_cannot_give_or_tick_is_refused() {
+    // (the ABI call that fails, configured)
+    let cases = [
+        ("get_buffer", false),
+        // The root id cannot be read: the plugin meters (the status page needs it said).
+        ("get_property", true),
+        ("set_tick_period", false),
+    ];
+    for (failing, configured) in cases {
+        let envoy = FakeEnvoy::new(BUDGETS);
+        let mut root = Root::default();
+        assert!(root.on_configure(&envoy));
+        let index = envoy
+            .calls
+            .borrow()
+            .iter()
+            .position(|call| *call == failing)
+            .expect(failing);
+        let envoy = FakeEnvoy::new(BUDGETS);
+        envoy.fail_at.set(Some(index));
+        let mut root = Root::default();
+        assert_eq!(root.on_configure(&envoy), configured, "{failing}");
+        assert_eq!(root.worker.is_some(), configured, "{failing}");
+    }
+}
+
+#[test]
+fn an_alert_reply_whose_headers_cannot_be_read_counts_as_a_failed_delivery() {
+    let envoy = FakeEnvoy::new(BUDGETS);
+    let mut root = Root::default();
+    assert!(root.on_configure(&envoy));
+    let at = envoy.calls.borrow().len();
+    envoy.fail_at.set(Some(at));
+    root.on_http_call_response(&envoy, 7);
+    root.on_tick(&envoy);
+    assert_eq!(
+        envoy.metric("agent_budget_host_errors.reason.get_header_map"),
+        1
+    );
+}
+
+#[test]
+fn the_panic_report_names_the_agent_escaped_and_cut_short() {
+    use std::sync::{Arc, Mutex};
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let previous = std::panic::take_hook();
+    let sink = Arc::clone(&reports);
+    std::panic::set_hook(Box::new(move |info| {
+        if let Ok(mut reports) = sink.lock() {
+            reports.push(panic_report(info));
+        }
+    }));
+    let long: String = "x".repeat(100);
+    let agents: [Option<&str>; 3] = [None, Some("bot\n\"forged\""), Some(&long)];
+    for agent in agents {
+        let agent: Option<Rc<str>> = agent.map(Rc::from);
+        set_current_agent(agent.as_ref());
+        let _ = std::panic::catch_unwind(|| panic!("boom"));
+    }
+    set_current_agent(None);
+    std::panic::set_hook(previous);
+    let reports = reports.lock().unwrap().clone();
+    assert_eq!(reports.len(), 3);
+    assert!(reports[0].contains("(call agent none): "), "{}", reports[0]);
+    assert!(reports[0].contains("boom"), "{}", reports[0]);
+    // Escaped: the newline and quotes cannot forge a log line.
+    assert!(
+        reports[1].contains(r#"(call agent "bot\n\"forged\"")"#),
+        "{}",
+        reports[1]
+    );
+    assert!(!reports[1].contains("bot\n"), "{}", reports[1]);
+    let cut = format!("(call agent \"{}\")", "x".repeat(PANIC_AGENT_CHARS));
+    assert!(reports[2].contains(&cut), "{}", reports[2]);
+}
