@@ -304,6 +304,20 @@ fn jwt_claim(host: &dyn Abi, worker: &Worker, payload: &str, claim: &str) -> Opt
     )
 }
 
+/// A header's value, joined to any earlier field line of the same name as HTTP combines them
+/// (RFC 9110 §5.3): two agent headers make one id with a comma, which no agent id may
+/// hold, so a call naming two agents is refused instead of charged to either.
+fn repeated(earlier: Option<String>, value: &str) -> String {
+    match earlier {
+        Some(mut joined) => {
+            joined.push(',');
+            joined.push_str(value);
+            joined
+        }
+        None => value.to_string(),
+    }
+}
+
 /// A request on the ops listener: `/budgets` and `/budgets.json` are answered here, anything
 /// else goes on to the route.
 pub struct StatusCall {
@@ -414,14 +428,15 @@ impl GatewayCall {
             } else if name == "accept-encoding" {
                 head.accept_encoding = !value.trim().eq_ignore_ascii_case("identity");
             } else if name == config.agent_header {
-                let agent: Rc<str> = Rc::from(value);
-                set_current_agent(Some(&agent));
-                self.agent = Some(agent);
-                head.agent = Some(value.to_string());
+                let agent = repeated(head.agent.take(), value);
+                let named: Rc<str> = Rc::from(agent.as_str());
+                set_current_agent(Some(&named));
+                self.agent = Some(named);
+                head.agent = Some(agent);
             } else if name == config.task_header {
-                head.task = Some(value.to_string());
+                head.task = Some(repeated(head.task.take(), value));
             } else if name == config.user_header {
-                head.user = Some(value.to_string());
+                head.user = Some(repeated(head.user.take(), value));
             }
         }
         if let (IdentitySource::Jwt(claims), true) = (&config.identity, readable) {

@@ -167,6 +167,42 @@ def test_hostile_agent_ids_never_reach_another_budget(gateway):
     assert agents <= {"a", "b"}, agents
 
 
+def raw_status(port: int, head: bytes, body: bytes) -> int:
+    """Sends a request written byte for byte (what no HTTP client library would send) and
+    returns the status Envoy answers with (0: the connection closed without one)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(head + b"content-length: %d\r\n\r\n" % len(body) + body)
+        reply = b""
+        while b"\r\n" not in reply:
+            data = conn.recv(4096)
+            if not data:
+                break
+            reply += data
+    parts = reply.split(b" ", 2)
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+
+
+def test_ids_with_control_bytes_are_refused_before_any_budget(gateway, mock):
+    """Newlines, carriage returns and NUL inside an id never reach a ledger key, a metric or a
+    log line: Envoy's HTTP codec refuses NUL before any filter runs, drops a bare CR (`a<CR>b`
+    arrives as `ab`, an id of its own, here one with no budget), and reads a bare LF as the
+    end of the field line, so `a<LF>x-agent-id: b` is two agent headers, which
+    the filter refuses as one invalid id (`a,b`) rather than charging either agent. The core
+    refuses or cleans control bytes too (core/src/identity/tests.rs)."""
+    gw = gateway(CONFIG)
+    start = b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n"
+    for header in (b"x-agent-id: a\nx-agent-id: b\r\n", b"x-agent-id: a\rb\r\n", b"x-agent-id: a\x00b\r\n",
+                   b"x-agent-id: a\r\nx-task-id: t\nx\r\n", b"x-agent-id: a\r\nx-user-id: u\x00\r\n"):
+        status = raw_status(gw.port, start + header, chat_body())
+        assert status in (0, 400, 403), (header, status)
+    assert mock.stats()["total"]["calls"] == 0
+    stats = gw.stats()
+    assert stats.value("agent_budget_unattributed", reason="invalid") == 1  # a,b
+    assert stats.value("agent_budget_unattributed", reason="unknown") == 1  # ab
+    stats = bystander_pays_exactly_its_own(gw, 1, a=0)
+    assert stats.get("agent_budget_requests", agent="a") in (None, 0)
+
+
 def test_hostile_task_and_user_ids_cannot_forge_attribution_records(gateway):
     gw = gateway(CONFIG)
     forged = ['t","agent":"b', "t\\\"}", "ü" * 10, "t" * 1000, "t;u=v", "x.agent.b", "t\tu"]

@@ -470,3 +470,25 @@ fn the_panic_report_names_the_agent_escaped_and_cut_short() {
     let cut = format!("(call agent \"{}\")", "x".repeat(PANIC_AGENT_CHARS));
     assert!(reports[2].contains(&cut), "{}", reports[2]);
 }
+
+#[test]
+fn a_call_naming_two_agents_is_refused_rather_than_charged_to_either() {
+    let scenario = Scenario {
+        name: "two agent headers",
+        config: BUDGETS,
+        request_headers: &[
+            (":path", CHAT_PATH),
+            ("x-agent-id", "bot"),
+            ("x-agent-id", "other"),
+        ],
+        request_body: br#"{"model":"gpt-4o","max_tokens":100,"messages":[]}"#,
+        response_body: CHAT_RESPONSE,
+        content_type: "application/json",
+        properties: &[],
+    };
+    let (envoy, played, _) = play(&scenario, None);
+    assert!(played.reply_attempted && !played.forwarded);
+    assert_eq!(*envoy.reply.borrow(), Some(400));
+    assert!(played.spent.values().all(|spent| *spent == 0));
+    assert_eq!(envoy.metric("agent_budget_unattributed.reason.invalid"), 1);
+}

@@ -44,6 +44,28 @@ fn sanitizes_attributes() {
         128
     );
     assert_eq!(sanitize_attribute(Some("  ")), None);
+    // Control bytes cannot start a new log line or record field.
+    for (raw, clean) in [("t\nu", "t_u"), ("t\r\nx: y", "t__x:_y"), ("a\0b", "a_b")] {
+        assert_eq!(
+            sanitize_attribute(Some(raw)).as_deref(),
+            Some(clean),
+            "{raw:?}"
+        );
+    }
+}
+
+#[test]
+fn agent_ids_with_control_bytes_are_invalid() {
+    let config = config("reject", "reject");
+    for agent in ["a\nb", "a\rb", "a\0b", "bot\n"] {
+        let identified = identify(&config, Some(agent), None, None);
+        // A trailing newline is trimmed whitespace: the id is then the configured `bot`.
+        if agent == "bot\n" {
+            assert_eq!(identified.map(|i| i.budget), Ok("bot".to_string()));
+        } else {
+            assert_eq!(identified, Err(Unattributed::Invalid), "{agent:?}");
+        }
+    }
 }
 
 const ALPHA_DIGEST: &str = "2179e632e89277f18aa600491b68ad55121fd6caa045e047fdeb426088a5a5f1";
