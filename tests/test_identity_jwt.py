@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from harness import knobs
+from harness import knobs, request
 
 CHAT = "/v1/chat/completions"
 ISSUER = "https://issuer.agents.test"
@@ -85,7 +85,8 @@ def test_the_verified_token_names_the_agent_task_and_user(jwt_gateway, mock):
     claims = {"agent": "alpha", "task": "nightly-report", "sub": "u-17"}
     # Forged headers name another agent, task and user: the token wins and they are removed.
     forged = {**knobs("beta", 1000, 100), "x-task-id": "forged-task", "x-user-id": "forged-user"}
-    resp = gw.post(CHAT, chat(), {**forged, **bearer(claims)})
+    credential = bearer(claims)
+    resp = gw.post(CHAT, chat(), {**forged, **credential})
     assert resp.status == 200, resp.body
     stats = gw.stats()
     assert stats.value("agent_budget_cost_micro_usd", agent="alpha") == 1000 * 2.5 + 100 * 10
@@ -94,9 +95,15 @@ def test_the_verified_token_names_the_agent_task_and_user(jwt_gateway, mock):
     provider = mock.stats()
     assert provider["total"]["calls"] == 1
     assert "beta" not in provider["agents"]
-    [record] = gw.access_records()
+    prometheus = request(gw.admin_port, "GET", "/stats/prometheus").body.decode()
+    records = gw.access_records()
+    [record] = records
     assert (record["agent"], record["budget"]) == ("alpha", "alpha")
     assert (record["task"], record["user"]) == ("nightly-report", "u-17")
+    # The token, or any of its three parts, never shows in logs, stats or records.
+    for text in (prometheus, gw.log_text(), str(records)):
+        for part in credential["authorization"].removeprefix("Bearer ").split("."):
+            assert part not in text
 
 
 def test_a_caller_cannot_escape_its_own_budget_by_naming_another(jwt_gateway, mock):
