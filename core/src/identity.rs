@@ -68,6 +68,10 @@ pub fn sanitize_attribute(value: Option<&str>) -> Option<String> {
     if value.is_empty() {
         return None;
     }
+    // The usual id is already clean: copied as it is.
+    if value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Some(value.to_string());
+    }
     let cleaned: String = value
         .chars()
         .take(128)

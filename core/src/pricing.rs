@@ -313,7 +313,22 @@ pub fn usd_to_micro(usd: f64) -> Option<u64> {
 
 /// Micro-USD as a USD decimal string with six decimals (`5.000000`), for headers and logs.
 pub fn format_usd(micro_usd: u64) -> String {
-    format!("{}.{:06}", micro_usd / 1_000_000, micro_usd % 1_000_000)
+    // Digit by digit, from the last: a budget header is formatted on every call, and the
+    // formatting machinery costs several times this.
+    let mut reversed = Vec::with_capacity(28);
+    let mut rest = micro_usd;
+    for place in 0.. {
+        if place == 6 {
+            reversed.push(b'.');
+        }
+        reversed.push(b'0' + (rest % 10) as u8);
+        rest /= 10;
+        if place >= 6 && rest == 0 {
+            break;
+        }
+    }
+    reversed.reverse();
+    String::from_utf8(reversed).unwrap_or_default()
 }
 
 #[cfg(test)]

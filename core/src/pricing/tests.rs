@@ -112,4 +112,11 @@ fn usd_conversions() {
     assert_eq!(format_usd(5_000_000), "5.000000");
     assert_eq!(format_usd(1_234_567), "1.234567");
     assert_eq!(format_usd(7), "0.000007");
+    assert_eq!(format_usd(0), "0.000000");
+    assert_eq!(format_usd(1_000_000), "1.000000");
+    assert_eq!(format_usd(u64::MAX), "18446744073709.551615");
+    for micro_usd in [9, 10, 999_999, 10_000_001, 123_456_789_012] {
+        let want = format!("{}.{:06}", micro_usd / 1_000_000, micro_usd % 1_000_000);
+        assert_eq!(format_usd(micro_usd), want);
+    }
 }

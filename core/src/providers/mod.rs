@@ -86,12 +86,16 @@ impl Detected {
 /// The Azure OpenAI deployment a path names (`/openai/deployments/{name}/...`, query string
 /// ignored), whatever API the rest of the path is.
 pub fn azure_deployment(path: &str) -> Option<&str> {
-    path.split(['?', '#'])
-        .next()
-        .unwrap_or(path)
-        .split_once("/openai/deployments/")
-        .and_then(|(_, rest)| rest.split('/').next())
-        .filter(|name| !name.is_empty())
+    const MARKER: &str = "/openai/deployments/";
+    let path = path.split(['?', '#']).next().unwrap_or(path);
+    // Looked for at each `/` rather than with a substring searcher, whose set-up alone costs
+    // more than the whole scan of a usual path.
+    let at = path
+        .match_indices('/')
+        .map(|(at, _)| at)
+        .find(|&at| path.get(at..).is_some_and(|rest| rest.starts_with(MARKER)))?;
+    let rest = path.get(at + MARKER.len()..)?;
+    rest.split('/').next().filter(|name| !name.is_empty())
 }
 
 impl Api {

@@ -68,6 +68,12 @@ fn azure_deployments_fix_the_model() {
         ("/openai/deployments/emb/embeddings", Some("emb")),
         ("/azure/openai/deployments/x/responses", Some("x")),
         ("/openai/deployments/x", Some("x")),
+        ("/openai/openai/deployments/x/chat/completions", Some("x")),
+        (
+            "//openai/deployments/first/openai/deployments/second",
+            Some("first"),
+        ),
+        ("/openai/deployments", None),
         ("/v1/chat/completions", None),
         ("/openai/v1/chat/completions?api-version=preview", None),
         ("/v1/chat/completions?next=/openai/deployments/x/", None),
