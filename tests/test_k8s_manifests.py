@@ -159,7 +159,7 @@ def test_custom_resource_passes_its_documented_schema(doc):
     validate_crd(doc)
 
 
-def test_every_file_holds_both_kinds_of_resource_the_tests_expect():
+def test_the_manifests_hold_the_expected_resources():
     """A manifest that lost its resources would pass the checks above by having none."""
     kinds = sorted(doc["kind"] for _, doc in documents())
     assert kinds == sorted(["Namespace", "PersistentVolumeClaim", "Deployment", "Service",
