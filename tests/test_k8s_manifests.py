@@ -163,7 +163,7 @@ def test_the_manifests_hold_the_expected_resources():
     """A manifest that lost its resources would pass the checks above by having none."""
     kinds = sorted(doc["kind"] for _, doc in documents())
     assert kinds == sorted(["Namespace", "PersistentVolumeClaim", "Deployment", "Service",
-                            "NetworkPolicy", "ConfigMap", "Deployment", "Service",
+                            "NetworkPolicy", "NetworkPolicy", "ConfigMap", "Deployment", "Service",
                             "WasmPlugin", "EnvoyExtensionPolicy", "EnvoyPatchPolicy"])
 
 
@@ -245,7 +245,8 @@ def test_webdis_listens_where_its_service_and_probe_send():
     (container_port,) = container["ports"]
     assert webdis_json()["http_port"] == container_port["containerPort"]
     assert container["command"][-1] == "/etc/webdis/webdis.json"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/PING"
+    probe = container["readinessProbe"]["exec"]["command"][-1]
+    assert f"http://127.0.0.1:{container_port['containerPort']}/PING" in probe
 
 
 def test_webdis_allows_only_the_fleet_commands():
