@@ -2,18 +2,24 @@
 strict schema of the newest Kubernetes it bundles; the Istio and Envoy Gateway resources, for
 which no offline schema exists, pass schemas written here from their documented fields (so a
 misspelt field fails); the plugin configuration each one embeds is accepted by the real filter
-in a real Envoy; and webdis's configuration points at the Redis Service, and the gateways at
-webdis."""
+in a real Envoy; webdis's configuration points at the Redis Service, and the gateways at
+webdis; and real Redis and webdis processes, run with the manifests' own arguments and command
+list, refuse what the fleet sync does not need."""
 
 import copy
 import json
+import os
+import re
+import socket
+import subprocess
+from pathlib import Path
 
 import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 
-from harness import REPO
+from harness import REPO, _terminate, free_port, request, wait_until
 
 K8S = REPO / "envoy/k8s"
 MANIFESTS = ("redis-webdis.yaml", "istio-wasmplugin.yaml", "envoy-gateway.yaml")
@@ -270,3 +276,155 @@ def test_the_gateways_fleet_clusters_reach_the_webdis_service():
     (endpoint,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
     address = endpoint["endpoint"]["address"]["socket_address"]
     assert (address["address"], address["port_value"]) == (host, port)
+
+
+# The same manifests against real Redis and webdis processes on loopback (Debian's
+# redis-server and webdis, installed by scripts/setup).
+PASSWORD = "fleet-test-password-0123456789"
+
+
+class Resp:
+    """A minimal RESP2 client: enough to send commands and read Redis's replies."""
+
+    def __init__(self, port: int):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.file = self.sock.makefile("rb")
+
+    def __call__(self, *args: str):
+        frame = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
+        self.sock.sendall(frame.encode())
+        return self._reply()
+
+    def _reply(self):
+        line = self.file.readline().rstrip(b"\r\n").decode()
+        kind, rest = line[:1], line[1:]
+        if kind == "+":
+            return rest
+        if kind == "-":
+            return RedisError(rest)
+        if kind == ":":
+            return int(rest)
+        if kind == "$":
+            return None if rest == "-1" else self.file.read(int(rest) + 2)[:-2].decode()
+        if kind == "*":
+            return [self._reply() for _ in range(int(rest))]
+        raise AssertionError(f"not a RESP reply: {line!r}")
+
+    def close(self):
+        self.file.close()
+        self.sock.close()
+
+
+class RedisError(str):
+    """An error reply (kept apart from a status reply of the same text)."""
+
+
+@pytest.fixture
+def spawn(tmp_path):
+    """Starts a process and waits until it accepts connections on port; stops them all after."""
+    started = []
+
+    def start(argv: list[str], port: int, env: dict | None = None) -> subprocess.Popen:
+        log = open(tmp_path / f"{Path(argv[0]).name}-{port}.log", "wb")
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+                                env={**os.environ, **(env or {})})
+        started.append((proc, log))
+
+        def accepting() -> bool:
+            assert proc.poll() is None, f"{argv[0]} exited: {(tmp_path / log.name).read_text()}"
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+
+        wait_until(accepting, 10, f"{argv[0]} on port {port}")
+        return proc
+
+    yield start
+    for proc, log in started:
+        _terminate(proc, 5)
+        log.close()
+
+
+def redis_container() -> dict:
+    (container,) = only("Deployment", "redis")["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def redis_argv(port: int, data_dir: Path) -> list[str]:
+    """redis-server with the Deployment's own arguments, Kubernetes' $(VAR) expansion done
+    with the test password, on a loopback port with a scratch data directory."""
+    container = redis_container()
+    env_names = {var["name"] for var in container["env"]}
+    args = []
+    for arg in container["args"]:
+        for name in re.findall(r"\$\((\w+)\)", arg):
+            assert name in env_names, f"argument {arg!r} names {name}, which the container lacks"
+        args.append(arg.replace("$(REDIS_PASSWORD)", PASSWORD))
+    at = args.index("--dir")
+    args[at + 1] = str(data_dir)
+    # Later arguments win: loopback only, on a free port.
+    return ["redis-server", *args, "--port", str(port), "--bind", "127.0.0.1"]
+
+
+def test_redis_takes_logins_only_as_the_fleet_account(spawn, tmp_path):
+    port = free_port()
+    spawn(redis_argv(port, tmp_path), port)
+    anonymous, fleet = Resp(port), Resp(port)
+    try:
+        assert isinstance(anonymous("PING"), RedisError)              # no anonymous access
+        assert isinstance(anonymous("AUTH", PASSWORD), RedisError)    # `default` is off
+        assert fleet("AUTH", "fleet", PASSWORD) == "OK"
+        assert fleet("HSET", "agent_budget:test", "spent", "5") == 1
+        assert fleet("EXPIRE", "agent_budget:test", "60") == 1
+        assert fleet("EVAL", "return redis.call('HINCRBY', KEYS[1], 'spent', 2)", "1",
+                     "agent_budget:test") == 7
+        # Dangerous commands are refused, also when a script calls them.
+        for command in (["FLUSHALL"], ["CONFIG", "GET", "dir"], ["KEYS", "*"],
+                        ["EVAL", "return redis.call('FLUSHALL')", "0"]):
+            reply = fleet(*command)
+            assert isinstance(reply, RedisError), (command, reply)
+        assert fleet("HGET", "agent_budget:test", "spent") == "7"
+    finally:
+        anonymous.close()
+        fleet.close()
+
+
+def test_webdis_passes_only_the_fleet_commands(spawn, tmp_path):
+    redis_port, webdis_port = free_port(), free_port()
+    spawn(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+           "--dir", str(tmp_path)], redis_port)
+    config = webdis_json()
+    config.update(redis_host="127.0.0.1", redis_port=redis_port, http_host="127.0.0.1",
+                  http_port=webdis_port, logfile=str(tmp_path / "webdis.log"),
+                  pidfile=str(tmp_path / "webdis.pid"))
+    # Debian's webdis (0.1.9) predates `["user", "password"]` logins, which the image's has;
+    # this Redis asks for none. The ACL, under test here, is the ConfigMap's own.
+    del config["redis_auth"]
+    path = tmp_path / "webdis.json"
+    path.write_text(json.dumps(config))
+    spawn(["webdis", str(path)], webdis_port)
+
+    def call(path: str):
+        return request(webdis_port, "GET", path, timeout=5)
+
+    allowed = {
+        "/HSET/agent_budget:test/spent/5": {"HSET": 1},
+        "/HGET/agent_budget:test/spent": {"HGET": "5"},
+        "/HGETALL/agent_budget:test": {"HGETALL": {"spent": "5"}},
+        "/EXPIRE/agent_budget:test/60": {"EXPIRE": 1},
+        "/EVAL/return%202/0": {"EVAL": 2},
+        "/EVALSHA/7f923f79fe76194c868d7e1d0820de36700eb649/0": {"EVALSHA": 2},  # sha1("return 2")
+        "/PING": {"PING": [True, "PONG"]},
+    }
+    assert {path.split("/")[1] for path in allowed} == FLEET_COMMANDS
+    for path, reply in allowed.items():
+        response = call(path)
+        assert (response.status, response.json()) == (200, reply), path
+    # Everything else is refused before Redis sees it, near-namesakes of allowed commands too.
+    for path in ("/FLUSHALL", "/DEL/agent_budget:test", "/SET/a/b", "/CONFIG/GET/dir",
+                 "/KEYS/*", "/HSETNX/agent_budget:test/x/1", "/EXPIREAT/agent_budget:test/1",
+                 "/HDEL/agent_budget:test/spent"):
+        assert call(path).status == 403, path
+    assert call("/HGET/agent_budget:test/spent").json() == {"HGET": "5"}
