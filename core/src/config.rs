@@ -675,38 +675,55 @@ fn parse_raw(bytes: &[u8]) -> Result<RawConfig, ConfigError> {
             "",
             "the plugin configuration is empty; at least `agents` is required",
         )),
-        Some(b'{') => {
-            let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-            serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-                let inner = error.inner();
-                let path = error.path().to_string();
-                let field = if path == "." { String::new() } else { path };
-                let reason = if inner.is_syntax() || inner.is_eof() {
-                    format!(
-                        "malformed JSON at line {} column {}: {inner}",
-                        inner.line(),
-                        inner.column()
-                    )
-                } else {
-                    strip_position(&inner.to_string())
-                };
-                ConfigError::new(field, reason)
-            })
-        }
-        Some(_) => {
-            let value = pbstruct::decode_struct(bytes).map_err(|error| {
-                ConfigError::new(
-                    "",
-                    format!("neither JSON (a StringValue) nor a google.protobuf.Struct: {error}"),
-                )
-            })?;
-            serde_path_to_error::deserialize(value).map_err(|error| {
-                let path = error.path().to_string();
-                let field = if path == "." { String::new() } else { path };
-                ConfigError::new(field, error.inner().to_string())
-            })
-        }
+        Some(b'{') => parse_json(bytes).or_else(|json_error| {
+            // A Struct starts with tag 0x0a ("\n"); when its first entry is 123 bytes long the
+            // next byte is "{", so those bytes look like JSON text. Read them as the Struct
+            // Envoy sent when they decode as one; otherwise the JSON error is the one to show.
+            if bytes.first() == Some(&STRUCT_FIELDS_TAG) && pbstruct::decode_struct(bytes).is_ok()
+            {
+                parse_struct(bytes)
+            } else {
+                Err(json_error)
+            }
+        }),
+        Some(_) => parse_struct(bytes),
     }
+}
+
+/// Field 1 (`fields`), wire type 2: the first byte of every non-empty encoded Struct.
+const STRUCT_FIELDS_TAG: u8 = 0x0a;
+
+fn parse_json(bytes: &[u8]) -> Result<RawConfig, ConfigError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let inner = error.inner();
+        let path = error.path().to_string();
+        let field = if path == "." { String::new() } else { path };
+        let reason = if inner.is_syntax() || inner.is_eof() {
+            format!(
+                "malformed JSON at line {} column {}: {inner}",
+                inner.line(),
+                inner.column()
+            )
+        } else {
+            strip_position(&inner.to_string())
+        };
+        ConfigError::new(field, reason)
+    })
+}
+
+fn parse_struct(bytes: &[u8]) -> Result<RawConfig, ConfigError> {
+    let value = pbstruct::decode_struct(bytes).map_err(|error| {
+        ConfigError::new(
+            "",
+            format!("neither JSON (a StringValue) nor a google.protobuf.Struct: {error}"),
+        )
+    })?;
+    serde_path_to_error::deserialize(value).map_err(|error| {
+        let path = error.path().to_string();
+        let field = if path == "." { String::new() } else { path };
+        ConfigError::new(field, error.inner().to_string())
+    })
 }
 
 /// serde_json appends "at line L column C"; the field path already says where.

@@ -69,6 +69,24 @@ fn struct_encoding_gives_the_same_config() {
     assert_eq!(from_struct, Config::from_bytes(FULL.as_bytes()).unwrap());
 }
 
+/// A Struct's first byte is the tag 0x0a ("\n") and the next is its first entry's length: at
+/// 123 that is "{", so the bytes look like JSON text. Every length must still read as the Struct.
+#[test]
+fn struct_whose_bytes_look_like_json_text_is_read_as_a_struct() {
+    let mut saw_brace = false;
+    for name_len in 1..=64 {
+        let name = "a".repeat(name_len);
+        let value = serde_json::json!({"agents": {name: {"daily_usd": 10, "monthly_usd": 100}}});
+        let bytes = encode_struct(&value);
+        saw_brace |= bytes.get(1) == Some(&b'{');
+        let from_struct = Config::from_bytes(&bytes);
+        let from_json = Config::from_bytes(&serde_json::to_vec(&value).unwrap());
+        assert_eq!(from_struct, from_json, "agent name of {name_len} bytes");
+        assert!(from_struct.is_ok(), "agent name of {name_len} bytes");
+    }
+    assert!(saw_brace, "no length in the sweep produced the JSON-looking prefix");
+}
+
 /// Each bad configuration is rejected with the field it names.
 #[test]
 fn rejections_name_the_field() {
