@@ -354,8 +354,8 @@ impl Worker {
         let mut still = Vec::new();
         for charge in pending {
             let result = ledger.update(&charge.period, &charge.key, |a| Account {
-                spent: a.spent.saturating_add(charge.micro_usd),
                 reserved: a.reserved.saturating_sub(charge.release),
+                ..a.charged(charge.micro_usd)
             });
             if result.is_err() {
                 still.push(charge);
