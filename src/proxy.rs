@@ -15,7 +15,7 @@ use agent_budget_core::filter::{
     Call, ChunkOutcome, EndCause, HeadAction, HeaderEdits, LocalReply, RequestHead, ResponseHead,
 };
 use agent_budget_core::host::{Host, HostError, MetricKind, Versioned};
-use agent_budget_core::root::{Worker, TICK_MILLIS};
+use agent_budget_core::root::Worker;
 use agent_budget_core::status::{self, StatusRequest};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -389,7 +389,7 @@ impl Context for AgentBudgetRoot {
         &mut self,
         token_id: u32,
         _num_headers: usize,
-        _body_size: usize,
+        body_size: usize,
         _num_trailers: usize,
     ) {
         let Some(worker) = &self.worker else {
@@ -407,7 +407,18 @@ impl Context for AgentBudgetRoot {
             .find(|(name, _)| *name == ":status")
             .and_then(|(_, value)| value.parse().ok())
             .unwrap_or(0);
-        worker.on_alert_reply(&ProxyHost, token_id, status);
+        // An unreadable body reads as empty: a sync counts it as a bad reply.
+        let body = if body_size == 0 {
+            Vec::new()
+        } else {
+            raw::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).unwrap_or_else(
+                |error| {
+                    worker.host_error("get_buffer", &error);
+                    Vec::new()
+                },
+            )
+        };
+        worker.on_http_reply(&ProxyHost, token_id, status, &body);
     }
 }
 
@@ -432,15 +443,25 @@ impl RootContext for AgentBudgetRoot {
                 log::info!("status page configured for {agents} agent budgets");
                 true
             }
-            Ok(config) => {
+            Ok(mut config) => {
                 let agents = config.agents.len();
+                if let Some(fleet) = config.fleet.as_mut() {
+                    // The node id names the gateway in Redis unless the config does.
+                    if fleet.gateway_id.is_none() {
+                        fleet.gateway_id = property(&["node", "id"])
+                            .ok()
+                            .flatten()
+                            .map(|id| gateway_id_from(&id))
+                            .filter(|id| !id.is_empty());
+                    }
+                }
                 let worker = Rc::new(Worker::new(config));
                 // Creates this and next period's ledger keys now: the first configure runs on
                 // Envoy's main thread before any worker can charge.
                 worker.tick(&ProxyHost);
                 // Without a tick nothing is ever flushed, retried or delivered: refuse the
                 // configuration (Envoy then applies the plugin's fail_open).
-                if let Err(error) = raw::set_tick_period(TICK_MILLIS as u32) {
+                if let Err(error) = raw::set_tick_period(worker.tick_millis()) {
                     worker.host_error("set_tick_period", &error);
                     log::error!("cannot start the tick: {error}");
                     return false;
@@ -559,6 +580,23 @@ unsafe fn take_host_buffer(data: *mut u8, size: usize) -> Vec<u8> {
     }
     // SAFETY: guaranteed by the caller; size is the allocation's length.
     unsafe { Vec::from_raw_parts(data, size, size) }
+}
+
+/// A node id as a Redis field name: characters outside the config's gateway-id set become
+/// `_` (a Kubernetes node id such as `sidecar~10.0.0.1~pod.ns~ns.svc.cluster.local` stays
+/// recognisable).
+fn gateway_id_from(node_id: &str) -> String {
+    node_id
+        .chars()
+        .take(128)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.:".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 fn property(path: &[&str]) -> Result<Option<String>, HostError> {

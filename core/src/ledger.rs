@@ -222,6 +222,42 @@ impl<'h> Ledger<'h> {
         Ok(())
     }
 
+    /// Every entry of `periods` in every shard, as (name, index into `periods`, account):
+    /// what fleet mode pushes. Reads each shard once.
+    pub fn entries_in(
+        &self,
+        periods: &[&Period],
+    ) -> Result<Vec<(String, usize, Account)>, LedgerError> {
+        let mut found = Vec::new();
+        for shard in 0..SHARDS {
+            let key = Ledger::shard_key(shard);
+            let Some(stored) = self.get(&key)? else {
+                continue;
+            };
+            let blob = Blob::decode(stored.value).ok_or(LedgerError::Corrupt { key })?;
+            for slot in blob.slots() {
+                let Some(index) = periods
+                    .iter()
+                    .position(|p| kind_byte(p.kind) == slot.kind && p.end == slot.end)
+                else {
+                    continue;
+                };
+                let name = blob
+                    .bytes
+                    .get(slot.name.0..slot.name.1)
+                    .and_then(|n| std::str::from_utf8(n).ok())
+                    .unwrap_or_default();
+                let account = Account {
+                    spent: blob.read_u64(slot.counters),
+                    reserved: blob.read_u64(slot.counters + 8),
+                    own: blob.read_u64(slot.counters + 16),
+                };
+                found.push((name.to_string(), index, account));
+            }
+        }
+        Ok(found)
+    }
+
     /// Reads the account's shard once.
     pub fn snapshot(&self, account: &AccountKey) -> Result<Snapshot, LedgerError> {
         self.snapshot_named(account.name())
