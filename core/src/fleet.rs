@@ -16,7 +16,7 @@
 //! none is lost while Redis is unreachable: the next push carries the larger total.
 //!
 //! ## One field per gateway process
-//! The field is `<gateway id>@<start>`, fixed when the Envoy process first configures the
+//! The field is `<gateway id>@<start>-<random>`, fixed when the Envoy process first configures the
 //! filter (kept across plugin reloads, which keep shared data). A restarted gateway starts
 //! its own count at zero in a new field, and the old field keeps counting in the total, so
 //! a restart neither loses nor re-counts spend, whatever it charged before its first pull.
@@ -148,7 +148,8 @@ impl Fleet {
     pub fn prepare(&self, host: &dyn Host, now_nanos: u64) -> Result<(), HostError> {
         if host.shared_get(FIELD_KEY)?.is_none() {
             let id = self.settings.gateway_id.as_deref().unwrap_or("gateway");
-            let field = format!("{id}@{now_nanos:x}");
+            // The random part keeps two processes apart that share a gateway id and a start.
+            let field = format!("{id}@{now_nanos:x}-{:08x}", self.lease_token as u32);
             host.shared_set(FIELD_KEY, field.as_bytes(), 0)?;
             log::info!("fleet: this gateway counts its spend in Redis field {field}");
         }
@@ -314,7 +315,10 @@ impl Fleet {
         let first_load = !self.ready.get() && !self.loaded.borrow().contains(&call.budget);
         for (item, (total, mine)) in call.items.iter().zip(totals) {
             if let Err(error) = fold_in(&ledger, item, total, mine) {
-                log::warn!("fleet: cannot store the fleet total of {}: {error}", item.name);
+                log::warn!(
+                    "fleet: cannot store the fleet total of {}: {error}",
+                    item.name
+                );
                 self.failed(metrics, SyncError::Ledger);
                 return true;
             }
@@ -433,7 +437,12 @@ fn command(prefix: &str, budget: &str, field: &str, items: &[Item]) -> String {
     let mut body = format!("EVAL/{}/{}", encode(SCRIPT), items.len());
     for item in items {
         body.push('/');
-        body.push_str(&encode(&redis_key(prefix, budget, &item.name, &item.period)));
+        body.push_str(&encode(&redis_key(
+            prefix,
+            budget,
+            &item.name,
+            &item.period,
+        )));
     }
     body.push('/');
     body.push_str(&encode(field));
@@ -458,8 +467,7 @@ fn encode(text: &str) -> String {
 
 /// `{"EVAL": [total, mine, ...]}` with one pair per item.
 fn parse_reply(body: &[u8], items: usize) -> Result<Vec<(u64, u64)>, SyncError> {
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|_| SyncError::BadReply)?;
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| SyncError::BadReply)?;
     let list = value
         .get("EVAL")
         .and_then(|v| v.as_array())

@@ -114,6 +114,11 @@ impl Worker {
             && !fleet.ready(host)
     }
 
+    /// Fleet sync calls awaiting a reply.
+    pub fn fleet_in_flight(&self) -> usize {
+        self.fleet.as_ref().map_or(0, Fleet::in_flight)
+    }
+
     /// The reply to a call this worker dispatched (`status` 0: no reply, e.g. a reset):
     /// a fleet sync or an alert delivery.
     pub fn on_http_reply(&self, host: &dyn Host, token: u32, status: u32, body: &[u8]) {
@@ -160,14 +165,12 @@ impl Worker {
                 .and_then(|_| ledger.prune(&current))
                 .and_then(|_| history::ensure(host, &self.config, now).map(|_| ()))
                 .and_then(|_| match &self.fleet {
-                    Some(fleet) => {
-                        fleet
-                            .prepare(host, host.now_unix_nanos())
-                            .map_err(|error| LedgerError::Host {
-                                key: crate::fleet::FIELD_KEY.to_string(),
-                                error,
-                            })
-                    }
+                    Some(fleet) => fleet.prepare(host, host.now_unix_nanos()).map_err(|error| {
+                        LedgerError::Host {
+                            key: crate::fleet::FIELD_KEY.to_string(),
+                            error,
+                        }
+                    }),
                     None => Ok(()),
                 });
             match prepared {

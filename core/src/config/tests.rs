@@ -439,7 +439,8 @@ fn identity_source_and_its_errors() {
 
 #[test]
 fn fleet_section_defaults_and_rejections() {
-    let base = |fleet: serde_json::Value| json!({"agents": {"a": {"daily_usd": 1}}, "fleet": fleet});
+    let base =
+        |fleet: serde_json::Value| json!({"agents": {"a": {"daily_usd": 1}}, "fleet": fleet});
     let config = Config::from_bytes(&encode_struct(&base(json!({"cluster": "redis"})))).unwrap();
     assert_eq!(
         config.fleet,
@@ -454,25 +455,66 @@ fn fleet_section_defaults_and_rejections() {
     );
     let set = json!({"cluster": "r", "sync_millis": 250, "timeout_millis": 100,
         "gateway_id": "gw-1.eu", "key_prefix": "ab", "unsynced": "allow"});
-    let fleet = Config::from_bytes(&encode_struct(&base(set))).unwrap().fleet.unwrap();
+    let fleet = Config::from_bytes(&encode_struct(&base(set)))
+        .unwrap()
+        .fleet
+        .unwrap();
     assert_eq!(
-        (fleet.sync_millis, fleet.timeout_millis, fleet.gateway_id.as_deref()),
+        (
+            fleet.sync_millis,
+            fleet.timeout_millis,
+            fleet.gateway_id.as_deref()
+        ),
         (250, 100, Some("gw-1.eu"))
     );
-    assert_eq!((fleet.key_prefix.as_str(), fleet.unsynced), ("ab", Unsynced::Allow));
+    assert_eq!(
+        (fleet.key_prefix.as_str(), fleet.unsynced),
+        ("ab", Unsynced::Allow)
+    );
     let embedded = json!({"agents": {"a": {"daily_usd": 1}}});
-    assert_eq!(Config::from_bytes(&encode_struct(&embedded)).unwrap().fleet, None);
+    assert_eq!(
+        Config::from_bytes(&encode_struct(&embedded)).unwrap().fleet,
+        None
+    );
 
     let cases = [
         (json!({"cluster": " "}), "fleet.cluster", "webdis"),
         (json!({}), "fleet", "cluster"),
-        (json!({"cluster": "r", "sync_millis": 5000}), "fleet.sync_millis", "between 100 and 1000"),
-        (json!({"cluster": "r", "sync_millis": 10}), "fleet.sync_millis", "between 100 and 1000"),
-        (json!({"cluster": "r", "timeout_millis": 0}), "fleet.timeout_millis", "between"),
-        (json!({"cluster": "r", "gateway_id": "a b"}), "fleet.gateway_id", "letters"),
-        (json!({"cluster": "r", "key_prefix": "{x}"}), "fleet.key_prefix", "letters"),
-        (json!({"cluster": "r", "unsynced": "wait"}), "fleet.unsynced", "unknown variant"),
-        (json!({"cluster": "r", "sync": 1}), "fleet.sync", "unknown field"),
+        (
+            json!({"cluster": "r", "sync_millis": 5000}),
+            "fleet.sync_millis",
+            "between 100 and 1000",
+        ),
+        (
+            json!({"cluster": "r", "sync_millis": 10}),
+            "fleet.sync_millis",
+            "between 100 and 1000",
+        ),
+        (
+            json!({"cluster": "r", "timeout_millis": 0}),
+            "fleet.timeout_millis",
+            "between",
+        ),
+        (
+            json!({"cluster": "r", "gateway_id": "a b"}),
+            "fleet.gateway_id",
+            "letters",
+        ),
+        (
+            json!({"cluster": "r", "key_prefix": "{x}"}),
+            "fleet.key_prefix",
+            "letters",
+        ),
+        (
+            json!({"cluster": "r", "unsynced": "wait"}),
+            "fleet.unsynced",
+            "unknown variant",
+        ),
+        (
+            json!({"cluster": "r", "sync": 1}),
+            "fleet.sync",
+            "unknown field",
+        ),
     ];
     for (fleet, field, reason) in cases {
         let value = base(fleet);
