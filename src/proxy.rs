@@ -448,7 +448,9 @@ impl RootContext for AgentBudgetRoot {
                 if let Some(fleet) = config.fleet.as_mut() {
                     // The node id names the gateway in Redis unless the config does.
                     if fleet.gateway_id.is_none() {
-                        fleet.gateway_id = property(&["node", "id"])
+                        // Envoy serves the node id as `xds.node.id` to plugins.
+                        let node = property(&["xds", "node", "id"]);
+                        fleet.gateway_id = node
                             .ok()
                             .flatten()
                             .map(|id| gateway_id_from(&id))
