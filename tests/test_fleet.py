@@ -23,9 +23,13 @@ CALL_MICRO_USD = 2000
 # Syncs happen every second; every wait below polls for a state, bounded by this.
 SETTLE_S = 15
 
-pytestmark = pytest.mark.skipif(
-    not all(Path(p).exists() for p in (REDIS_SERVER, REDIS_CLI, WEBDIS)),
-    reason="redis-server, redis-cli and webdis are needed (scripts/setup installs them)")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fleet_binaries():
+    missing = [p for p in (REDIS_SERVER, REDIS_CLI, WEBDIS) if not Path(p).exists()]
+    if missing:
+        pytest.fail("not installed: " + ", ".join(missing) + " -- run scripts/setup")
 
 
 class Redis:
