@@ -15,8 +15,9 @@ use agent_budget_core::config::{Config, IdentitySource, JWT_AUTHN_NAMESPACE};
 use agent_budget_core::filter::{
     Call, ChunkOutcome, EndCause, HeadAction, HeaderEdits, LocalReply, RequestHead, ResponseHead,
 };
+use agent_budget_core::fleet;
 use agent_budget_core::host::{Host, HostError};
-use agent_budget_core::root::{Worker, TICK_MILLIS};
+use agent_budget_core::root::Worker;
 use agent_budget_core::status::{self, StatusRequest};
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -34,6 +35,7 @@ pub enum Buffer {
     RequestBody,
     ResponseBody,
     PluginConfiguration,
+    CallResponseBody,
 }
 
 /// What Envoy does with the stream after a callback.
@@ -170,15 +172,25 @@ impl Root {
                 log::info!("status page configured for {agents} agent budgets");
                 true
             }
-            Ok(config) => {
+            Ok(mut config) => {
                 let agents = config.agents.len();
+                if let Some(fleet) = config.fleet.as_mut() {
+                    // Envoy serves the node id as `xds.node.id`; it names the gateway in Redis
+                    // unless the config does. Unreadable, the sync names it by process only.
+                    if fleet.gateway_id.is_none() {
+                        fleet.gateway_id = property(host, &["xds", "node", "id"])
+                            .ok()
+                            .flatten()
+                            .and_then(|node| fleet::gateway_id_from_node(&node));
+                    }
+                }
                 let worker = Rc::new(Worker::new(config));
                 // Creates this and next period's ledger keys now: the first configure runs on
                 // Envoy's main thread before any worker can charge.
                 worker.tick(host);
                 // Without a tick nothing is ever flushed, retried or delivered: refuse the
                 // configuration (Envoy then applies the plugin's fail_open).
-                if let Err(error) = host.set_tick_period(TICK_MILLIS as u32) {
+                if let Err(error) = host.set_tick_period(worker.tick_millis()) {
                     worker.host_error("set_tick_period", &error);
                     log::error!("cannot start the tick: {error}");
                     return false;
@@ -201,9 +213,10 @@ impl Root {
         }
     }
 
-    /// A callout's reply (an alert delivery). A reply whose headers cannot be read counts as
-    /// a failed delivery (status 0).
-    pub fn on_http_call_response<H: Host + Abi>(&self, host: &H, token: u32) {
+    /// A callout's reply: a fleet sync or an alert delivery. A reply whose headers cannot be
+    /// read counts as failed (status 0); an unreadable body reads as empty, which a sync
+    /// counts as a bad reply.
+    pub fn on_http_call_response<H: Host + Abi>(&self, host: &H, token: u32, body_size: usize) {
         let Some(worker) = &self.worker else {
             return;
         };
@@ -217,7 +230,16 @@ impl Root {
             .find(|(name, _)| *name == ":status")
             .and_then(|(_, value)| value.parse().ok())
             .unwrap_or(0);
-        worker.on_alert_reply(host, token, status);
+        let body = if body_size == 0 {
+            Vec::new()
+        } else {
+            host.get_buffer(Buffer::CallResponseBody, 0, body_size)
+                .unwrap_or_else(|error| {
+                    worker.host_error("get_buffer", &error);
+                    Vec::new()
+                })
+        };
+        worker.on_http_reply(host, token, status, &body);
     }
 
     /// The context of a new request, made into the host's own context type by `gateway` or

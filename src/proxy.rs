@@ -362,6 +362,7 @@ fn buffer_type(buffer: Buffer) -> BufferType {
         Buffer::RequestBody => BufferType::HttpRequestBody,
         Buffer::ResponseBody => BufferType::HttpResponseBody,
         Buffer::PluginConfiguration => BufferType::PluginConfiguration,
+        Buffer::CallResponseBody => BufferType::HttpCallResponseBody,
     }
 }
 
@@ -434,10 +435,11 @@ impl Context for AgentBudgetRoot {
         &mut self,
         token_id: u32,
         _num_headers: usize,
-        _body_size: usize,
+        body_size: usize,
         _num_trailers: usize,
     ) {
-        self.0.on_http_call_response(&ProxyHost, token_id);
+        self.0
+            .on_http_call_response(&ProxyHost, token_id, body_size);
     }
 }
 

@@ -113,11 +113,11 @@ LDS = REPO / "envoy/lds.yaml"
 
 
 def bootstrap(listen_port: int, admin_port: int, upstream_port: int, plugin_config,
-              as_string: bool = False, ops_port: int | None = None) -> dict:
+              as_string: bool = False, ops_port: int | None = None, path: Path = BOOTSTRAP) -> dict:
     """envoy/agent-budget.yaml with test ports and plugin configuration (see _set_plugin).
     The ops listener (the status page) shares the gateway's plugin configuration through a
     YAML alias, so it gets the same; it listens on ops_port (a free port if None)."""
-    config = _shipped_bootstrap(BOOTSTRAP, admin_port, upstream_port)
+    config = _shipped_bootstrap(path, admin_port, upstream_port)
     listener = config["static_resources"]["listeners"][0]
     listener["address"]["socket_address"]["port_value"] = listen_port
     _set_plugin(_hcm(listener), plugin_config, as_string)
@@ -243,6 +243,8 @@ class Gateway:
     envoy_args: list = field(default_factory=list)
     # HTTP filters to run before agent_budget on the gateway listener (e.g. jwt_authn).
     filters_before: list = field(default_factory=list)
+    # The static bootstrap to start from (e.g. envoy/agent-budget-fleet.yaml).
+    bootstrap_path: Path = BOOTSTRAP
     port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
     # The ops listener's (the status page); static bootstraps only.
@@ -262,7 +264,7 @@ class Gateway:
             source["watched_directory"] = {"path": self.dir.name}
         else:
             config = bootstrap(self.port, self.admin_port, self.upstream_port, self.plugin_config,
-                               self.as_string, self.ops_port)
+                               self.as_string, self.ops_port, self.bootstrap_path)
         for name, port in self.clusters.items():
             add_static_cluster(config, name, port)
         if self.filters_before:

@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import subprocess
+import urllib.parse
 from pathlib import Path
 
 import jsonschema
@@ -25,8 +26,14 @@ K8S = REPO / "envoy/k8s"
 MANIFESTS = ("redis-webdis.yaml", "istio-wasmplugin.yaml", "envoy-gateway.yaml")
 CHAT = "/v1/chat/completions"
 
-# Commands the fleet sync sends through webdis, plus PING for the readiness probe.
-FLEET_COMMANDS = {"EVAL", "EVALSHA", "HGET", "HGETALL", "HSET", "EXPIRE", "PING"}
+# Commands the fleet sync sends through webdis (one EVAL per agent budget; the script's own
+# HGET, HSET, EXPIREAT and HVALS run inside Redis), plus PING for the readiness probe.
+FLEET_COMMANDS = {"EVAL", "PING"}
+# What the sync's script does inside Redis, as an EVAL through webdis: raise this gateway's
+# field, set the key's expiry, return the fields.
+SYNC_LIKE_EVAL = ("/EVAL/" + urllib.parse.quote(
+    "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) redis.call('EXPIREAT', KEYS[1], ARGV[3]) "
+    "return redis.call('HVALS', KEYS[1])", safe="") + "/1/agent_budget:test/gw-a/5/4102444800")
 
 
 def documents() -> list[tuple[str, dict]]:
@@ -203,19 +210,12 @@ def plugin_configs() -> dict[str, dict]:
     }
 
 
-def without_fleet(config: dict) -> dict:
-    # FLEET: the filter does not know the `fleet` block yet and refuses unknown fields; once
-    # fleet mode lands, pass the configuration whole and delete this function.
-    assert "fleet" in config, "the example should carry the fleet block"
-    return {key: value for key, value in config.items() if key != "fleet"}
-
-
 @pytest.mark.parametrize("as_string", [False, True], ids=["struct", "json-string"])
 @pytest.mark.parametrize("platform", ["istio", "envoy-gateway"])
 def test_embedded_plugin_config_is_accepted_by_the_filter(gateway, platform, as_string):
     # Envoy Gateway hands the configuration over as a JSON string; both encodings are checked
     # so the result holds whichever one a platform release uses.
-    gw = gateway(without_fleet(plugin_configs()[platform]), as_string=as_string)
+    gw = gateway(plugin_configs()[platform], as_string=as_string)
     # Live and enforcing: a call with no verified JWT names no agent (missing_agent: reject).
     response = gw.post(CHAT, {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
     assert response.status == 401, response.body
@@ -223,7 +223,7 @@ def test_embedded_plugin_config_is_accepted_by_the_filter(gateway, platform, as_
 
 def test_a_broken_embedded_config_is_refused(gateway):
     """The check above can fail: the same configuration with one bad budget stops Envoy."""
-    config = copy.deepcopy(without_fleet(plugin_configs()["istio"]))
+    config = copy.deepcopy(plugin_configs()["istio"])
     config["agents"]["research-bot"]["daily_usd"] = -5
     gw = gateway(config, as_string=True, expect_failure=True)
     assert gw.proc.returncode != 0
@@ -410,21 +410,20 @@ def test_webdis_passes_only_the_fleet_commands(spawn, tmp_path):
         return request(webdis_port, "GET", path, timeout=5)
 
     allowed = {
-        "/HSET/agent_budget:test/spent/5": {"HSET": 1},
-        "/HGET/agent_budget:test/spent": {"HGET": "5"},
-        "/HGETALL/agent_budget:test": {"HGETALL": {"spent": "5"}},
-        "/EXPIRE/agent_budget:test/60": {"EXPIRE": 1},
-        "/EVAL/return%202/0": {"EVAL": 2},
-        "/EVALSHA/7f923f79fe76194c868d7e1d0820de36700eb649/0": {"EVALSHA": 2},  # sha1("return 2")
+        SYNC_LIKE_EVAL: {"EVAL": ["5"]},
         "/PING": {"PING": [True, "PONG"]},
     }
     assert {path.split("/")[1] for path in allowed} == FLEET_COMMANDS
     for path, reply in allowed.items():
         response = call(path)
         assert (response.status, response.json()) == (200, reply), path
-    # Everything else is refused before Redis sees it, near-namesakes of allowed commands too.
+    # Everything else is refused before Redis sees it: the commands the script runs inside
+    # Redis, near-namesakes of allowed commands and the dangerous ones.
     for path in ("/FLUSHALL", "/DEL/agent_budget:test", "/SET/a/b", "/CONFIG/GET/dir",
-                 "/KEYS/*", "/HSETNX/agent_budget:test/x/1", "/EXPIREAT/agent_budget:test/1",
-                 "/HDEL/agent_budget:test/spent"):
+                 "/KEYS/*", "/HSET/agent_budget:test/gw-a/9", "/HGET/agent_budget:test/gw-a",
+                 "/HGETALL/agent_budget:test", "/EXPIRE/agent_budget:test/60",
+                 "/EVALSHA/7f923f79fe76194c868d7e1d0820de36700eb649/0",
+                 "/HSETNX/agent_budget:test/x/1", "/EXPIREAT/agent_budget:test/1",
+                 "/HDEL/agent_budget:test/gw-a"):
         assert call(path).status == 403, path
-    assert call("/HGET/agent_budget:test/spent").json() == {"HGET": "5"}
+    assert call(SYNC_LIKE_EVAL).json() == {"EVAL": ["5"]}

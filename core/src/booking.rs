@@ -309,8 +309,8 @@ fn book(
                 .iter()
                 .zip(held)
                 .map(|(a, held)| Account {
-                    spent: a.spent.saturating_add(micro_usd),
                     reserved: a.reserved.saturating_sub(*held),
+                    ..a.charged(micro_usd)
                 })
                 .collect(),
         )

@@ -95,7 +95,53 @@ pub struct RawConfig {
     anomaly: Option<RawAnomaly>,
     #[serde(default)]
     identity: Option<RawIdentity>,
+    #[serde(default)]
+    fleet: Option<RawFleet>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFleet {
+    cluster: String,
+    #[serde(default)]
+    sync_millis: Option<u32>,
+    #[serde(default)]
+    timeout_millis: Option<u32>,
+    #[serde(default)]
+    gateway_id: Option<String>,
+    #[serde(default)]
+    key_prefix: Option<String>,
+    #[serde(default)]
+    unsynced: Option<Unsynced>,
+}
+
+/// What a call of a `stop` agent gets in fleet mode before this gateway has loaded the
+/// fleet's spend from Redis (degrade and alert agents always go on).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unsynced {
+    /// Refuse it with a retryable 503: no call is decided on a spend of zero.
+    #[default]
+    Refuse,
+    /// Enforce on what this gateway has seen so far.
+    Allow,
+}
+
+/// Fleet mode: spend shared with other gateways through Redis behind webdis (see `fleet`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetConfig {
+    /// The Envoy cluster of webdis.
+    pub cluster: String,
+    /// How often spend is pushed and pulled; also the tick period.
+    pub sync_millis: u32,
+    pub timeout_millis: u32,
+    /// Names this gateway's fields in Redis; the host fills it from the node id when unset.
+    pub gateway_id: Option<String>,
+    pub key_prefix: String,
+    pub unsynced: Unsynced,
+}
+
+pub const DEFAULT_FLEET_SYNC_MILLIS: u32 = 1_000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -608,6 +654,8 @@ pub struct Config {
     pub status_page: StatusPageConfig,
     pub anomaly: AnomalyConfig,
     pub identity: IdentitySource,
+    /// None: embedded mode, spend shared by this Envoy's workers only.
+    pub fleet: Option<FleetConfig>,
 }
 
 pub const DEFAULT_SOFT_THRESHOLD: f64 = 0.8;
@@ -679,8 +727,7 @@ fn parse_raw(bytes: &[u8]) -> Result<RawConfig, ConfigError> {
             // A Struct starts with tag 0x0a ("\n"); when its first entry is 123 bytes long the
             // next byte is "{", so those bytes look like JSON text. Read them as the Struct
             // Envoy sent when they decode as one; otherwise the JSON error is the one to show.
-            if bytes.first() == Some(&STRUCT_FIELDS_TAG) && pbstruct::decode_struct(bytes).is_ok()
-            {
+            if bytes.first() == Some(&STRUCT_FIELDS_TAG) && pbstruct::decode_struct(bytes).is_ok() {
                 parse_struct(bytes)
             } else {
                 Err(json_error)
@@ -744,6 +791,60 @@ fn threshold_ppm(field: &str, fraction: f64) -> Result<u64, ConfigError> {
     }
     // In (0, 1) by the check above.
     Ok((fraction * 1e6).round() as u64)
+}
+
+fn fleet_config(raw: RawFleet) -> Result<FleetConfig, ConfigError> {
+    if raw.cluster.trim().is_empty() {
+        return Err(ConfigError::new(
+            "fleet.cluster",
+            "name the Envoy cluster of webdis",
+        ));
+    }
+    let sync_millis = raw.sync_millis.unwrap_or(DEFAULT_FLEET_SYNC_MILLIS);
+    if !(100..=DEFAULT_FLEET_SYNC_MILLIS).contains(&sync_millis) {
+        return Err(ConfigError::new(
+            "fleet.sync_millis",
+            "must be between 100 and 1000: the fleet's overshoot grows with it",
+        ));
+    }
+    let timeout_millis = raw.timeout_millis.unwrap_or(sync_millis);
+    if !(1..=60_000).contains(&timeout_millis) {
+        return Err(ConfigError::new(
+            "fleet.timeout_millis",
+            "must be between 1 and 60000",
+        ));
+    }
+    // Both end up in Redis keys and fields: plain names keep them readable in redis-cli.
+    let plain = |text: &str| {
+        !text.is_empty()
+            && text.len() <= 128
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    };
+    if let Some(id) = &raw.gateway_id {
+        if !plain(id) {
+            return Err(ConfigError::new(
+                "fleet.gateway_id",
+                "use 1 to 128 letters, digits, `-`, `_`, `.` or `:`",
+            ));
+        }
+    }
+    let key_prefix = raw.key_prefix.unwrap_or_else(|| "agent_budget".to_string());
+    if !plain(&key_prefix) {
+        return Err(ConfigError::new(
+            "fleet.key_prefix",
+            "use 1 to 128 letters, digits, `-`, `_`, `.` or `:`",
+        ));
+    }
+    Ok(FleetConfig {
+        cluster: raw.cluster,
+        sync_millis,
+        timeout_millis,
+        gateway_id: raw.gateway_id,
+        key_prefix,
+        unsynced: raw.unsynced.unwrap_or_default(),
+    })
 }
 
 fn alerts_config(raw: RawAlerts) -> Result<AlertsConfig, ConfigError> {
@@ -1098,6 +1199,7 @@ impl TryFrom<RawConfig> for Config {
             ));
         }
         let alerts = raw.alerts.map(alerts_config).transpose()?;
+        let fleet = raw.fleet.map(fleet_config).transpose()?;
         let status_page = raw
             .status_page
             .map(status_page_config)
@@ -1136,6 +1238,7 @@ impl TryFrom<RawConfig> for Config {
             status_page,
             anomaly,
             identity,
+            fleet,
         })
     }
 }

@@ -388,11 +388,12 @@ impl Call {
             .iter()
             .any(|error| matches!(error, LedgerError::Host { .. }));
         worker.report(trouble);
-        if unreadable
+        let unchecked = unreadable
             && budget.action == LimitAction::Stop
-            && config.ledger_unavailable == LedgerUnavailable::Refuse
-        {
-            // The limit cannot be checked: a `stop` agent spends nothing unchecked.
+            && config.ledger_unavailable == LedgerUnavailable::Refuse;
+        if unchecked || worker.refuses_unsynced(host, budget.action) {
+            // The limit cannot be checked (or, in fleet mode, not yet against the fleet's
+            // spend): a `stop` agent spends nothing unchecked.
             caller.count(&worker, AgentCounter::Rejected, 1);
             self.stage = Stage::Refused;
             return reply_only(replies::budget_unavailable(

@@ -24,15 +24,35 @@ pub const SHARDS: u32 = 32;
 /// CAS attempts before an update gives up (the caller keeps the charge and retries later).
 pub const MAX_CAS_ATTEMPTS: u32 = 64;
 const KEY_PREFIX: &str = "agent_budget/v2";
-const BLOB_MAGIC: &[u8; 2] = b"L2";
-/// kind (1) + period end (8) + name length (1) + spent (8) + reserved (8).
-const ENTRY_FIXED_BYTES: usize = 1 + 8 + 1 + 8 + 8;
+const BLOB_MAGIC: &[u8; 2] = b"L3";
+/// The entry format before `own` (spent and reserved only): read, and rewritten as L3.
+const BLOB_MAGIC_V2: &[u8; 2] = b"L2";
+/// spent (8) + reserved (8) + own (8).
+const COUNTER_BYTES: usize = 24;
+/// kind (1) + period end (8) + name length (1) + counters.
+const ENTRY_FIXED_BYTES: usize = 1 + 8 + 1 + COUNTER_BYTES;
 
 /// One account's counters within a period, in micro-USD.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Account {
+    /// Spend that counts against the account: this gateway's own plus, in fleet mode, the
+    /// other gateways' as last pulled (see `fleet`).
     pub spent: u64,
     pub reserved: u64,
+    /// This gateway's own share of `spent`: what fleet mode pushes. Equal to `spent` in
+    /// embedded mode.
+    pub own: u64,
+}
+
+impl Account {
+    /// The account after this gateway charged `micro_usd` to it.
+    pub fn charged(self, micro_usd: u64) -> Account {
+        Account {
+            spent: self.spent.saturating_add(micro_usd),
+            own: self.own.saturating_add(micro_usd),
+            ..self
+        }
+    }
 }
 
 /// Who or what a ledger account counts for. The only way to name an account, so every
@@ -202,6 +222,42 @@ impl<'h> Ledger<'h> {
         Ok(())
     }
 
+    /// Every entry of `periods` in every shard, as (name, index into `periods`, account):
+    /// what fleet mode pushes. Reads each shard once.
+    pub fn entries_in(
+        &self,
+        periods: &[&Period],
+    ) -> Result<Vec<(String, usize, Account)>, LedgerError> {
+        let mut found = Vec::new();
+        for shard in 0..SHARDS {
+            let key = Ledger::shard_key(shard);
+            let Some(stored) = self.get(&key)? else {
+                continue;
+            };
+            let blob = Blob::decode(stored.value).ok_or(LedgerError::Corrupt { key })?;
+            for slot in blob.slots() {
+                let Some(index) = periods
+                    .iter()
+                    .position(|p| kind_byte(p.kind) == slot.kind && p.end == slot.end)
+                else {
+                    continue;
+                };
+                let name = blob
+                    .bytes
+                    .get(slot.name.0..slot.name.1)
+                    .and_then(|n| std::str::from_utf8(n).ok())
+                    .unwrap_or_default();
+                let account = Account {
+                    spent: blob.read_u64(slot.counters),
+                    reserved: blob.read_u64(slot.counters + 8),
+                    own: blob.read_u64(slot.counters + 16),
+                };
+                found.push((name.to_string(), index, account));
+            }
+        }
+        Ok(found)
+    }
+
     /// Reads the account's shard once.
     pub fn snapshot(&self, account: &AccountKey) -> Result<Snapshot, LedgerError> {
         self.snapshot_named(account.name())
@@ -329,10 +385,7 @@ impl<'h> Ledger<'h> {
         account: &AccountKey,
         micro_usd: u64,
     ) -> Result<Updated, LedgerError> {
-        self.update(period, account, |a| Account {
-            spent: a.spent.saturating_add(micro_usd),
-            ..a
-        })
+        self.update(period, account, |a| a.charged(micro_usd))
     }
 
     fn get(&self, key: &str) -> Result<Option<Versioned>, LedgerError> {
@@ -371,9 +424,9 @@ fn kind_byte(kind: PeriodKind) -> u8 {
     }
 }
 
-/// A shard's entries, kept in their stored form and edited in place: `L2` then, per entry,
-/// kind (`d`/`m`), period end (i64), name length (u8), name, spent and reserved (u64), all
-/// little-endian. A period is named by its kind and its end, which is unique per kind.
+/// A shard's entries, kept in their stored form and edited in place: `L3` then, per entry,
+/// kind (`d`/`m`), period end (i64), name length (u8), name, spent, reserved and own (u64),
+/// all little-endian. A period is named by its kind and its end, which is unique per kind.
 /// Reading and updating an entry allocate nothing; the bytes are what is written back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Blob {
@@ -394,7 +447,7 @@ struct Slot {
     kind: u8,
     end: i64,
     name: (usize, usize),
-    /// Offset of `spent`; `reserved` follows.
+    /// Offset of `spent`; `reserved` and `own` follow.
     counters: usize,
     /// Offset just past the entry.
     next: usize,
@@ -403,7 +456,11 @@ struct Slot {
 impl Blob {
     /// Takes a stored value after checking every entry is whole and names are UTF-8.
     fn decode(bytes: Vec<u8>) -> Option<Blob> {
-        let blob = Blob { bytes };
+        let blob = if bytes.starts_with(BLOB_MAGIC_V2) {
+            Blob::upgrade_v2(&bytes)?
+        } else {
+            Blob { bytes }
+        };
         blob.bytes.starts_with(BLOB_MAGIC).then_some(())?;
         let mut at = BLOB_MAGIC.len();
         while at < blob.bytes.len() {
@@ -414,13 +471,28 @@ impl Blob {
         Some(blob)
     }
 
+    /// An L2 blob (left by the previous release in this Envoy's shared data) as L3: what
+    /// was spent here is this gateway's own.
+    fn upgrade_v2(bytes: &[u8]) -> Option<Blob> {
+        let mut upgraded = BLOB_MAGIC.to_vec();
+        let mut at = BLOB_MAGIC_V2.len();
+        while at < bytes.len() {
+            let name_len = usize::from(*bytes.get(at + 9)?);
+            let counters = at + 10 + name_len;
+            upgraded.extend_from_slice(bytes.get(at..counters + 16)?);
+            upgraded.extend_from_slice(bytes.get(counters..counters + 8)?);
+            at = counters + 16;
+        }
+        Some(Blob { bytes: upgraded })
+    }
+
     fn slot(&self, at: usize) -> Option<Slot> {
         let kind = *self.bytes.get(at)?;
         let end = i64::from_le_bytes(*self.bytes.get(at + 1..at + 9)?.first_chunk::<8>()?);
         let name_len = usize::from(*self.bytes.get(at + 9)?);
         let name = (at + 10, at + 10 + name_len);
         let counters = name.1;
-        let next = counters + 16;
+        let next = counters + COUNTER_BYTES;
         (next <= self.bytes.len()).then_some(Slot {
             kind,
             end,
@@ -461,15 +533,20 @@ impl Blob {
             .map(|s| Account {
                 spent: self.read_u64(s.counters),
                 reserved: self.read_u64(s.counters + 8),
+                own: self.read_u64(s.counters + 16),
             })
             .unwrap_or_default()
     }
 
     fn put(&mut self, name: &str, period: &Period, account: Account) {
-        let mut counters = [0u8; 16];
-        let (spent, reserved) = counters.split_at_mut(8);
-        spent.copy_from_slice(&account.spent.to_le_bytes());
-        reserved.copy_from_slice(&account.reserved.to_le_bytes());
+        let mut counters = [0u8; COUNTER_BYTES];
+        for (target, value) in
+            counters
+                .chunks_exact_mut(8)
+                .zip([account.spent, account.reserved, account.own])
+        {
+            target.copy_from_slice(&value.to_le_bytes());
+        }
         if let Some(slot) = self.find(name, period) {
             if let Some(target) = self.bytes.get_mut(slot.counters..slot.next) {
                 target.copy_from_slice(&counters);

@@ -18,6 +18,7 @@ pub mod booking;
 pub mod config;
 pub mod degrade;
 pub mod filter;
+pub mod fleet;
 pub mod history;
 pub mod host;
 pub mod identity;

@@ -190,6 +190,8 @@ pub enum ReasonCounter {
     AlertDeliveries,
     /// Host calls of the adapter that failed, by call (`get_buffer`, `set_header`, ...).
     HostErrors,
+    /// Fleet-mode syncs with Redis that failed (`timeout`, `status`, `redis`, ...).
+    FleetSyncErrors,
 }
 
 impl ReasonCounter {
@@ -200,6 +202,7 @@ impl ReasonCounter {
             ReasonCounter::LedgerErrors => "agent_budget_ledger_errors",
             ReasonCounter::AlertDeliveries => "agent_budget_alert_deliveries",
             ReasonCounter::HostErrors => "agent_budget_host_errors",
+            ReasonCounter::FleetSyncErrors => "agent_budget_fleet_sync_errors",
         }
     }
 }

@@ -4,7 +4,8 @@
 use crate::alerts::{self, Alert, Outbox, PayloadFormat};
 use crate::anomaly;
 use crate::booking::{PendingCharge, Trouble};
-use crate::config::{AlertFormat, Config};
+use crate::config::{AlertFormat, Config, LimitAction, Unsynced};
+use crate::fleet::Fleet;
 use crate::history;
 use crate::host::{Host, HostError};
 use crate::ledger::{Account, AccountKey, Ledger, LedgerError};
@@ -56,6 +57,8 @@ pub struct Worker {
     history: history::Accumulator,
     /// When the rates were last reviewed (see `anomaly::review`).
     last_review: Cell<Option<i64>>,
+    /// Fleet mode's sync state (None: embedded mode).
+    fleet: Option<Fleet>,
 }
 
 impl Worker {
@@ -72,7 +75,6 @@ impl Worker {
             config.max_tracked_agents as usize,
         );
         Worker {
-            config,
             metrics: Metrics::new(agents),
             pending: RefCell::new(Vec::new()),
             unpriced_logged: RefCell::new(BTreeSet::new()),
@@ -88,7 +90,45 @@ impl Worker {
             top: top::Accumulator::new(),
             history: history::Accumulator::default(),
             last_review: Cell::new(None),
+            fleet: config.fleet.clone().map(Fleet::new),
+            config,
         }
+    }
+
+    /// How often the host should run [`Worker::tick`]: fleet mode syncs on the tick.
+    pub fn tick_millis(&self) -> u32 {
+        self.config
+            .fleet
+            .as_ref()
+            .map_or(TICK_MILLIS as u32, |f| f.sync_millis)
+    }
+
+    /// True if a call of an agent with `action` must be refused because fleet mode has not
+    /// loaded the fleet's spend yet (`fleet.unsynced: refuse`, `stop` agents only).
+    pub fn refuses_unsynced(&self, host: &dyn Host, action: LimitAction) -> bool {
+        let Some(fleet) = &self.fleet else {
+            return false;
+        };
+        action == LimitAction::Stop
+            && fleet.settings().unsynced == Unsynced::Refuse
+            && !fleet.ready(host)
+    }
+
+    /// Fleet sync calls awaiting a reply.
+    pub fn fleet_in_flight(&self) -> usize {
+        self.fleet.as_ref().map_or(0, Fleet::in_flight)
+    }
+
+    /// The reply to a call this worker dispatched (`status` 0: no reply, e.g. a reset):
+    /// a fleet sync or an alert delivery.
+    pub fn on_http_reply(&self, host: &dyn Host, token: u32, status: u32, body: &[u8]) {
+        if let Some(fleet) = &self.fleet {
+            if fleet.on_reply(host, &self.metrics, &self.config, token, status, body) {
+                self.metrics.flush(host);
+                return;
+            }
+        }
+        self.on_alert_reply(host, token, status);
     }
 
     /// The day and month containing `now`, cached until the day ends.
@@ -123,7 +163,16 @@ impl Worker {
                 .ensure_shards()
                 .and_then(|_| top::ensure_keys(host, self.config.agents.keys()))
                 .and_then(|_| ledger.prune(&current))
-                .and_then(|_| history::ensure(host, &self.config, now).map(|_| ()));
+                .and_then(|_| history::ensure(host, &self.config, now).map(|_| ()))
+                .and_then(|_| match &self.fleet {
+                    Some(fleet) => fleet.prepare(host, host.now_unix_nanos()).map_err(|error| {
+                        LedgerError::Host {
+                            key: crate::fleet::FIELD_KEY.to_string(),
+                            error,
+                        }
+                    }),
+                    None => Ok(()),
+                });
             match prepared {
                 Ok(()) => *self.prepared.borrow_mut() = ids,
                 Err(error) => self.ledger_error(&error),
@@ -136,6 +185,10 @@ impl Worker {
         }
         self.merge_history(host, now);
         let ticks = self.ticks.get();
+        // Not on the configure-time run: calls go out from ticks.
+        if let (Some(fleet), true) = (&self.fleet, ticks > 0) {
+            fleet.sync(host, &self.metrics, &self.config, &current);
+        }
         self.ticks.set(ticks.wrapping_add(1));
         let served = self.served.replace(false);
         if retried || served || ticks % GAUGE_REFRESH_TICKS == 0 {
@@ -354,8 +407,8 @@ impl Worker {
         let mut still = Vec::new();
         for charge in pending {
             let result = ledger.update(&charge.period, &charge.key, |a| Account {
-                spent: a.spent.saturating_add(charge.micro_usd),
                 reserved: a.reserved.saturating_sub(charge.release),
+                ..a.charged(charge.micro_usd)
             });
             if result.is_err() {
                 still.push(charge);

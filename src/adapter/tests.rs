@@ -130,6 +130,7 @@ impl Abi for FakeEnvoy {
             Buffer::RequestBody => self.request_body.borrow().clone(),
             Buffer::ResponseBody => self.response_body.borrow().clone(),
             Buffer::PluginConfiguration => self.plugin_configuration.clone(),
+            Buffer::CallResponseBody => self.response_body.borrow().clone(),
         };
         Ok(bytes.into_iter().skip(start).take(max_size).collect())
     }
@@ -145,7 +146,7 @@ impl Abi for FakeEnvoy {
         match buffer {
             Buffer::RequestBody => *self.request_body.borrow_mut() = bytes.to_vec(),
             Buffer::ResponseBody => *self.response_body.borrow_mut() = bytes.to_vec(),
-            Buffer::PluginConfiguration => return Err(FAILURE),
+            Buffer::PluginConfiguration | Buffer::CallResponseBody => return Err(FAILURE),
         }
         Ok(())
     }
@@ -428,12 +429,68 @@ fn an_alert_reply_whose_headers_cannot_be_read_counts_as_a_failed_delivery() {
     assert!(root.on_configure(&envoy));
     let at = envoy.calls.borrow().len();
     envoy.fail_at.set(Some(at));
-    root.on_http_call_response(&envoy, 7);
+    root.on_http_call_response(&envoy, 7, 0);
     root.on_tick(&envoy);
     assert_eq!(
         envoy.metric("agent_budget_host_errors.reason.get_header_map"),
         1
     );
+}
+
+#[test]
+fn a_callout_reply_whose_body_cannot_be_read_is_counted_and_read_as_empty() {
+    let envoy = FakeEnvoy::new(BUDGETS);
+    let mut root = Root::default();
+    assert!(root.on_configure(&envoy));
+    *envoy.response_body.borrow_mut() = b"[1]".to_vec();
+    // The headers read; the body does not.
+    let at = envoy.calls.borrow().len() + 1;
+    envoy.fail_at.set(Some(at));
+    root.on_http_call_response(&envoy, 7, 3);
+    root.on_tick(&envoy);
+    assert_eq!(
+        envoy.metric("agent_budget_host_errors.reason.get_buffer"),
+        1
+    );
+}
+
+/// Fleet mode names the gateway after Envoy's node id unless the config names it.
+#[test]
+fn the_node_id_names_the_fleet_gateway_unless_the_config_does() {
+    let fleet = |gateway_id: &str| {
+        format!(
+            r#"{{"agents": {{"a": {{"daily_usd": 1}}}}, "fleet": {{"cluster": "webdis"{gateway_id}}}}}"#
+        )
+    };
+    let node = vec!["xds".to_string(), "node".to_string(), "id".to_string()];
+    let cases = [
+        (
+            "",
+            Some(b"sidecar~10.0.0.1~pod".to_vec()),
+            Some("sidecar_10.0.0.1_pod"),
+        ),
+        (
+            r#", "gateway_id": "edge-1""#,
+            Some(b"node-x".to_vec()),
+            Some("edge-1"),
+        ),
+        ("", None, None),
+    ];
+    for (gateway_id, node_id, want) in cases {
+        let mut envoy = FakeEnvoy::new(&fleet(gateway_id));
+        if let Some(node_id) = node_id {
+            envoy.properties.insert(node.clone(), node_id);
+        }
+        let mut root = Root::default();
+        assert!(root.on_configure(&envoy), "{gateway_id}");
+        let worker = root.worker.as_ref().expect("configured");
+        let named = worker
+            .config
+            .fleet
+            .as_ref()
+            .and_then(|f| f.gateway_id.as_deref());
+        assert_eq!(named, want, "{gateway_id}");
+    }
 }
 
 #[test]

@@ -84,7 +84,10 @@ fn struct_whose_bytes_look_like_json_text_is_read_as_a_struct() {
         assert_eq!(from_struct, from_json, "agent name of {name_len} bytes");
         assert!(from_struct.is_ok(), "agent name of {name_len} bytes");
     }
-    assert!(saw_brace, "no length in the sweep produced the JSON-looking prefix");
+    assert!(
+        saw_brace,
+        "no length in the sweep produced the JSON-looking prefix"
+    );
 }
 
 /// Each bad configuration is rejected with the field it names.
@@ -496,5 +499,94 @@ fn identity_source_and_its_errors() {
             "{identity}: {error}"
         );
         assert!(!error.contains("2179e6"), "{error}");
+    }
+}
+
+#[test]
+fn fleet_section_defaults_and_rejections() {
+    let base =
+        |fleet: serde_json::Value| json!({"agents": {"a": {"daily_usd": 1}}, "fleet": fleet});
+    let config = Config::from_bytes(&encode_struct(&base(json!({"cluster": "redis"})))).unwrap();
+    assert_eq!(
+        config.fleet,
+        Some(FleetConfig {
+            cluster: "redis".into(),
+            sync_millis: 1_000,
+            timeout_millis: 1_000,
+            gateway_id: None,
+            key_prefix: "agent_budget".into(),
+            unsynced: Unsynced::Refuse,
+        })
+    );
+    let set = json!({"cluster": "r", "sync_millis": 250, "timeout_millis": 100,
+        "gateway_id": "gw-1.eu", "key_prefix": "ab", "unsynced": "allow"});
+    let fleet = Config::from_bytes(&encode_struct(&base(set)))
+        .unwrap()
+        .fleet
+        .unwrap();
+    assert_eq!(
+        (
+            fleet.sync_millis,
+            fleet.timeout_millis,
+            fleet.gateway_id.as_deref()
+        ),
+        (250, 100, Some("gw-1.eu"))
+    );
+    assert_eq!(
+        (fleet.key_prefix.as_str(), fleet.unsynced),
+        ("ab", Unsynced::Allow)
+    );
+    let embedded = json!({"agents": {"a": {"daily_usd": 1}}});
+    assert_eq!(
+        Config::from_bytes(&encode_struct(&embedded)).unwrap().fleet,
+        None
+    );
+
+    let cases = [
+        (json!({"cluster": " "}), "fleet.cluster", "webdis"),
+        (json!({}), "fleet", "cluster"),
+        (
+            json!({"cluster": "r", "sync_millis": 5000}),
+            "fleet.sync_millis",
+            "between 100 and 1000",
+        ),
+        (
+            json!({"cluster": "r", "sync_millis": 10}),
+            "fleet.sync_millis",
+            "between 100 and 1000",
+        ),
+        (
+            json!({"cluster": "r", "timeout_millis": 0}),
+            "fleet.timeout_millis",
+            "between",
+        ),
+        (
+            json!({"cluster": "r", "gateway_id": "a b"}),
+            "fleet.gateway_id",
+            "letters",
+        ),
+        (
+            json!({"cluster": "r", "key_prefix": "{x}"}),
+            "fleet.key_prefix",
+            "letters",
+        ),
+        (
+            json!({"cluster": "r", "unsynced": "wait"}),
+            "fleet.unsynced",
+            "unknown variant",
+        ),
+        (
+            json!({"cluster": "r", "sync": 1}),
+            "fleet.sync",
+            "unknown field",
+        ),
+    ];
+    for (fleet, field, reason) in cases {
+        let value = base(fleet);
+        for bytes in [serde_json::to_vec(&value).unwrap(), encode_struct(&value)] {
+            let error = Config::from_bytes(&bytes).unwrap_err();
+            assert_eq!(error.field, field, "{value} -> {error}");
+            assert!(error.reason.contains(reason), "{value} -> {error}");
+        }
     }
 }

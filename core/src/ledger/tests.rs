@@ -59,6 +59,7 @@ fn blob_edits_in_place_round_trips_and_rejects_garbage() {
     let a = Account {
         spent: 5,
         reserved: 7,
+        own: 3,
     };
     blob.put("agent:a", &day(), a);
     blob.put(
@@ -67,12 +68,14 @@ fn blob_edits_in_place_round_trips_and_rejects_garbage() {
         Account {
             spent: u64::MAX,
             reserved: 0,
+            own: u64::MAX,
         },
     );
     assert_eq!(blob.get("agent:a", &day()), a);
     let six = Account {
         spent: 6,
         reserved: 0,
+        own: 6,
     };
     blob.put("agent:a", &day(), six);
     assert_eq!(blob.slots().count(), 2);
@@ -80,7 +83,7 @@ fn blob_edits_in_place_round_trips_and_rejects_garbage() {
     assert_eq!(blob.get("agent:a", &month()), Account::default());
     let bytes = blob.bytes.clone();
     assert_eq!(Blob::decode(bytes.clone()), Some(blob.clone()));
-    assert_eq!(Blob::decode(b"L2".to_vec()), Some(Blob::default()));
+    assert_eq!(Blob::decode(b"L3".to_vec()), Some(Blob::default()));
     assert_eq!(Blob::decode(Vec::new()), None);
     assert_eq!(Blob::decode(b"L1".to_vec()), None);
     // Every truncation of a valid blob is rejected or a valid shorter blob, never a panic.
@@ -178,7 +181,7 @@ fn a_refused_change_writes_nothing() {
     assert_eq!(
         host.raw_shared(&Ledger::shard_key(shard_of("agent:a")))
             .unwrap(),
-        b"L2"
+        b"L3"
     );
 }
 
@@ -280,4 +283,27 @@ fn ledger_name_limit_is_enforced() {
         ledger.add_spend(&day(), &agent(&"x".repeat(250)), 1),
         Err(LedgerError::NameTooLong)
     ));
+}
+
+#[test]
+fn an_l2_blob_from_the_previous_release_reads_as_own_spend() {
+    let mut v2 = b"L2".to_vec();
+    v2.push(b'd');
+    v2.extend_from_slice(&day().end.to_le_bytes());
+    v2.push(7);
+    v2.extend_from_slice(b"agent:a");
+    v2.extend_from_slice(&40u64.to_le_bytes());
+    v2.extend_from_slice(&9u64.to_le_bytes());
+    let blob = Blob::decode(v2.clone()).unwrap();
+    assert_eq!(
+        blob.get("agent:a", &day()),
+        Account {
+            spent: 40,
+            reserved: 9,
+            own: 40,
+        }
+    );
+    assert!(blob.bytes.starts_with(b"L3"));
+    // A truncated L2 entry is corruption, as in L3.
+    assert!(Blob::decode(v2[..v2.len() - 1].to_vec()).is_none());
 }

@@ -29,7 +29,11 @@ fn line(scope: Scope, period: &Period, limit: u64, spent: u64, reserved: u64) ->
         scope,
         period: period.clone(),
         limit,
-        state: Account { spent, reserved },
+        state: Account {
+            spent,
+            reserved,
+            own: spent,
+        },
     }
 }
 

@@ -12,7 +12,11 @@ fn daily(scope: Scope, limit: u64, spent: u64, reserved: u64) -> Line {
         scope,
         period: Period::containing(PeriodKind::Daily, TimeZone::UTC, NOW),
         limit,
-        state: Account { spent, reserved },
+        state: Account {
+            spent,
+            reserved,
+            own: spent,
+        },
     }
 }
 

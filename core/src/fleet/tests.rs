@@ -1,0 +1,389 @@
+use super::*;
+use crate::config::LimitAction;
+use crate::host::fake::FakeHost;
+use crate::ledger::AccountKey;
+use crate::period::PeriodKind;
+use crate::root::Worker;
+use std::collections::BTreeMap;
+
+const NOW: i64 = 1_795_900_000; // 2026-11-28
+
+const CONFIG: &str = r#"{"agents":{"bot":{"daily_usd":1,"monthly_usd":10,"task_daily_usd":0.5},
+  "soft":{"daily_usd":1,"action":"alert"}},
+  "fleet":{"cluster":"webdis","gateway_id":"GW"}}"#;
+
+/// Redis with the script's semantics, fed the webdis request bodies the gateways send.
+#[derive(Default)]
+struct FakeRedis {
+    hashes: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+fn decode(part: &str) -> String {
+    let bytes = part.as_bytes();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        if bytes[at] == b'%' {
+            out.push(u8::from_str_radix(&part[at + 1..at + 3], 16).unwrap());
+            at += 3;
+        } else {
+            out.push(bytes[at]);
+            at += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+impl FakeRedis {
+    /// Runs one `EVAL/...` body and returns webdis's JSON reply.
+    fn run(&mut self, body: &[u8]) -> Vec<u8> {
+        let text = std::str::from_utf8(body).unwrap();
+        let parts: Vec<String> = text.split('/').map(decode).collect();
+        assert_eq!(parts[0], "EVAL");
+        assert_eq!(parts[1], SCRIPT);
+        let n: usize = parts[2].parse().unwrap();
+        let keys = &parts[3..3 + n];
+        let field = &parts[3 + n];
+        let args = &parts[4 + n..];
+        assert_eq!(args.len(), 2 * n);
+        let mut out = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let own: u64 = args[2 * i].parse().unwrap();
+            let expire_at: i64 = args[2 * i + 1].parse().unwrap();
+            assert!(expire_at > NOW);
+            let hash = self.hashes.entry(key.clone()).or_default();
+            let mine = hash.get(field).copied().unwrap_or(0);
+            if own > mine {
+                hash.insert(field.clone(), own);
+            }
+            out.push(hash.values().sum::<u64>());
+            out.push(mine.max(own));
+        }
+        serde_json::to_vec(&serde_json::json!({ "EVAL": out })).unwrap()
+    }
+
+    fn total(&self, key: &str) -> u64 {
+        self.hashes.get(key).map_or(0, |h| h.values().sum())
+    }
+}
+
+/// Answers a call's body with a status and a reply body.
+type Webdis<'a> = dyn FnMut(&[u8]) -> (u32, Vec<u8>) + 'a;
+type Pairs = Result<Vec<(u64, u64)>, SyncError>;
+
+/// One gateway: an Envoy's shared data with one worker, and the calls it has answered.
+struct Gateway {
+    host: FakeHost,
+    worker: Worker,
+    answered: usize,
+}
+
+impl Gateway {
+    fn start() -> Gateway {
+        Gateway::start_at(NOW)
+    }
+
+    /// A gateway process started at `secs` (which names its field in Redis).
+    fn start_at(secs: i64) -> Gateway {
+        let host = FakeHost::new().at_unix_secs(secs);
+        let worker = Worker::new(Config::from_bytes(CONFIG.as_bytes()).unwrap());
+        worker.tick(&host); // the configure-time run: prepares, sends nothing
+        Gateway {
+            host,
+            worker,
+            answered: 0,
+        }
+    }
+
+    fn charge(&self, key: &AccountKey, micro_usd: u64) {
+        let ledger = Ledger::new(&self.host);
+        for period in self.periods() {
+            if matches!(key, AccountKey::Agent(_)) || period.kind == PeriodKind::Daily {
+                ledger.add_spend(&period, key, micro_usd).unwrap();
+            }
+        }
+    }
+
+    fn periods(&self) -> [Period; 2] {
+        self.worker.current_periods(self.host_secs())
+    }
+
+    fn host_secs(&self) -> i64 {
+        let host: &dyn Host = &self.host;
+        host.now_unix_secs()
+    }
+
+    fn account(&self, key: &AccountKey) -> Account {
+        let day = self.worker.current_periods(NOW)[0].clone();
+        Ledger::new(&self.host).read(&day, key).unwrap()
+    }
+
+    /// Ticks, and answers the calls sent since the last time with `reply`.
+    fn sync(&mut self, reply: &mut Webdis) -> usize {
+        self.worker.tick(&self.host);
+        let sent = self.host.dispatched();
+        let new = &sent[self.answered..];
+        for call in new {
+            assert_eq!(call.cluster, "webdis");
+            let (status, body) = reply(&call.body);
+            self.worker
+                .on_http_reply(&self.host, call.token, status, &body);
+        }
+        self.answered = sent.len();
+        new.len()
+    }
+
+    fn sync_with(&mut self, redis: &mut FakeRedis) -> usize {
+        self.sync(&mut |body| (200, redis.run(body)))
+    }
+
+    fn metric(&self, name: &str) -> Option<i64> {
+        self.worker.metrics.flush(&self.host);
+        self.host.metric(name)
+    }
+}
+
+fn bot() -> AccountKey {
+    AccountKey::Agent("bot".into())
+}
+
+fn task() -> AccountKey {
+    AccountKey::Task {
+        budget: "bot".into(),
+        task: "t1".into(),
+    }
+}
+
+const BOT_DAY: &str = "agent_budget:{bot}:agent:bot:2026-11-28";
+const BOT_MONTH: &str = "agent_budget:{bot}:agent:bot:2026-11";
+const TASK_DAY: &str = "agent_budget:{bot}:task:bot/t1:2026-11-28";
+
+#[test]
+fn spend_of_two_gateways_adds_up_in_redis_and_in_both_ledgers() {
+    let mut redis = FakeRedis::default();
+    let (mut a, mut b) = (Gateway::start(), Gateway::start());
+    a.charge(&bot(), 300);
+    a.charge(&task(), 300);
+    b.charge(&bot(), 200);
+    // One call per configured budget and tick.
+    assert_eq!(a.sync_with(&mut redis), 2);
+    assert_eq!(b.sync_with(&mut redis), 2);
+    a.sync_with(&mut redis);
+    assert_eq!(redis.total(BOT_DAY), 500);
+    assert_eq!(redis.total(BOT_MONTH), 500);
+    assert_eq!(redis.total(TASK_DAY), 300);
+    let cases = [
+        (&a, bot(), 500, 300),
+        (&b, bot(), 500, 200),
+        (&a, task(), 300, 300),
+        // B never saw the task: it learns of it once it charges it (see the README).
+        (&b, task(), 0, 0),
+    ];
+    for (gateway, key, spent, own) in cases {
+        let account = gateway.account(&key);
+        assert_eq!((account.spent, account.own), (spent, own), "{key:?}");
+    }
+    let month = a.periods()[1].clone();
+    let monthly = Ledger::new(&a.host).read(&month, &bot()).unwrap();
+    assert_eq!(monthly.spent, 500);
+}
+
+#[test]
+fn a_retried_or_duplicated_push_is_applied_once() {
+    let mut redis = FakeRedis::default();
+    let mut a = Gateway::start();
+    a.charge(&bot(), 400);
+    // Every body reaches Redis three times (a timeout and two retries), replies get lost.
+    a.sync(&mut |body| {
+        redis.run(body);
+        redis.run(body);
+        let reply = redis.run(body);
+        (200, reply)
+    });
+    assert_eq!(redis.total(BOT_DAY), 400);
+    a.charge(&bot(), 100);
+    a.sync_with(&mut redis);
+    a.sync_with(&mut redis);
+    assert_eq!(redis.total(BOT_DAY), 500);
+    assert_eq!(a.account(&bot()).spent, 500);
+}
+
+#[test]
+fn an_outage_is_counted_enforced_locally_and_reconciled_exactly() {
+    let mut redis = FakeRedis::default();
+    let (mut a, mut b) = (Gateway::start(), Gateway::start());
+    b.charge(&bot(), 100);
+    b.sync_with(&mut redis);
+    a.sync_with(&mut redis);
+    assert_eq!(a.account(&bot()).spent, 100);
+    let outages: [(u32, &[u8], &str); 5] = [
+        (503, b"", "status"),
+        (0, b"", "timeout"),
+        (504, b"upstream request timeout", "timeout"),
+        (200, br#"{"EVAL":[false,"ERR busy"]}"#, "redis"),
+        (200, b"<html>", "bad_reply"),
+    ];
+    for (status, body, reason) in outages {
+        a.charge(&bot(), 10);
+        let name = format!("agent_budget_fleet_sync_errors.reason.{reason}");
+        let counted = a.metric(&name).unwrap_or(0);
+        a.sync(&mut |_| (status, body.to_vec()));
+        // One failed call per budget.
+        assert_eq!(a.metric(&name), Some(counted + 2), "{name}");
+        // Still enforcing on what it knew plus its own new spend.
+        let account = a.account(&bot());
+        assert_eq!(account.spent, 100 + account.own);
+    }
+    assert_eq!(a.account(&bot()).own, 50);
+    assert_eq!(redis.total(BOT_DAY), 100);
+    a.sync_with(&mut redis);
+    assert_eq!(redis.total(BOT_DAY), 150);
+    assert_eq!(a.account(&bot()).spent, 150);
+    b.sync_with(&mut redis);
+    assert_eq!(b.account(&bot()).spent, 150);
+}
+
+#[test]
+fn a_restarted_gateway_loads_the_fleet_spend_before_it_enforces() {
+    let mut redis = FakeRedis::default();
+    let mut before = Gateway::start();
+    before.charge(&bot(), 700);
+    before.charge(&task(), 450);
+    before.sync_with(&mut redis);
+    before.sync_with(&mut redis);
+    assert!(!before
+        .worker
+        .refuses_unsynced(&before.host, LimitAction::Stop));
+
+    // The same gateway after a restart: empty shared data, a new field in Redis.
+    let mut after = Gateway::start_at(NOW + 1);
+    assert!(after
+        .worker
+        .refuses_unsynced(&after.host, LimitAction::Stop));
+    assert!(!after
+        .worker
+        .refuses_unsynced(&after.host, LimitAction::Alert));
+    // A load that fails keeps it refusing.
+    after.sync(&mut |_| (503, Vec::new()));
+    assert!(after
+        .worker
+        .refuses_unsynced(&after.host, LimitAction::Stop));
+    after.sync_with(&mut redis);
+    assert!(!after
+        .worker
+        .refuses_unsynced(&after.host, LimitAction::Stop));
+    let loaded = after.account(&bot());
+    assert_eq!((loaded.spent, loaded.own), (700, 0));
+    // Its first charge of the task makes it push and pull the task too.
+    after.charge(&task(), 10);
+    after.sync_with(&mut redis);
+    assert_eq!(after.account(&task()).spent, 460);
+    assert_eq!(redis.total(BOT_DAY), 700);
+    assert_eq!(redis.total(TASK_DAY), 460);
+    assert_eq!(
+        redis.hashes[BOT_DAY].len(),
+        1,
+        "no field for a gateway with no spend"
+    );
+}
+
+#[test]
+fn a_late_reply_or_a_redis_that_lost_data_never_lowers_local_spend() {
+    let mut redis = FakeRedis::default();
+    let (mut a, mut b) = (Gateway::start(), Gateway::start());
+    b.charge(&bot(), 300);
+    b.sync_with(&mut redis);
+    a.sync_with(&mut redis);
+    assert_eq!(a.account(&bot()).spent, 300);
+    // Redis restarted empty: the totals drop, the gateways re-push what they own.
+    redis = FakeRedis::default();
+    a.charge(&bot(), 5);
+    a.sync_with(&mut redis);
+    assert_eq!(a.account(&bot()).spent, 305);
+    b.sync_with(&mut redis);
+    a.sync_with(&mut redis);
+    assert_eq!(redis.total(BOT_DAY), 305);
+    assert_eq!(a.account(&bot()).spent, 305);
+}
+
+#[test]
+fn one_worker_per_envoy_syncs() {
+    let host = FakeHost::new().at_unix_secs(NOW);
+    let workers: Vec<Worker> = (0..3)
+        .map(|_| Worker::new(Config::from_bytes(CONFIG.as_bytes()).unwrap()))
+        .collect();
+    for _ in 0..3 {
+        for worker in &workers {
+            worker.tick(&host);
+        }
+    }
+    // One call per budget, from one worker; the calls are unanswered, so the next ticks
+    // send no more for those budgets.
+    assert_eq!(host.dispatched().len(), 2);
+    let leader = workers.iter().filter(|w| w.fleet_in_flight() > 0).count();
+    assert_eq!(leader, 1);
+}
+
+#[test]
+fn replies_parse_into_pairs_or_fail_typed() {
+    let cases: [(&[u8], usize, Pairs); 6] = [
+        (br#"{"EVAL":[5,2,7,0]}"#, 2, Ok(vec![(5, 2), (7, 0)])),
+        (br#"{"EVAL":[5,2]}"#, 2, Err(SyncError::BadReply)),
+        (br#"{"EVAL":[5,-2]}"#, 1, Err(SyncError::BadReply)),
+        (br#"{"EVAL":[false,"NOSCRIPT"]}"#, 1, Err(SyncError::Redis)),
+        (br#"{"GET":[5,2]}"#, 1, Err(SyncError::BadReply)),
+        (b"", 1, Err(SyncError::BadReply)),
+    ];
+    for (body, items, want) in cases {
+        assert_eq!(
+            parse_reply(body, items),
+            want,
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
+}
+
+#[test]
+fn keys_carry_the_budget_as_hash_tag_and_arguments_are_percent_encoded() {
+    let day = Period::containing(PeriodKind::Daily, crate::period::TimeZone::UTC, NOW);
+    assert_eq!(
+        redis_key("ab", "bot", "user:bot/u.1", &day),
+        "ab:{bot}:user:bot/u.1:2026-11-28"
+    );
+    assert_eq!(encode("a/b.c d{}%"), "a%2Fb%2Ec%20d%7B%7D%25");
+    let items = [Item {
+        name: "agent:bot".into(),
+        period: day.clone(),
+        own: 42,
+    }];
+    let body = command("ab", "bot", "gw@1f", &items);
+    let parts: Vec<&str> = body.split('/').collect();
+    assert_eq!(parts.len(), 7, "{body}");
+    assert_eq!(
+        parts[2..4],
+        ["1", "ab%3A%7Bbot%7D%3Aagent%3Abot%3A2026-11-28"]
+    );
+    assert_eq!(
+        parts[4..],
+        ["gw%401f", "42", &(day.end + KEY_MARGIN_SECS).to_string()]
+    );
+}
+
+#[test]
+fn a_node_id_becomes_a_gateway_id_of_the_configs_character_set() {
+    let cases = [
+        ("gw-1", Some("gw-1".to_string())),
+        (
+            "sidecar~10.0.0.1~pod.ns~ns.svc.cluster.local",
+            Some("sidecar_10.0.0.1_pod.ns_ns.svc.cluster.local".to_string()),
+        ),
+        ("é/x", Some("__x".to_string())),
+        ("", None),
+    ];
+    for (node, want) in cases {
+        assert_eq!(gateway_id_from_node(node), want, "{node:?}");
+    }
+    let long = "n".repeat(300);
+    assert_eq!(gateway_id_from_node(&long).map(|id| id.len()), Some(128));
+}

@@ -1,0 +1,268 @@
+"""Fleet mode: two Envoy gateways share one budget per agent through a real Redis behind a
+real webdis, both started here on free ports (envoy/agent-budget-fleet.yaml)."""
+
+import json
+import shutil
+import subprocess
+import tempfile
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from harness import REPO, Gateway, free_port, knobs, wait_until
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+WEBDIS = shutil.which("webdis") or "/usr/bin/webdis"
+FLEET_BOOTSTRAP = REPO / "envoy/agent-budget-fleet.yaml"
+CHAT = "/v1/chat/completions"
+# mock-model at $1/M input and $2/M output: 1000 in + 500 out = 2000 micro-USD a call.
+CALL_MICRO_USD = 2000
+# Syncs happen every second; every wait below polls for a state, bounded by this.
+SETTLE_S = 15
+
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fleet_binaries():
+    missing = [p for p in (REDIS_SERVER, REDIS_CLI, WEBDIS) if not Path(p).exists()]
+    if missing:
+        pytest.fail("not installed: " + ", ".join(missing) + " -- run scripts/setup")
+
+
+class Redis:
+    """redis-server on a free port, persisting every write (appendonly, fsync always), so a
+    restart on the same directory keeps what was written."""
+
+    def __init__(self):
+        self.dir = tempfile.TemporaryDirectory(prefix="redis-")
+        self.port = free_port()
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir.name,
+             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: self.ping(), 10, "redis-server to answer")
+
+    def ping(self) -> bool:
+        result = subprocess.run([REDIS_CLI, "-p", str(self.port), "PING"], capture_output=True, text=True)
+        return result.stdout.strip() == "PONG"
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+
+    def cli(self, *args) -> str:
+        return subprocess.run([REDIS_CLI, "-p", str(self.port), "--raw", *args],
+                              capture_output=True, text=True, check=True).stdout
+
+    def fields(self, key: str) -> dict[str, int]:
+        lines = self.cli("HGETALL", key).split("\n")[:-1]
+        return {lines[i]: int(lines[i + 1]) for i in range(0, len(lines) - 1, 2)}
+
+    def cleanup(self):
+        if self.proc.poll() is None:
+            self.stop()
+        self.dir.cleanup()
+
+
+class Webdis:
+    def __init__(self, redis_port: int):
+        self.dir = tempfile.TemporaryDirectory(prefix="webdis-")
+        self.port = free_port()
+        config = Path(self.dir.name) / "webdis.json"
+        config.write_text(json.dumps({
+            "redis_host": "127.0.0.1", "redis_port": redis_port,
+            "http_host": "127.0.0.1", "http_port": self.port, "threads": 1,
+            "daemonize": False, "database": 0, "verbosity": 1,
+            "logfile": str(Path(self.dir.name) / "webdis.log"),
+        }))
+        self.proc = subprocess.Popen([WEBDIS, str(config)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, cwd=self.dir.name)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.dir.cleanup()
+
+
+@pytest.fixture
+def redis():
+    r = Redis()
+    yield r
+    r.cleanup()
+
+
+@pytest.fixture
+def webdis(redis):
+    w = Webdis(redis.port)
+    yield w
+    w.stop()
+
+
+def fleet_config(daily_usd: float) -> dict:
+    return {
+        "agents": {"bot": {"daily_usd": daily_usd, "action": "stop"}},
+        "pricing": {"mock-model": {"input": 1.0, "output": 2.0}},
+        "fleet": {"cluster": "agent_budget_redis"},
+    }
+
+
+@pytest.fixture
+def fleet(mock, webdis):
+    """Starts a gateway in fleet mode named `node` (its Envoy node id); stops them after."""
+    started = []
+
+    def start(node: str, daily_usd: float) -> Gateway:
+        gw = Gateway(upstream_port=mock.port, plugin_config=fleet_config(daily_usd), concurrency=2,
+                     bootstrap_path=FLEET_BOOTSTRAP, clusters={"agent_budget_redis": webdis.port},
+                     envoy_args=["--service-node", node]).start()
+        started.append(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        if gw.proc.poll() is None:
+            gw.stop()
+
+
+def call(gw: Gateway):
+    body = {"model": "mock-model", "max_tokens": 500, "messages": [{"role": "user", "content": "hi"}]}
+    return gw.post(CHAT, body, knobs("bot", 1000, 500))
+
+
+def day_key() -> str:
+    return "agent_budget:{bot}:agent:bot:" + datetime.now(timezone.utc).strftime("%Y-%m-%d")
+
+
+def fleet_total(redis: Redis) -> int:
+    return sum(redis.fields(day_key()).values())
+
+
+def by_gateway(redis: Redis) -> dict[str, int]:
+    """Spend per gateway id (fields are <gateway id>@<process start>)."""
+    out: dict[str, int] = {}
+    for name, value in redis.fields(day_key()).items():
+        gateway = name.split("@")[0]
+        out[gateway] = out.get(gateway, 0) + value
+    return out
+
+
+def synced(gw: Gateway):
+    """Waits until the gateway has loaded the fleet's spend (calls stop getting 503)."""
+    def loaded():
+        return "fleet: loaded" in gw.log_text()
+    wait_until(loaded, SETTLE_S, "the gateway to load the fleet's spend")
+
+
+def test_spend_adds_up_in_redis_and_stops_the_agent_on_both(fleet, redis):
+    # 10 calls' worth.
+    a, b = fleet("gw-a", 0.02), fleet("gw-b", 0.02)
+    synced(a)
+    synced(b)
+    for gw, calls in ((a, 3), (b, 2)):
+        for _ in range(calls):
+            assert call(gw).status == 200
+    wait_until(lambda: by_gateway(redis) == {"gw-a": 3 * CALL_MICRO_USD, "gw-b": 2 * CALL_MICRO_USD},
+               SETTLE_S, "both gateways' spend in Redis")
+    assert fleet_total(redis) == 5 * CALL_MICRO_USD
+    # Spend the rest through A alone, then B must refuse too once it has pulled A's spend.
+    served = 5
+    while call(a).status == 200:
+        served += 1
+        assert served <= 10
+    assert served == 10
+    wait_until(lambda: fleet_total(redis) == served * CALL_MICRO_USD, SETTLE_S, "A's spend in Redis")
+    # Polling B with calls would spend on its stale view: wait for its pull instead.
+    wait_until(lambda: gw_spend(b) == 10 * CALL_MICRO_USD, SETTLE_S, "B to pull A's spend")
+    assert call(b).status == 429
+    assert call(a).status == 429
+    assert fleet_total(redis) == 10 * CALL_MICRO_USD
+    # Redis keys carry the agent as hash tag and expire after the period.
+    assert int(redis.cli("TTL", day_key())) > 0
+
+
+def test_a_restarted_gateway_enforces_the_same_remaining_budget(fleet, redis):
+    a, b = fleet("gw-a", 0.02), fleet("gw-b", 0.02)
+    synced(a)
+    synced(b)
+    for _ in range(4):
+        assert call(a).status == 200
+    wait_until(lambda: fleet_total(redis) == 4 * CALL_MICRO_USD, SETTLE_S, "A's spend in Redis")
+    a.proc.kill()
+    a.proc.wait(10)
+    a.stop()
+    a = fleet("gw-a", 0.02)
+    synced(a)
+    log = a.log_text()
+    # The agent's day and month, as the killed process left them.
+    assert "fleet: loaded 2 accounts from Redis, $0.008000 spent today" in log, log[-3000:]
+    # 6 calls left across the fleet, whichever gateway takes them.
+    served = 0
+    while served <= 6 and call(a if served % 2 else b).status == 200:
+        served += 1
+        # Each call must reach the other gateway before the next one goes elsewhere.
+        wait_until(lambda: fleet_total(redis) == (4 + served) * CALL_MICRO_USD, SETTLE_S, "spend in Redis")
+        for gw in (a, b):
+            wait_until(lambda: gw_spend(gw) == (4 + served) * CALL_MICRO_USD, SETTLE_S, "the pull")
+    assert served == 6
+    assert call(a).status == 429 and call(b).status == 429
+    # The killed process's field still counts; the restarted one has its own (3 calls).
+    fields = redis.fields(day_key())
+    assert sorted(v for k, v in fields.items() if k.startswith("gw-a@")) == [
+        3 * CALL_MICRO_USD, 4 * CALL_MICRO_USD]
+    assert fleet_total(redis) == 10 * CALL_MICRO_USD
+
+
+def gw_spend(gw: Gateway) -> int:
+    return gw.stats().value("agent_budget_spend_micro_usd", agent="bot", period="daily")
+
+
+def test_redis_restart_mid_traffic_loses_and_double_counts_nothing(fleet, redis):
+    a, b = fleet("gw-a", 100), fleet("gw-b", 100)
+    synced(a)
+    synced(b)
+    counts = {"gw-a": 0, "gw-b": 0}
+    stop = threading.Event()
+    errors = []
+
+    def drive(name, gw):
+        while not stop.is_set():
+            resp = call(gw)
+            if resp.status == 200:
+                counts[name] += 1
+            else:
+                errors.append(resp.status)
+
+    threads = [threading.Thread(target=drive, args=item) for item in (("gw-a", a), ("gw-b", b))]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: fleet_total(redis) > 0, SETTLE_S, "traffic to reach Redis")
+        redis.stop()
+        # Traffic goes on while Redis is down; the gateways count the failed syncs.
+        wait_until(lambda: sync_errors(a) > 0 and sync_errors(b) > 0, SETTLE_S,
+                   "failed syncs to be counted")
+        before_restart = dict(counts)
+        wait_until(lambda: all(counts[k] > before_restart[k] for k in counts), SETTLE_S,
+                   "calls served during the outage")
+        redis.start()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert errors == []
+    expected = {k: v * CALL_MICRO_USD for k, v in counts.items()}
+    wait_until(lambda: by_gateway(redis) == expected, SETTLE_S, f"Redis to hold exactly {expected}")
+    total = sum(expected.values())
+    for gw in (a, b):
+        wait_until(lambda: gw_spend(gw) == total, SETTLE_S, "both gateways to see the fleet total")
+
+
+def sync_errors(gw: Gateway) -> int:
+    stats = gw.stats()
+    return sum(int(v) for (name, _), v in stats.samples.items() if name == "agent_budget_fleet_sync_errors")
