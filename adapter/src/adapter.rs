@@ -1,8 +1,9 @@
 //! Envoy's callbacks as plain methods over two seams: the core's [`Host`] (clock, shared
 //! data, metrics, callouts) and [`Abi`] (headers, bodies, properties, replies, the timer).
-//! `proxy.rs` binds both to the proxy-wasm ABI on wasm32 and only forwards the SDK's
-//! callbacks here; natively the tests bind them to fakes that fail each host call in turn
-//! (src/adapter/tests.rs), so every failure path below runs in a test.
+//! The root crate's `src/proxy.rs` binds both to the proxy-wasm ABI and `native/` to Envoy's
+//! dynamic-module ABI; each only forwards its callbacks here. The tests bind them to fakes
+//! that fail each host call in turn (src/adapter/tests.rs), so every failure path below runs
+//! in a test.
 //!
 //! A failed host call is counted in `agent_budget_host_errors{reason}` (named by the call)
 //! and logged once per worker; the call then goes on as its failure mode says (README
