@@ -18,7 +18,7 @@ use std::time::Duration;
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     // After set_log_level, which installs the SDK's own hook (that one unwraps its log call).
-    std::panic::set_hook(Box::new(|info| raw::log_critical(&adapter::panic_report(info))));
+    std::panic::set_hook(Box::new(|info| raw::log_critical(&adapter::panic_report(info, "the VM stops"))));
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(AgentBudgetRoot(Root::default())) });
 }}
 

@@ -98,9 +98,10 @@ fn set_current_agent(agent: Option<&Rc<str>>) {
     });
 }
 
-/// What the panic hook logs at critical level before the VM aborts: the panic and the agent
-/// of the call being processed (escaped and cut short: it is what the client sent).
-pub fn panic_report(info: &std::panic::PanicHookInfo<'_>) -> String {
+/// What the panic hook logs at critical level: the panic, what follows from it (`outcome`:
+/// the host's, e.g. the wasm VM stops) and the agent of the call being processed (escaped and
+/// cut short: it is what the client sent).
+pub fn panic_report(info: &std::panic::PanicHookInfo<'_>, outcome: &str) -> String {
     let agent = CURRENT_AGENT.with(|current| {
         current.try_borrow().ok().and_then(|agent| {
             agent
@@ -112,7 +113,7 @@ pub fn panic_report(info: &std::panic::PanicHookInfo<'_>) -> String {
         Some(agent) => format!("{agent:?}"),
         None => "none".to_string(),
     };
-    format!("agent-budget panicked, the VM stops (call agent {agent}): {info}")
+    format!("agent-budget panicked, {outcome} (call agent {agent}): {info}")
 }
 
 /// The plugin `root_id` of the status page; any other root id meters calls.
