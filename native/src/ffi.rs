@@ -461,22 +461,26 @@ impl Filter {
             .then_some(chunk)
     }
 
-    /// Replaces the whole request body so far (buffered and current chunk) with `bytes`.
+    /// Replaces the whole request body so far (buffered and current chunk) with `bytes`:
+    /// both are emptied and `bytes` goes on as the current chunk. A body part that is empty
+    /// (or is the other) is left alone: draining one Envoy does not hold fails.
     pub fn replace_request_body(self, bytes: &[u8]) -> bool {
+        let buffered = !self.received_is_buffered() && self.body_size(BODY_BUFFERED_REQUEST) > 0;
+        let received = self.body_size(BODY_RECEIVED_REQUEST) > 0;
         // SAFETY: live filter; draining more than a body holds drains it all.
         let drained = unsafe {
-            let buffered = self.received_is_buffered()
+            (!buffered
                 || envoy_dynamic_module_callback_http_drain_body(
                     self.0,
                     BODY_BUFFERED_REQUEST,
                     usize::MAX,
-                );
-            let received = envoy_dynamic_module_callback_http_drain_body(
-                self.0,
-                BODY_RECEIVED_REQUEST,
-                usize::MAX,
-            );
-            buffered && received
+                ))
+                && (!received
+                    || envoy_dynamic_module_callback_http_drain_body(
+                        self.0,
+                        BODY_RECEIVED_REQUEST,
+                        usize::MAX,
+                    ))
         };
         // SAFETY: live filter; `bytes` is live for the call.
         drained
@@ -491,17 +495,20 @@ impl Filter {
 
     /// Replaces the response chunk of the current hook with `bytes`.
     pub fn replace_response_chunk(self, bytes: &[u8]) -> bool {
+        let received = self.body_size(BODY_RECEIVED_RESPONSE) > 0;
         // SAFETY: live filter; `bytes` is live for the call.
         unsafe {
-            envoy_dynamic_module_callback_http_drain_body(
-                self.0,
-                BODY_RECEIVED_RESPONSE,
-                usize::MAX,
-            ) && envoy_dynamic_module_callback_http_append_body(
-                self.0,
-                BODY_RECEIVED_RESPONSE,
-                ModuleBuffer::of(bytes),
-            )
+            (!received
+                || envoy_dynamic_module_callback_http_drain_body(
+                    self.0,
+                    BODY_RECEIVED_RESPONSE,
+                    usize::MAX,
+                ))
+                && envoy_dynamic_module_callback_http_append_body(
+                    self.0,
+                    BODY_RECEIVED_RESPONSE,
+                    ModuleBuffer::of(bytes),
+                )
         }
     }
 

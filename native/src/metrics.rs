@@ -110,8 +110,31 @@ impl Registry {
         Ok(())
     }
 
-    /// Hands every change since the last flush to Envoy (main thread only). A family Envoy
-    /// refuses is logged once and its changes dropped.
+    /// Declares every family the core emits (Envoy takes definitions only while a
+    /// configuration loads: config_new, on the main thread). A family Envoy refuses is
+    /// logged and its changes dropped.
+    pub fn declare(&self, config: ConfigHandle) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        for (kind, family, labels) in agent_budget_core::metrics::families() {
+            let kind = match kind {
+                MetricKind::Counter => Family::Counter,
+                MetricKind::Gauge => Family::Gauge,
+            };
+            let defined = config.define(kind, family, labels);
+            if defined.is_none() {
+                log::warn!("metric {family} unavailable: Envoy refused it");
+            }
+            let labels = labels.iter().map(|label| label.to_string()).collect();
+            inner
+                .families
+                .insert((kind, family.to_string(), labels), defined);
+        }
+    }
+
+    /// Hands every change since the last flush to Envoy (main thread only). A change of a
+    /// family [`Registry::declare`] did not declare (or Envoy refused) is dropped.
     pub fn flush(&self, config: ConfigHandle) {
         let Ok(mut inner) = self.inner.lock() else {
             return;

@@ -220,6 +220,7 @@ pub fn new_config(handle: ConfigHandle, name: &[u8], configuration: &[u8]) -> Op
         replies: Mutex::new(Vec::new()),
         next_token: AtomicU32::new(0),
     });
+    shared.metrics.declare(handle);
     // Checks the configuration as every worker will read it, and prepares the ledger's
     // keys before any worker charges them.
     if !Root::default().on_configure(&NativeHost::main(&shared, None)) {
