@@ -23,8 +23,9 @@ const BAD_ARGUMENT: HostError = HostError::Status(2);
 const INTERNAL_FAILURE: HostError = HostError::Status(10);
 const UNIMPLEMENTED: HostError = HostError::Status(12);
 
-/// The filter-state key of the attribution record (`%FILTER_STATE(agent_budget:PLAIN)%`).
-pub const ATTRIBUTION_KEY: &str = "agent_budget";
+/// The filter-state key of the attribution record: the wasm build's, so one access-log
+/// format (`%FILTER_STATE(wasm.agent_budget:PLAIN)%`, envoy/access-log.yaml) serves both.
+const ATTRIBUTION_KEY: &str = "wasm.agent_budget";
 
 /// A local reply the adapter asked for, sent after the hook's adapter call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -284,7 +285,8 @@ impl Abi for NativeHost<'_> {
 
     fn set_property(&self, path: &[&str], value: &[u8]) -> Result<(), HostError> {
         match path {
-            [key] if *key == ATTRIBUTION_KEY => {
+            // The adapter names the record as proxy-wasm properties do (Envoy adds `wasm.`).
+            ["agent_budget"] => {
                 if self.filter()?.set_filter_state(ATTRIBUTION_KEY, value) {
                     Ok(())
                 } else {
