@@ -327,7 +327,7 @@ def check_side(envoy: Envoy, side: str) -> None:
         r = harness.request(envoy.port, "POST", path, body.encode(), CLIENT_HEADERS)
         assert r.status == 200, (side, api, r.status, r.body[:300])
         has = "x-agent-budget-remaining-usd" in r.headers
-        shows = side in ("filter", "replica", "replica-no-ledger", "filter-no-access-log")
+        shows = side in ("filter", "native", "replica", "replica-no-ledger", "filter-no-access-log")
         assert has == shows, (side, api, "x-agent-budget-remaining-usd", has)
 
 
@@ -1125,7 +1125,7 @@ def machine_info() -> dict:
 
 
 SIDE_SHORT = {"plain": "plain", "noop": "floor", "replica": "replica", "filter": "all",
-              "filter-none": "none"}
+              "filter-none": "none", "native": "native"}
 
 
 def load_side_names(results: dict) -> list[str]:
