@@ -329,33 +329,45 @@ unsafe fn envoy_bytes<'a>(ptr: *const u8, length: usize) -> &'a [u8] {
 }
 
 impl Filter {
-    /// Calls `visit` with each header of a map, borrowed from Envoy; false if the map is
-    /// not available (e.g. response headers before the response).
-    pub fn with_headers(self, headers: Headers, mut visit: impl FnMut(&[u8], &[u8])) -> bool {
+    /// Calls `visit` with the headers of a map, borrowed from Envoy for the call; None if
+    /// the map is not available (e.g. response headers before the response).
+    pub fn with_headers<T>(
+        self,
+        headers: Headers,
+        visit: impl FnOnce(&[(&str, &str)]) -> T,
+    ) -> Option<T> {
         let kind = header_type(headers);
         // SAFETY: the filter is live for this hook.
         let count = unsafe { envoy_dynamic_module_callback_http_get_headers_size(self.0, kind) };
-        let mut pairs = vec![EMPTY_HEADER; count];
-        // SAFETY: `pairs` holds `count` entries, the size Envoy just gave for this map.
+        let mut entries = vec![EMPTY_HEADER; count];
+        // SAFETY: `entries` holds `count` entries, the size Envoy just gave for this map.
         if count > 0
             && !unsafe {
-                envoy_dynamic_module_callback_http_get_headers(self.0, kind, pairs.as_mut_ptr())
+                envoy_dynamic_module_callback_http_get_headers(self.0, kind, entries.as_mut_ptr())
             }
         {
-            return false;
+            return None;
         }
-        for pair in &pairs {
-            // SAFETY: Envoy filled each entry with pointers into the map, valid until the
-            // hook returns or the map changes; `visit` cannot change it (no filter access).
-            let (name, value) = unsafe {
-                (
-                    envoy_bytes(pair.key_ptr, pair.key_length),
-                    envoy_bytes(pair.value_ptr, pair.value_length),
-                )
-            };
-            visit(name, value);
-        }
-        true
+        // A pair that is not UTF-8 is skipped, as the adapter's wire parser skips it.
+        let pairs: Vec<(&str, &str)> = entries
+            .iter()
+            .filter_map(|entry| {
+                // SAFETY: Envoy filled each entry with pointers into the map, valid until the
+                // hook returns or the map changes; nothing changes it while `visit` runs
+                // (the pairs are gone when this returns).
+                let (name, value) = unsafe {
+                    (
+                        envoy_bytes(entry.key_ptr, entry.key_length),
+                        envoy_bytes(entry.value_ptr, entry.value_length),
+                    )
+                };
+                Some((
+                    std::str::from_utf8(name).ok()?,
+                    std::str::from_utf8(value).ok()?,
+                ))
+            })
+            .collect();
+        Some(visit(&pairs))
     }
 
     /// Sets a header (replacing its values); `None` removes it.

@@ -170,36 +170,10 @@ impl Abi for NativeHost<'_> {
             let status = self.callout_status.ok_or(NOT_FOUND)?.to_string();
             return wire::serialize([(":status", status.as_str())]).ok_or(BAD_ARGUMENT);
         };
-        // The pairs borrow Envoy's map for the hook; a pair that is not UTF-8 is skipped,
-        // as `wire::pairs` skips it.
-        let mut count: u32 = 0;
-        let mut sizes = Vec::new();
-        let mut data = Vec::new();
-        let readable = self.filter()?.with_headers(headers, |name, value| {
-            let (Ok(_), Ok(_)) = (std::str::from_utf8(name), std::str::from_utf8(value)) else {
-                return;
-            };
-            let (Ok(name_len), Ok(value_len)) =
-                (u32::try_from(name.len()), u32::try_from(value.len()))
-            else {
-                return;
-            };
-            count = count.saturating_add(1);
-            sizes.extend_from_slice(&name_len.to_le_bytes());
-            sizes.extend_from_slice(&value_len.to_le_bytes());
-            data.extend_from_slice(name);
-            data.push(0);
-            data.extend_from_slice(value);
-            data.push(0);
-        });
-        if !readable {
-            return Err(NOT_FOUND);
-        }
-        let mut out = Vec::with_capacity(4 + sizes.len() + data.len());
-        out.extend_from_slice(&count.to_le_bytes());
-        out.extend_from_slice(&sizes);
-        out.extend_from_slice(&data);
-        Ok(out)
+        self.filter()?
+            .with_headers(headers, |pairs| wire::serialize(pairs.iter().copied()))
+            .ok_or(NOT_FOUND)?
+            .ok_or(BAD_ARGUMENT)
     }
 
     fn set_header(&self, map: Map, name: &str, value: &str) -> Result<(), HostError> {
