@@ -46,6 +46,9 @@ OUT = REPO / ".work/bench"
 WASM = harness.WASM
 MOCK = harness.MOCK
 ENVOY = harness.ENVOY
+NATIVE_BOOTSTRAP = REPO / "envoy/agent-budget-native.yaml"
+# Where the "native" side's Envoy finds libagent_budget_native.so (other sides load none).
+os.environ["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(harness.NATIVE_MODULE.parent)
 LITELLM = REPO / ".venv-litellm/bin/litellm"
 
 # Core layout (2 cores): Envoy (and LiteLLM's workers get both, see there) on core 1,
@@ -177,13 +180,21 @@ def envoy_bootstrap(variant: str, upstream: int, wasm: Path | None = None,
                     access_log: bool = True) -> tuple[dict, int, int]:
     """The shipped bootstrap (ports swapped in). variant: "filter" as shipped, "plain" with
     the agent_budget wasm filter removed (everything else identical, the compressor filter
-    included), "wasm" with the filter's .wasm replaced by `wasm` (a generated module).
-    budget_headers, when given, is set in the plugin configuration."""
+    included), "wasm" with the filter's .wasm replaced by `wasm` (a generated module),
+    "native" the native dynamic module's bootstrap (envoy/agent-budget-native.yaml) with the
+    same plugin configuration. budget_headers, when given, is set in the plugin configuration."""
     port, admin = harness.free_port(), harness.free_port()
     plugin = plugin_config()
     if budget_headers is not None:
         plugin["budget_headers"] = budget_headers
-    config = harness.bootstrap(port, admin, upstream, plugin)
+    if variant == "native":
+        config = harness._shipped_bootstrap(NATIVE_BOOTSTRAP, admin, upstream)
+        listener = config["static_resources"]["listeners"][0]
+        listener["address"]["socket_address"]["port_value"] = port
+        module = next(f for f in harness._hcm(listener)["http_filters"] if f["name"] == "agent_budget")
+        module["typed_config"]["filter_config"]["value"] = plugin
+    else:
+        config = harness.bootstrap(port, admin, upstream, plugin)
     # The ops listener (status page) serves no calls; without it "plain" runs no VM at all.
     listeners = config["static_resources"]["listeners"]
     listeners[:] = [entry for entry in listeners if entry["name"] != harness.OPS_LISTENER]
@@ -200,7 +211,7 @@ def envoy_bootstrap(variant: str, upstream: int, wasm: Path | None = None,
         vm["code"]["local"]["filename"] = str(wasm)
         vm["vm_id"] = wasm.stem
     else:
-        assert variant == "filter", variant
+        assert variant in ("filter", "native"), variant
     return config, port, admin
 
 
@@ -257,6 +268,7 @@ SIDE_LABELS = {
     "replica": "agent-budget's host calls only (replica)",
     "filter": "agent-budget, budget_headers: all",
     "filter-none": "agent-budget, budget_headers: none",
+    "native": "agent-budget native dynamic module, budget_headers: all",
 }
 # Sides of the cost breakdown only (profile phase): the replica without part of its host
 # calls, and Envoy without the shipped access log (the attribution records' line per call).
@@ -266,7 +278,7 @@ SIDE_LABELS.update({
     "plain-no-access-log": "plain Envoy, no access log",
     "filter-no-access-log": "agent-budget (all), no access log",
 })
-LOAD_SIDES = ["plain", "noop", "filter", "filter-none"]
+LOAD_SIDES = ["plain", "noop", "filter", "filter-none", "native"]
 PROFILE_SIDES = ["plain", "noop", "replica", "filter"]
 ABLATION_SIDES = PROFILE_SIDES + ["replica-no-ledger", "replica-no-headers",
                                   "plain-no-access-log", "filter-no-access-log"]
@@ -285,6 +297,8 @@ def start_side(side: str, mock: Mock, name: str | None = None, **envoy_args) -> 
                      wasm=build_wasm_module("hostcall-replica", REPLICA_LIB), **envoy_args)
     if side == "filter":
         return Envoy(name, "filter", mock.port, **envoy_args)
+    if side == "native":
+        return Envoy(name, "native", mock.port, **envoy_args)
     if side == "filter-none":
         return Envoy(name, "filter", mock.port, budget_headers="none", **envoy_args)
     if side == "replica-no-ledger":
@@ -313,7 +327,7 @@ def check_side(envoy: Envoy, side: str) -> None:
         r = harness.request(envoy.port, "POST", path, body.encode(), CLIENT_HEADERS)
         assert r.status == 200, (side, api, r.status, r.body[:300])
         has = "x-agent-budget-remaining-usd" in r.headers
-        shows = side in ("filter", "replica", "replica-no-ledger", "filter-no-access-log")
+        shows = side in ("filter", "native", "replica", "replica-no-ledger", "filter-no-access-log")
         assert has == shows, (side, api, "x-agent-budget-remaining-usd", has)
 
 
@@ -1111,7 +1125,7 @@ def machine_info() -> dict:
 
 
 SIDE_SHORT = {"plain": "plain", "noop": "floor", "replica": "replica", "filter": "all",
-              "filter-none": "none"}
+              "filter-none": "none", "native": "native"}
 
 
 def load_side_names(results: dict) -> list[str]:

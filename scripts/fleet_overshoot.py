@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from harness import Gateway, Mock  # noqa: E402
 from test_fleet import (  # noqa: E402
-    CALL_MICRO_USD, FLEET_BOOTSTRAP, Redis, Webdis, call, fleet_config, fleet_total, synced)
+    CALL_MICRO_USD, GATEWAY_BOOTSTRAP, Redis, Webdis, call, fleet_config, fleet_total, synced)
 
 
 def main() -> None:
@@ -31,8 +31,8 @@ def main() -> None:
     try:
         for node in ("gw-a", "gw-b"):
             gateways.append(Gateway(
-                upstream_port=mock.port, plugin_config=fleet_config(args.budget_usd), concurrency=1,
-                bootstrap_path=FLEET_BOOTSTRAP, clusters={"agent_budget_redis": webdis.port},
+                upstream_port=mock.port, plugin_config=fleet_config(args.budget_usd, node), concurrency=1,
+                bootstrap_path=GATEWAY_BOOTSTRAP, clusters={"agent_budget_redis": webdis.port},
                 envoy_args=["--service-node", node]).start())
         for gw in gateways:
             synced(gw)

@@ -1,11 +1,9 @@
 //! # agent-budget as a proxy-wasm filter
 //!
-//! Adapts Envoy's callbacks to the host-free core (`agent-budget-core`) and applies what it
-//! decides; builds `agent_budget.wasm`. Only a wasm32 build talks to a proxy-wasm host
-//! (`proxy`); what the callbacks do (`adapter`) and the parsing of the host's wire formats
-//! (`wire`) build natively too, so they are tested against fake hosts.
+//! Binds the adapter's seams (`agent-budget-adapter`) to the proxy-wasm ABI and forwards
+//! Envoy's callbacks to it; builds `agent_budget.wasm`. Only a wasm32 build talks to a
+//! proxy-wasm host (`proxy`); what the callbacks do and the wire formats live in the adapter
+//! crate, tested natively against fake hosts.
 
-pub mod adapter;
 #[cfg(target_arch = "wasm32")]
 mod proxy;
-pub mod wire;

@@ -8,7 +8,7 @@
 //! Envoy never returns for that call. A panic hook, installed at VM start, logs at critical
 //! level with the agent of the call being processed before the VM dies.
 
-use crate::adapter::{self, Abi, Buffer, Flow, GatewayCall, Map, Root, StatusCall};
+use agent_budget_adapter::adapter::{self, Abi, Buffer, Flow, GatewayCall, Map, Root, StatusCall};
 use agent_budget_core::host::{Host, HostError, MetricKind, Versioned};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -18,7 +18,7 @@ use std::time::Duration;
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     // After set_log_level, which installs the SDK's own hook (that one unwraps its log call).
-    std::panic::set_hook(Box::new(|info| raw::log_critical(&adapter::panic_report(info))));
+    std::panic::set_hook(Box::new(|info| raw::log_critical(&adapter::panic_report(info, "the VM stops"))));
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(AgentBudgetRoot(Root::default())) });
 }}
 
@@ -110,7 +110,7 @@ mod abi {
 /// the host's status as a [`HostError`] and never panics.
 mod raw {
     use super::{abi, check, take_host_buffer, STATUS_NOT_FOUND, STATUS_OK};
-    use crate::wire;
+    use agent_budget_adapter::wire;
     use agent_budget_core::host::HostError;
     use proxy_wasm::types::{BufferType, MapType};
 

@@ -5,6 +5,10 @@ tests can run in parallel. The Envoy bootstrap is envoy/agent-budget.yaml itself
 envoy/agent-budget-dynamic.yaml with envoy/lds.yaml, for reloads), with ports, the .wasm
 path and the plugin configuration swapped in. The mock's usage figures and failure modes
 are set per request by the headers `knobs` builds.
+
+AGENT_BUDGET_BUILD=native runs the same tests against the native dynamic module instead
+(envoy/agent-budget-native.yaml, target/release-native/libagent_budget_native.so); a test
+that cannot apply to a build skips with the reason (`skip_unless_wasm`).
 """
 
 from __future__ import annotations
@@ -20,19 +24,32 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+# Which build of the filter the tests run against: wasm (the default) or native.
+BUILD = os.environ.get("AGENT_BUDGET_BUILD", "wasm")
+if BUILD not in ("wasm", "native"):
+    raise RuntimeError(f"AGENT_BUDGET_BUILD must be wasm or native, not {BUILD!r}")
+NATIVE = BUILD == "native"
 WASM = REPO / "target/wasm32-wasip1/release/agent_budget.wasm"
+NATIVE_MODULE = REPO / "target/release-native/libagent_budget_native.so"
 MOCK = REPO / "target/release/mock-provider"
 ENVOY = REPO / ".venv/bin/envoy"
-BOOTSTRAP = REPO / "envoy/agent-budget.yaml"
+BOOTSTRAP = REPO / ("envoy/agent-budget-native.yaml" if NATIVE else "envoy/agent-budget.yaml")
 # The filter's tick period (1 s) plus a margin.
 FLUSH_WAIT_S = 1.2
 
 
+def skip_unless_wasm(reason: str) -> None:
+    """Skips the calling test on the native build, saying why it does not apply there."""
+    if NATIVE:
+        pytest.skip(f"native build: {reason}")
+
+
 def require_built() -> None:
-    missing = [p for p in (WASM, MOCK, ENVOY) if not p.exists()]
+    missing = [p for p in (NATIVE_MODULE if NATIVE else WASM, MOCK, ENVOY) if not p.exists()]
     if missing:
         raise RuntimeError(
             "not built: " + ", ".join(str(p.relative_to(REPO)) for p in missing)
@@ -141,7 +158,7 @@ def shipped_plugin_config() -> dict:
 def plugin_config_of(config: dict) -> dict:
     """The agent_budget plugin configuration (the Struct) of a static bootstrap."""
     hcm = _hcm(config["static_resources"]["listeners"][0])
-    return _wasm_filter(hcm)["typed_config"]["config"]["configuration"]["value"]
+    return _configuration(_filter(hcm))["value"]
 
 
 def add_static_cluster(config: dict, name: str, port: int) -> dict:
@@ -176,20 +193,29 @@ def _hcm(listener: dict) -> dict:
     return listener["filter_chains"][0]["filters"][0]["typed_config"]
 
 
-def _wasm_filter(hcm: dict) -> dict:
+def _filter(hcm: dict) -> dict:
     return next(f for f in hcm["http_filters"] if f["name"] == "agent_budget")
 
 
+def _configuration(agent_budget: dict) -> dict:
+    """The filter's plugin configuration: the wasm plugin's `configuration` or the dynamic
+    module's `filter_config` (an Any either way)."""
+    typed = agent_budget["typed_config"]
+    return typed["filter_config"] if NATIVE else typed["config"]["configuration"]
+
+
 def _set_plugin(hcm: dict, plugin_config, as_string: bool) -> None:
-    """Points the agent_budget filter at the built .wasm and gives it plugin_config: a dict
-    written as a google.protobuf.Struct (as in the shipped YAML) or, with as_string, sent
-    as a JSON StringValue; None keeps the file's own."""
-    wasm = _wasm_filter(hcm)["typed_config"]["config"]
-    wasm["vm_config"]["code"]["local"]["filename"] = str(WASM)
+    """Points the agent_budget filter at the built .wasm (the native module is found on
+    ENVOY_DYNAMIC_MODULES_SEARCH_PATH) and gives it plugin_config: a dict written as a
+    google.protobuf.Struct (as in the shipped YAML) or, with as_string, sent as a JSON
+    StringValue; None keeps the file's own."""
+    agent_budget = _filter(hcm)
+    if not NATIVE:
+        agent_budget["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] = str(WASM)
     if plugin_config is None:
         return
     # Edited in place: the ops listener's status plugin holds the same object (a YAML alias).
-    configuration = wasm["configuration"]
+    configuration = _configuration(agent_budget)
     if as_string:
         configuration.clear()
         configuration.update({
@@ -245,6 +271,8 @@ class Gateway:
     filters_before: list = field(default_factory=list)
     # The static bootstrap to start from (e.g. envoy/agent-budget-fleet.yaml).
     bootstrap_path: Path = BOOTSTRAP
+    # Where Envoy looks for the native module (ENVOY_DYNAMIC_MODULES_SEARCH_PATH).
+    module_dir: Path = NATIVE_MODULE.parent
     port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
     # The ops listener's (the status page); static bootstraps only.
@@ -256,6 +284,7 @@ class Gateway:
         self.dir = tempfile.TemporaryDirectory(prefix="envoy-")
         home = Path(self.dir.name)
         if self.dynamic:
+            skip_unless_wasm("listener reloads (LDS) have no native bootstrap yet")
             config = _shipped_bootstrap(DYNAMIC_BOOTSTRAP, self.admin_port, self.upstream_port)
             self.lds_path = home / "lds.yaml"
             self.write_listener(self.plugin_config)
@@ -279,10 +308,11 @@ class Gateway:
         self.access_log_path = home / "access.log"
         self.log = open(self.log_path, "wb")
         self.access_log = open(self.access_log_path, "wb")
+        env = dict(os.environ, ENVOY_DYNAMIC_MODULES_SEARCH_PATH=str(self.module_dir))
         self.proc = subprocess.Popen(
             [str(ENVOY), "-c", str(path), "--disable-hot-restart", "--concurrency", str(self.concurrency),
              "-l", "info", "--log-path", str(self.log_path), *self.envoy_args],
-            stdout=self.access_log, stderr=subprocess.STDOUT, cwd=REPO)
+            stdout=self.access_log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
         if expect_failure:
             try:
                 self.proc.wait(30)

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from harness import REPO, Gateway, free_port, knobs, wait_until
+from harness import BOOTSTRAP, NATIVE, REPO, Gateway, free_port, knobs, wait_until
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 WEBDIS = shutil.which("webdis") or "/usr/bin/webdis"
 FLEET_BOOTSTRAP = REPO / "envoy/agent-budget-fleet.yaml"
+# The native build's bootstrap gets the same webdis cluster from the test (clusters=...).
+GATEWAY_BOOTSTRAP = BOOTSTRAP if NATIVE else FLEET_BOOTSTRAP
 CHAT = "/v1/chat/completions"
 # mock-model at $1/M input and $2/M output: 1000 in + 500 out = 2000 micro-USD a call.
 CALL_MICRO_USD = 2000
@@ -104,11 +106,16 @@ def webdis(redis):
     w.stop()
 
 
-def fleet_config(daily_usd: float) -> dict:
+def fleet_config(daily_usd: float, node: str | None = None) -> dict:
+    fleet = {"cluster": "agent_budget_redis"}
+    if NATIVE and node:
+        # The dynamic-module ABI has no call for Envoy's node id: the native build is named
+        # by the config.
+        fleet["gateway_id"] = node
     return {
         "agents": {"bot": {"daily_usd": daily_usd, "action": "stop"}},
         "pricing": {"mock-model": {"input": 1.0, "output": 2.0}},
-        "fleet": {"cluster": "agent_budget_redis"},
+        "fleet": fleet,
     }
 
 
@@ -118,8 +125,9 @@ def fleet(mock, webdis):
     started = []
 
     def start(node: str, daily_usd: float) -> Gateway:
-        gw = Gateway(upstream_port=mock.port, plugin_config=fleet_config(daily_usd), concurrency=2,
-                     bootstrap_path=FLEET_BOOTSTRAP, clusters={"agent_budget_redis": webdis.port},
+        gw = Gateway(upstream_port=mock.port, plugin_config=fleet_config(daily_usd, node),
+                     concurrency=2, bootstrap_path=GATEWAY_BOOTSTRAP,
+                     clusters={"agent_budget_redis": webdis.port},
                      envoy_args=["--service-node", node]).start()
         started.append(gw)
         return gw
@@ -170,6 +178,8 @@ def test_spend_adds_up_in_redis_and_stops_the_agent_on_both(fleet, redis):
     wait_until(lambda: by_gateway(redis) == {"gw-a": 3 * CALL_MICRO_USD, "gw-b": 2 * CALL_MICRO_USD},
                SETTLE_S, "both gateways' spend in Redis")
     assert fleet_total(redis) == 5 * CALL_MICRO_USD
+    # A enforces on what it has pulled: wait for B's share to reach it.
+    wait_until(lambda: gw_spend(a) == 5 * CALL_MICRO_USD, SETTLE_S, "A to pull B's spend")
     # Spend the rest through A alone, then B must refuse too once it has pulled A's spend.
     served = 5
     while call(a).status == 200:

@@ -11,7 +11,11 @@ import time
 
 import pytest
 
-from harness import knobs, request
+from harness import NATIVE, knobs, request
+
+# The claims live in jwt_authn's nested dynamic metadata, which the dynamic-module ABI's
+# metadata calls (top-level string keys) do not reach.
+pytestmark = pytest.mark.skipif(NATIVE, reason="native build: JWT claims are not readable through the dynamic-module ABI; it refuses identity.source: jwt (tests/test_native.py)")
 
 CHAT = "/v1/chat/completions"
 ISSUER = "https://issuer.agents.test"

@@ -1,7 +1,7 @@
 //! The few host services the filter's logic needs, behind one trait.
 //!
-//! A host crate implements it (the proxy-wasm filter in the repository root's `src/proxy.rs`,
-//! which `src/adapter.rs` drives);
+//! A host crate implements it (the proxy-wasm filter in the repository root's `src/proxy.rs`
+//! and the native dynamic module in `native/`, both driving `adapter/src/adapter.rs`);
 //! everything in this crate takes `&dyn Host`, so the ledger, metrics and the per-call steps
 //! run natively in unit tests against the in-memory `fake::FakeHost` (built for this crate's
 //! tests and with the `test-host` feature).

@@ -253,6 +253,82 @@ enum Metric {
     Gauge(Gauge),
 }
 
+/// A metric family: its kind, stem and label names, in the order the name carries them.
+pub type Family = (MetricKind, &'static str, &'static [&'static str]);
+
+/// Every family the core emits, for hosts whose stats take labels and must be declared
+/// before use (the native dynamic module declares them when a configuration loads).
+/// `every_metric_name_is_in_a_family` keeps it in step with the names.
+pub fn families() -> Vec<Family> {
+    use AgentCounter as A;
+    use MetricKind::{Counter as C, Gauge as G};
+    const AGENT: &[&str] = &["agent"];
+    const AGENT_PERIOD: &[&str] = &["agent", "period"];
+    let mut families: Vec<Family> = [
+        A::Requests,
+        A::Rejected,
+        A::InputTokens,
+        A::CachedInputTokens,
+        A::CacheWriteTokens,
+        A::OutputTokens,
+        A::ReasoningTokens,
+        A::CostMicroUsd,
+        A::Unmetered,
+        A::EstimatedRequests,
+        A::DegradedRequests,
+    ]
+    .into_iter()
+    .map(|counter| (C, counter.stem(), AGENT))
+    .collect();
+    families.extend([
+        (C, "agent_budget_overage_micro_usd", AGENT_PERIOD),
+        (C, "agent_budget_alerts", &["agent", "reason"][..]),
+        (C, "agent_budget_unpriced_calls", &[][..]),
+        (C, "agent_budget_calls", &["agent", "outcome"][..]),
+        (G, "agent_budget_folded_agents", &[][..]),
+    ]);
+    families.extend(
+        [
+            ReasonCounter::Unmetered,
+            ReasonCounter::Unattributed,
+            ReasonCounter::LedgerErrors,
+            ReasonCounter::AlertDeliveries,
+            ReasonCounter::HostErrors,
+            ReasonCounter::FleetSyncErrors,
+        ]
+        .into_iter()
+        .map(|counter| (C, counter.stem(), &["reason"][..])),
+    );
+    families.extend(
+        [
+            ModelCounter::CostMicroUsd,
+            ModelCounter::InputTokens,
+            ModelCounter::OutputTokens,
+        ]
+        .into_iter()
+        .map(|counter| (C, counter.stem(), &["agent", "model"][..])),
+    );
+    families.extend(
+        [
+            AgentGauge::SpendMicroUsd,
+            AgentGauge::LimitMicroUsd,
+            AgentGauge::RemainingMicroUsd,
+            AgentGauge::ProjectedSpendMicroUsd,
+        ]
+        .into_iter()
+        .map(|gauge| (G, gauge.stem(), AGENT_PERIOD)),
+    );
+    families.extend(
+        [
+            RateGauge::BurnMicroUsdPerHour,
+            RateGauge::BaselineMicroUsdPerHour,
+        ]
+        .into_iter()
+        .map(|gauge| (G, gauge.stem(), AGENT)),
+    );
+    families
+}
+
 /// `{stem}.agent.{budget}.period.{period}` for per-period metrics.
 fn agent_period_name(stem: &str, budget: &str, period: PeriodKind) -> String {
     format!("{stem}.agent.{budget}.period.{}", period.name())

@@ -1,11 +1,11 @@
-//! The proxy-wasm header-map wire parser of the root crate (`src/wire.rs`, compiled here
-//! from its source: the root crate is a cdylib, and the parser needs nothing of proxy-wasm).
+//! The proxy-wasm header-map wire parser (`adapter/src/wire.rs`, compiled here
+//! from its source: the fuzz workspace builds it alone, and the parser needs nothing else).
 //! Any bytes give at most the declared pairs; the pairs serialized again read back the same.
 #![no_main]
 
 #[allow(dead_code)]
 #[rustfmt::skip]
-#[path = "../../src/wire.rs"]
+#[path = "../../adapter/src/wire.rs"]
 mod wire;
 
 use libfuzzer_sys::fuzz_target;

@@ -186,3 +186,148 @@ fn folded_agents_count_into_one_series() {
     );
     assert_eq!(host.metric("agent_budget_folded_agents"), Some(2));
 }
+
+/// Every name the core builds splits into a family of [`families`] (stem, then label
+/// names). The matches below are exhaustive: a new variant does not compile until it is
+/// listed here, and so checked.
+#[test]
+fn every_metric_name_is_in_a_family() {
+    use AgentCounter as A;
+    fn agent_counter(counter: A) {
+        match counter {
+            A::Requests
+            | A::Rejected
+            | A::InputTokens
+            | A::CachedInputTokens
+            | A::CacheWriteTokens
+            | A::OutputTokens
+            | A::ReasoningTokens
+            | A::CostMicroUsd
+            | A::Unmetered
+            | A::EstimatedRequests
+            | A::DegradedRequests => {}
+        }
+    }
+    fn counter(counter: Counter) {
+        match counter {
+            Counter::Agent(..)
+            | Counter::Overage(..)
+            | Counter::Alerts(..)
+            | Counter::Reason(..)
+            | Counter::UnpricedCalls
+            | Counter::Calls(..)
+            | Counter::Model(..) => {}
+        }
+    }
+    fn gauge(gauge: Gauge) {
+        match gauge {
+            Gauge::Agent(..) | Gauge::FoldedAgents | Gauge::Rate(..) => {}
+        }
+    }
+    fn reason(counter: ReasonCounter) {
+        match counter {
+            ReasonCounter::Unmetered
+            | ReasonCounter::Unattributed
+            | ReasonCounter::LedgerErrors
+            | ReasonCounter::AlertDeliveries
+            | ReasonCounter::HostErrors
+            | ReasonCounter::FleetSyncErrors => {}
+        }
+    }
+    fn model(counter: ModelCounter) {
+        match counter {
+            ModelCounter::CostMicroUsd | ModelCounter::InputTokens | ModelCounter::OutputTokens => {
+            }
+        }
+    }
+    fn agent_gauge(gauge: AgentGauge) {
+        match gauge {
+            AgentGauge::SpendMicroUsd
+            | AgentGauge::LimitMicroUsd
+            | AgentGauge::RemainingMicroUsd
+            | AgentGauge::ProjectedSpendMicroUsd => {}
+        }
+    }
+    fn rate(gauge: RateGauge) {
+        match gauge {
+            RateGauge::BurnMicroUsdPerHour | RateGauge::BaselineMicroUsdPerHour => {}
+        }
+    }
+    let metrics = metrics();
+    let bot = metrics.agents().id("bot").unwrap();
+    let model_id = metrics.model(Some("gpt-4o"));
+    let agent_counters = [
+        A::Requests,
+        A::Rejected,
+        A::InputTokens,
+        A::CachedInputTokens,
+        A::CacheWriteTokens,
+        A::OutputTokens,
+        A::ReasoningTokens,
+        A::CostMicroUsd,
+        A::Unmetered,
+        A::EstimatedRequests,
+        A::DegradedRequests,
+    ];
+    let reasons = [
+        ReasonCounter::Unmetered,
+        ReasonCounter::Unattributed,
+        ReasonCounter::LedgerErrors,
+        ReasonCounter::AlertDeliveries,
+        ReasonCounter::HostErrors,
+        ReasonCounter::FleetSyncErrors,
+    ];
+    let models = [
+        ModelCounter::CostMicroUsd,
+        ModelCounter::InputTokens,
+        ModelCounter::OutputTokens,
+    ];
+    let agent_gauges = [
+        AgentGauge::SpendMicroUsd,
+        AgentGauge::LimitMicroUsd,
+        AgentGauge::RemainingMicroUsd,
+        AgentGauge::ProjectedSpendMicroUsd,
+    ];
+    let rates = [
+        RateGauge::BurnMicroUsdPerHour,
+        RateGauge::BaselineMicroUsdPerHour,
+    ];
+    let mut all: Vec<Metric> = Vec::new();
+    all.extend(agent_counters.map(|c| Metric::Counter(Counter::Agent(c, bot))));
+    all.push(Metric::Counter(Counter::Overage(bot, PeriodKind::Daily)));
+    all.push(Metric::Counter(Counter::Alerts(bot, "soft")));
+    all.extend(reasons.map(|r| Metric::Counter(Counter::Reason(r, "x"))));
+    all.push(Metric::Counter(Counter::UnpricedCalls));
+    all.push(Metric::Counter(Counter::Calls(bot, CallOutcome::Allowed)));
+    all.extend(models.map(|m| Metric::Counter(Counter::Model(m, bot, model_id))));
+    all.extend(agent_gauges.map(|g| Metric::Gauge(Gauge::Agent(g, bot, PeriodKind::Monthly))));
+    all.push(Metric::Gauge(Gauge::FoldedAgents));
+    all.extend(rates.map(|g| Metric::Gauge(Gauge::Rate(g, bot))));
+    // Every variant above was listed (the calls only compile with the matches complete).
+    agent_counters.into_iter().for_each(agent_counter);
+    reasons.into_iter().for_each(reason);
+    models.into_iter().for_each(model);
+    agent_gauges.into_iter().for_each(agent_gauge);
+    rates.into_iter().for_each(rate);
+    let families = families();
+    for metric in all {
+        match metric {
+            Metric::Counter(c) => counter(c),
+            Metric::Gauge(g) => gauge(g),
+        }
+        let name = metric.name(metrics.agents(), &metrics.models.borrow());
+        let mut segments = name.split('.');
+        let stem = segments.next().unwrap();
+        let labels: Vec<&str> = segments.step_by(2).collect();
+        assert!(
+            families.iter().any(|(kind, s, l)| *kind == metric.kind()
+                && *s == stem
+                && *l == labels.as_slice()),
+            "{name} has no family"
+        );
+    }
+    let mut stems: Vec<_> = families.iter().map(|(_, stem, _)| *stem).collect();
+    stems.sort_unstable();
+    stems.dedup();
+    assert_eq!(stems.len(), families.len(), "a family listed twice");
+}

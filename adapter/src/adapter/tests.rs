@@ -501,7 +501,7 @@ fn the_panic_report_names_the_agent_escaped_and_cut_short() {
     let sink = Arc::clone(&reports);
     std::panic::set_hook(Box::new(move |info| {
         if let Ok(mut reports) = sink.lock() {
-            reports.push(panic_report(info));
+            reports.push(panic_report(info, "the VM stops"));
         }
     }));
     let long: String = "x".repeat(100);

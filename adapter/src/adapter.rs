@@ -1,8 +1,9 @@
 //! Envoy's callbacks as plain methods over two seams: the core's [`Host`] (clock, shared
 //! data, metrics, callouts) and [`Abi`] (headers, bodies, properties, replies, the timer).
-//! `proxy.rs` binds both to the proxy-wasm ABI on wasm32 and only forwards the SDK's
-//! callbacks here; natively the tests bind them to fakes that fail each host call in turn
-//! (src/adapter/tests.rs), so every failure path below runs in a test.
+//! The root crate's `src/proxy.rs` binds both to the proxy-wasm ABI and `native/` to Envoy's
+//! dynamic-module ABI; each only forwards its callbacks here. The tests bind them to fakes
+//! that fail each host call in turn (src/adapter/tests.rs), so every failure path below runs
+//! in a test.
 //!
 //! A failed host call is counted in `agent_budget_host_errors{reason}` (named by the call)
 //! and logged once per worker; the call then goes on as its failure mode says (README
@@ -99,9 +100,10 @@ fn set_current_agent(agent: Option<&Rc<str>>) {
     });
 }
 
-/// What the panic hook logs at critical level before the VM aborts: the panic and the agent
-/// of the call being processed (escaped and cut short: it is what the client sent).
-pub fn panic_report(info: &std::panic::PanicHookInfo<'_>) -> String {
+/// What the panic hook logs at critical level: the panic, what follows from it (`outcome`:
+/// the host's, e.g. the wasm VM stops) and the agent of the call being processed (escaped and
+/// cut short: it is what the client sent).
+pub fn panic_report(info: &std::panic::PanicHookInfo<'_>, outcome: &str) -> String {
     let agent = CURRENT_AGENT.with(|current| {
         current.try_borrow().ok().and_then(|agent| {
             agent
@@ -113,7 +115,7 @@ pub fn panic_report(info: &std::panic::PanicHookInfo<'_>) -> String {
         Some(agent) => format!("{agent:?}"),
         None => "none".to_string(),
     };
-    format!("agent-budget panicked, the VM stops (call agent {agent}): {info}")
+    format!("agent-budget panicked, {outcome} (call agent {agent}): {info}")
 }
 
 /// The plugin `root_id` of the status page; any other root id meters calls.
@@ -204,6 +206,11 @@ impl Root {
                 false
             }
         }
+    }
+
+    /// The accepted configuration, if any.
+    pub fn config(&self) -> Option<&Config> {
+        self.worker.as_ref().map(|worker| &worker.config)
     }
 
     pub fn on_tick(&self, host: &dyn Host) {
