@@ -85,7 +85,7 @@ def test_a_module_of_another_abi_version_is_flagged_by_envoy(gateway, mock, tmp_
     # Envoy 1.40 compares the version the module reports with its own and, on a mismatch,
     # warns and loads it anyway: the symbol check above is what refuses an incompatible ABI.
     module_dir = patched_module(tmp_path, b"v0.2.0\0", b"v9.9.9\0")
-    gw = gateway(None, module_dir=module_dir)
+    gw = gateway(None, module_dir=module_dir, envoy_args=["--file-flush-interval-msec", "50"])
     wait_until(lambda: "Dynamic module ABI version v9.9.9 is deprecated" in gw.log_text(), 10,
                "Envoy's warning about the module's ABI version")
     assert "v0.2.0 matched" not in gw.log_text()
