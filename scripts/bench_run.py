@@ -176,13 +176,14 @@ def plugin_config() -> dict:
 
 
 def envoy_bootstrap(variant: str, upstream: int, wasm: Path | None = None,
-                    budget_headers: str | None = None,
-                    access_log: bool = True) -> tuple[dict, int, int]:
+                    budget_headers: str | None = None, access_log: bool = True,
+                    module: Path | None = None) -> tuple[dict, int, int]:
     """The shipped bootstrap (ports swapped in). variant: "filter" as shipped, "plain" with
     the agent_budget wasm filter removed (everything else identical, the compressor filter
     included), "wasm" with the filter's .wasm replaced by `wasm` (a generated module),
     "native" the native dynamic module's bootstrap (envoy/agent-budget-native.yaml) with the
-    same plugin configuration. budget_headers, when given, is set in the plugin configuration."""
+    same plugin configuration, loading `module` (a generated lib<name>.so) instead of
+    agent-budget's when given. budget_headers, when given, is set in the plugin configuration."""
     port, admin = harness.free_port(), harness.free_port()
     plugin = plugin_config()
     if budget_headers is not None:
@@ -191,8 +192,12 @@ def envoy_bootstrap(variant: str, upstream: int, wasm: Path | None = None,
         config = harness._shipped_bootstrap(NATIVE_BOOTSTRAP, admin, upstream)
         listener = config["static_resources"]["listeners"][0]
         listener["address"]["socket_address"]["port_value"] = port
-        module = next(f for f in harness._hcm(listener)["http_filters"] if f["name"] == "agent_budget")
-        module["typed_config"]["filter_config"]["value"] = plugin
+        module_filter = next(f for f in harness._hcm(listener)["http_filters"]
+                             if f["name"] == "agent_budget")
+        module_filter["typed_config"]["filter_config"]["value"] = plugin
+        if module is not None:
+            name = module.name.removeprefix("lib").removesuffix(".so")
+            module_filter["typed_config"]["dynamic_module_config"] = {"name": name}
     else:
         config = harness.bootstrap(port, admin, upstream, plugin)
     # The ops listener (status page) serves no calls; without it "plain" runs no VM at all.
@@ -219,11 +224,12 @@ class Envoy:
     def __init__(self, name: str, variant: str, upstream: int, concurrency: int = 1,
                  log_level: str = "info", extra_args: list[str] | None = None,
                  cpus: str | None = ENVOY_CPU, wasm: Path | None = None,
-                 budget_headers: str | None = None, access_log: bool = True) -> None:
+                 budget_headers: str | None = None, access_log: bool = True,
+                 module: Path | None = None) -> None:
         self.name = name
         self.variant = variant
         config, self.port, self.admin = envoy_bootstrap(variant, upstream, wasm, budget_headers,
-                                                        access_log)
+                                                        access_log, module)
         self.dir = tmpdir(f"bench-envoy-{name}-")
         (self.dir / "envoy.yaml").write_text(yaml.safe_dump(config))
         self.log_path = self.dir / "envoy.log"
@@ -233,7 +239,11 @@ class Envoy:
         if cpus:
             cmd = ["taskset", "-c", cpus] + cmd
         # The access log (stdout) goes to /dev/null for both configurations.
-        self.proc = spawn(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=REPO)
+        env = dict(os.environ)
+        if module is not None:
+            env["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(module.parent)
+        self.proc = spawn(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=REPO,
+                          env=env)
         harness.wait_until(self._ready, 60, f"Envoy {name}")
 
     def _ready(self) -> bool:
@@ -268,6 +278,7 @@ SIDE_LABELS = {
     "replica": "agent-budget's host calls only (replica)",
     "filter": "agent-budget, budget_headers: all",
     "filter-none": "agent-budget, budget_headers: none",
+    "noop-native": "do-nothing dynamic module (native floor)",
     "native": "agent-budget native dynamic module, budget_headers: all",
 }
 # Sides of the cost breakdown only (profile phase): the replica without part of its host
@@ -278,7 +289,7 @@ SIDE_LABELS.update({
     "plain-no-access-log": "plain Envoy, no access log",
     "filter-no-access-log": "agent-budget (all), no access log",
 })
-LOAD_SIDES = ["plain", "noop", "filter", "filter-none", "native"]
+LOAD_SIDES = ["plain", "noop", "filter", "filter-none", "noop-native", "native"]
 PROFILE_SIDES = ["plain", "noop", "replica", "filter"]
 ABLATION_SIDES = PROFILE_SIDES + ["replica-no-ledger", "replica-no-headers",
                                   "plain-no-access-log", "filter-no-access-log"]
@@ -299,6 +310,9 @@ def start_side(side: str, mock: Mock, name: str | None = None, **envoy_args) -> 
         return Envoy(name, "filter", mock.port, **envoy_args)
     if side == "native":
         return Envoy(name, "native", mock.port, **envoy_args)
+    if side == "noop-native":
+        return Envoy(name, "native", mock.port,
+                     module=build_native_module("noop_native", NOOP_NATIVE_LIB), **envoy_args)
     if side == "filter-none":
         return Envoy(name, "filter", mock.port, budget_headers="none", **envoy_args)
     if side == "replica-no-ledger":
@@ -893,6 +907,59 @@ impl HttpContext for Replica {
 """
 
 
+NATIVE_CARGO = """[package]
+name = "{name}"
+version = "0.0.0"
+edition = "2021"
+publish = false
+
+[lib]
+crate-type = ["cdylib"]
+
+[profile.release]
+opt-level = 3
+lto = true
+codegen-units = 1
+panic = "abort"
+
+[workspace]
+"""
+
+# The hooks Envoy resolves by name in an HTTP filter module, as native/src/ffi.rs defines them.
+NATIVE_HOOKS = sorted(set(re.findall(r"extern \"C\" fn (envoy_dynamic_module_on_\w+)",
+                                     (REPO / "native/src/ffi.rs").read_text())))
+NATIVE_NONNULL = ("envoy_dynamic_module_on_http_filter_config_new",
+                  "envoy_dynamic_module_on_http_filter_new")
+# A dynamic module that does nothing: every hook answers 0 (continue), config and filter
+# objects are one static byte. What any native HTTP filter costs in this Envoy before it does
+# any work. The hooks take no parameters here: under the x86-64 C calling convention the
+# arguments Envoy passes in registers are simply ignored.
+NOOP_NATIVE_LIB = (
+    "//! Generated by scripts/bench: a do-nothing Envoy dynamic module (the native floor).\n"
+    "#![allow(clippy::missing_safety_doc)]\n"
+    "static OBJECT: u8 = 0;\n"
+    "#[no_mangle]\npub extern \"C\" fn envoy_dynamic_module_on_program_init() -> *const u8 "
+    "{ b\"v0.2.0\\0\".as_ptr() }\n"
+    + "".join(f"#[no_mangle]\npub extern \"C\" fn {hook}() -> *const u8 {{ &OBJECT }}\n"
+              for hook in NATIVE_NONNULL)
+    + "".join(f"#[no_mangle]\npub extern \"C\" fn {hook}() -> u64 {{ 0 }}\n"
+              for hook in NATIVE_HOOKS
+              if hook not in NATIVE_NONNULL and hook != "envoy_dynamic_module_on_program_init"))
+
+
+@functools.lru_cache(maxsize=None)
+def build_native_module(name: str, source: str) -> Path:
+    """Builds a generated dynamic module in .work/bench/<name>: lib<name>.so."""
+    crate = OUT / name
+    (crate / "src").mkdir(parents=True, exist_ok=True)
+    cargo = NATIVE_CARGO.replace("{name}", name)
+    for path, text in ((crate / "Cargo.toml", cargo), (crate / "src/lib.rs", source)):
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+    subprocess.run(["cargo", "build", "--quiet", "--release"], cwd=crate, check=True)
+    return crate / "target/release" / f"lib{name}.so"
+
+
 @functools.lru_cache(maxsize=None)
 def build_wasm_module(name: str, source: str) -> Path:
     """Builds a generated proxy-wasm module (same SDK version and release profile as
@@ -1125,7 +1192,7 @@ def machine_info() -> dict:
 
 
 SIDE_SHORT = {"plain": "plain", "noop": "floor", "replica": "replica", "filter": "all",
-              "filter-none": "none", "native": "native"}
+              "filter-none": "none", "noop-native": "native floor", "native": "native"}
 
 
 def load_side_names(results: dict) -> list[str]:
@@ -1362,6 +1429,11 @@ def render_targets(results: dict) -> str:
                 # The product's bar for the wasm build (a do-nothing filter is ~0.89x).
                 row(f"throughput >= 0.70x plain ({SIDE_SHORT[n]}, {r['api']}, c=64)",
                     f"{x['ratio']:.3f}x", x["ratio"] >= 0.70)
+            if "native" in r["sides"]:
+                # The native build's bar (a do-nothing dynamic module is ~0.94-0.99x).
+                x = r["sides"]["native"]
+                row(f"throughput >= 0.90x plain (native, {r['api']}, c=64)",
+                    f"{x['ratio']:.3f}x", x["ratio"] >= 0.90)
     for r in results.get("load", []):
         for n in filters:
             x = r["sides"][n]
