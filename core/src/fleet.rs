@@ -22,6 +22,7 @@
 //! a restart neither loses nor re-counts spend, whatever it charged before its first pull.
 //! Before that first pull, `fleet.unsynced` says what `stop` agents get.
 
+use crate::alerts::{Alert, AlertKind};
 use crate::config::{Config, FleetConfig};
 use crate::host::{Host, HostError};
 use crate::ledger::{Account, Ledger, LedgerError};
@@ -62,6 +63,36 @@ out[2 * i - 1] = total \
 out[2 * i] = mine \
 end \
 return out";
+
+/// Claims an alert for the whole fleet: true for the first gateway to ask (and for that
+/// gateway again, so a retried claim still wins), false for the others. The key expires
+/// once the alert could not be raised again anyway.
+pub const CLAIM_SCRIPT: &str = "if redis.call('SETNX', KEYS[1], ARGV[1]) == 1 then \
+redis.call('EXPIREAT', KEYS[1], ARGV[2]) return 1 end \
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end \
+return 0";
+
+/// What became of an alert's claim, for the worker to deliver or drop it.
+#[derive(Debug)]
+pub enum Claimed {
+    /// This gateway won the claim: it delivers.
+    Won(Alert),
+    /// Another gateway holds the claim: dropped, counted.
+    Lost(Alert),
+    /// Redis could not say: delivered anyway (a duplicate beats a lost alert).
+    Unknown(Alert),
+}
+
+/// What a reply to a call of this worker was.
+#[derive(Debug)]
+pub enum Reply {
+    /// Not a fleet call.
+    NotFleet,
+    /// A spend sync, applied or counted as failed.
+    Synced,
+    /// An alert claim's outcome.
+    Claim(Claimed),
+}
 
 /// One account-period in a sync call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +155,10 @@ pub struct Fleet {
     ready: Cell<bool>,
     /// Failed syncs in a row: the first is logged, and the recovery.
     failing: Cell<u64>,
+    /// Alerts raised since the last tick, to claim on the tick (replies reach the root).
+    to_claim: RefCell<Vec<(Alert, i64)>>,
+    /// Claims awaiting a reply: token → the alert.
+    claims: RefCell<HashMap<u32, (Alert, u64)>>,
 }
 
 impl Fleet {
@@ -137,7 +172,99 @@ impl Fleet {
             loaded_micro_usd: Cell::new(0),
             ready: Cell::new(false),
             failing: Cell::new(0),
+            to_claim: RefCell::new(Vec::new()),
+            claims: RefCell::new(HashMap::new()),
         }
+    }
+
+    /// Queues an alert to claim on the next tick; `expire_at` (Unix seconds) is when the
+    /// claim may go, because the alert could not come again before.
+    pub fn queue_claim(&self, alert: Alert, expire_at: i64) {
+        self.to_claim.borrow_mut().push((alert, expire_at));
+    }
+
+    /// Sends the queued claims (any worker: the claim's winner delivers from its own
+    /// outbox). A claim that cannot be sent is delivered anyway.
+    pub fn send_claims(&self, host: &dyn Host, metrics: &Metrics) -> Vec<Claimed> {
+        let queued = std::mem::take(&mut *self.to_claim.borrow_mut());
+        if queued.is_empty() {
+            return Vec::new();
+        }
+        let field = match host.shared_get(FIELD_KEY) {
+            Ok(Some(stored)) => String::from_utf8(stored.value).unwrap_or_default(),
+            _ => String::new(),
+        };
+        let now_nanos = host.now_unix_nanos();
+        let mut undecided = Vec::new();
+        for (alert, expire_at) in queued {
+            if field.is_empty() {
+                undecided.push(Claimed::Unknown(alert));
+                continue;
+            }
+            let key = claim_key(&self.settings.key_prefix, &alert);
+            let body = format!(
+                "EVAL/{}/1/{}/{}/{expire_at}",
+                encode(CLAIM_SCRIPT),
+                encode(&key),
+                encode(&field)
+            );
+            match self.dispatch(host, &body) {
+                Ok(token) => {
+                    self.claims.borrow_mut().insert(token, (alert, now_nanos));
+                }
+                Err(()) => {
+                    self.failed(metrics, SyncError::Dispatch);
+                    undecided.push(Claimed::Unknown(alert));
+                }
+            }
+        }
+        undecided
+    }
+
+    /// Claims unanswered for long: delivered anyway.
+    fn forget_lost_claims(&self, now_nanos: u64) -> Vec<Claimed> {
+        let limit = self.forget_after_nanos();
+        let mut lost = Vec::new();
+        self.claims.borrow_mut().retain(|_, (alert, sent)| {
+            let keep = now_nanos.saturating_sub(*sent) < limit;
+            if !keep {
+                lost.push(Claimed::Unknown(alert.clone()));
+            }
+            keep
+        });
+        lost
+    }
+
+    /// Claims given up on this tick (delivered anyway) and the ones sent now that failed.
+    pub fn tick_claims(&self, host: &dyn Host, metrics: &Metrics) -> Vec<Claimed> {
+        let mut out = self.forget_lost_claims(host.now_unix_nanos());
+        out.extend(self.send_claims(host, metrics));
+        out
+    }
+
+    fn forget_after_nanos(&self) -> u64 {
+        u64::from(self.settings.timeout_millis)
+            .saturating_mul(1_000_000)
+            .saturating_mul(FORGET_AFTER_TIMEOUTS)
+    }
+
+    fn dispatch(&self, host: &dyn Host, body: &str) -> Result<u32, ()> {
+        let headers = [
+            (":method", "POST"),
+            (":path", "/"),
+            (":authority", self.settings.cluster.as_str()),
+            ("content-type", "text/plain"),
+            ("user-agent", "agent-budget"),
+        ];
+        host.dispatch_http(
+            &self.settings.cluster,
+            &headers,
+            body.as_bytes(),
+            self.settings.timeout_millis,
+        )
+        .map_err(|error| {
+            log::debug!("fleet: call to {} not sent: {error}", self.settings.cluster);
+        })
     }
 
     pub fn settings(&self) -> &FleetConfig {
@@ -246,19 +373,7 @@ impl Fleet {
         now_nanos: u64,
     ) {
         let body = command(&self.settings.key_prefix, budget, field, &items);
-        let headers = [
-            (":method", "POST"),
-            (":path", "/"),
-            (":authority", self.settings.cluster.as_str()),
-            ("content-type", "text/plain"),
-            ("user-agent", "agent-budget"),
-        ];
-        match host.dispatch_http(
-            &self.settings.cluster,
-            &headers,
-            body.as_bytes(),
-            self.settings.timeout_millis,
-        ) {
+        match self.dispatch(host, &body) {
             Ok(token) => {
                 self.in_flight.borrow_mut().insert(
                     token,
@@ -269,25 +384,52 @@ impl Fleet {
                     },
                 );
             }
-            Err(error) => {
-                log::debug!("fleet: call to {} not sent: {error}", self.settings.cluster);
-                self.failed(metrics, SyncError::Dispatch);
-            }
+            Err(()) => self.failed(metrics, SyncError::Dispatch),
         }
     }
 
     fn forget_lost(&self, now_nanos: u64) {
-        let limit = u64::from(self.settings.timeout_millis)
-            .saturating_mul(1_000_000)
-            .saturating_mul(FORGET_AFTER_TIMEOUTS);
+        let limit = self.forget_after_nanos();
         self.in_flight
             .borrow_mut()
             .retain(|_, f| now_nanos.saturating_sub(f.sent_nanos) < limit);
     }
 
-    /// A reply to a dispatch: false if `token` is not a sync call of this worker.
-    /// `status` 0: no reply (reset).
+    /// A reply to a dispatch of this worker. `status` 0: no reply (reset).
     pub fn on_reply(
+        &self,
+        host: &dyn Host,
+        metrics: &Metrics,
+        config: &Config,
+        token: u32,
+        status: u32,
+        body: &[u8],
+    ) -> Reply {
+        let claim = self.claims.borrow_mut().remove(&token);
+        if let Some((alert, _)) = claim {
+            let won = match status {
+                200..=299 => parse_claim(body),
+                0 | 504 => Err(SyncError::Timeout),
+                _ => Err(SyncError::Status),
+            };
+            return Reply::Claim(match won {
+                Ok(true) => Claimed::Won(alert),
+                Ok(false) => Claimed::Lost(alert),
+                Err(error) => {
+                    self.failed(metrics, error);
+                    Claimed::Unknown(alert)
+                }
+            });
+        }
+        if self.on_sync_reply(host, metrics, config, token, status, body) {
+            Reply::Synced
+        } else {
+            Reply::NotFleet
+        }
+    }
+
+    /// A reply to a spend sync: false if `token` is not one of this worker's.
+    fn on_sync_reply(
         &self,
         host: &dyn Host,
         metrics: &Metrics,
@@ -378,7 +520,7 @@ impl Fleet {
     }
 
     pub fn in_flight(&self) -> usize {
-        self.in_flight.borrow().len()
+        self.in_flight.borrow().len() + self.claims.borrow().len()
     }
 }
 
@@ -481,6 +623,47 @@ fn encode(text: &str) -> String {
         }
     }
     out
+}
+
+/// The Redis key claiming an alert for the fleet: one per agent, kind, crossed fraction
+/// and period (an anomaly: one per agent, see [`claim_expiry`]).
+pub fn claim_key(prefix: &str, alert: &Alert) -> String {
+    let agent = &alert.agent;
+    match alert.kind {
+        AlertKind::Anomaly => format!("{prefix}:{{{agent}}}:alert:anomaly"),
+        kind => format!(
+            "{prefix}:{{{agent}}}:alert:{}:{}:{}",
+            kind.name(),
+            (alert.threshold * 1e6).round() as u64,
+            alert.period_id
+        ),
+    }
+}
+
+/// When an alert's claim may expire (Unix seconds): once its period is long over; for an
+/// anomaly, whose episodes know no period, after the burn-rate window, so one episode
+/// seen by several gateways is one alert and a new one later alerts again.
+pub fn claim_expiry(config: &Config, alert: &Alert) -> i64 {
+    match alert.kind {
+        AlertKind::Anomaly => alert
+            .at_unix_secs
+            .saturating_add(config.anomaly.current_secs),
+        _ => alert.period_end_unix_secs.saturating_add(KEY_MARGIN_SECS),
+    }
+}
+
+/// `{"EVAL": 1}`: won, `{"EVAL": 0}`: lost.
+fn parse_claim(body: &[u8]) -> Result<bool, SyncError> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| SyncError::BadReply)?;
+    let reply = value.get("EVAL").ok_or(SyncError::BadReply)?;
+    if reply.as_array().and_then(|l| l.first()).and_then(|v| v.as_bool()) == Some(false) {
+        return Err(SyncError::Redis);
+    }
+    match reply.as_u64() {
+        Some(1) => Ok(true),
+        Some(0) => Ok(false),
+        _ => Err(SyncError::BadReply),
+    }
 }
 
 /// `{"EVAL": [total, mine, ...]}` with one pair per item.

@@ -16,6 +16,8 @@ const CONFIG: &str = r#"{"agents":{"bot":{"daily_usd":1,"monthly_usd":10,"task_d
 #[derive(Default)]
 struct FakeRedis {
     hashes: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Claimed alerts: key → (claimant field, expire at).
+    claims: BTreeMap<String, (String, i64)>,
 }
 
 fn decode(part: &str) -> String {
@@ -40,6 +42,9 @@ impl FakeRedis {
         let text = std::str::from_utf8(body).unwrap();
         let parts: Vec<String> = text.split('/').map(decode).collect();
         assert_eq!(parts[0], "EVAL");
+        if parts[1] == CLAIM_SCRIPT {
+            return self.claim(&parts);
+        }
         assert_eq!(parts[1], SCRIPT);
         let n: usize = parts[2].parse().unwrap();
         let keys = &parts[3..3 + n];
@@ -62,6 +67,18 @@ impl FakeRedis {
         serde_json::to_vec(&serde_json::json!({ "EVAL": out })).unwrap()
     }
 
+    fn claim(&mut self, parts: &[String]) -> Vec<u8> {
+        assert_eq!(parts[2], "1");
+        let (key, field, expire_at) = (&parts[3], &parts[4], parts[5].parse::<i64>().unwrap());
+        assert!(expire_at > NOW);
+        let holder = self
+            .claims
+            .entry(key.clone())
+            .or_insert_with(|| (field.clone(), expire_at));
+        let won = u64::from(holder.0 == *field);
+        serde_json::to_vec(&serde_json::json!({ "EVAL": won })).unwrap()
+    }
+
     fn total(&self, key: &str) -> u64 {
         self.hashes.get(key).map_or(0, |h| h.values().sum())
     }
@@ -76,6 +93,8 @@ struct Gateway {
     host: FakeHost,
     worker: Worker,
     answered: usize,
+    /// Alert webhook calls answered.
+    hooks: usize,
 }
 
 impl Gateway {
@@ -85,13 +104,18 @@ impl Gateway {
 
     /// A gateway process started at `secs` (which names its field in Redis).
     fn start_at(secs: i64) -> Gateway {
+        Gateway::start_with(CONFIG, secs)
+    }
+
+    fn start_with(config: &str, secs: i64) -> Gateway {
         let host = FakeHost::new().at_unix_secs(secs);
-        let worker = Worker::new(Config::from_bytes(CONFIG.as_bytes()).unwrap());
+        let worker = Worker::new(Config::from_bytes(config.as_bytes()).unwrap());
         worker.tick(&host); // the configure-time run: prepares, sends nothing
         Gateway {
             host,
             worker,
             answered: 0,
+            hooks: 0,
         }
     }
 
@@ -119,18 +143,28 @@ impl Gateway {
     }
 
     /// Ticks, and answers the calls sent since the last time with `reply`.
+    /// Ticks, and answers the calls sent since the last time (and those the replies send)
+    /// with `reply`; webhook calls get a 200 and are counted in `hooks`.
     fn sync(&mut self, reply: &mut Webdis) -> usize {
         self.worker.tick(&self.host);
-        let sent = self.host.dispatched();
-        let new = &sent[self.answered..];
-        for call in new {
+        let start = self.answered;
+        loop {
+            let sent = self.host.dispatched();
+            let Some(call) = sent.get(self.answered) else {
+                break;
+            };
+            self.answered += 1;
+            if call.cluster == "hook" {
+                self.hooks += 1;
+                self.worker.on_http_reply(&self.host, call.token, 200, b"");
+                continue;
+            }
             assert_eq!(call.cluster, "webdis");
             let (status, body) = reply(&call.body);
             self.worker
                 .on_http_reply(&self.host, call.token, status, &body);
         }
-        self.answered = sent.len();
-        new.len()
+        self.answered - start
     }
 
     fn sync_with(&mut self, redis: &mut FakeRedis) -> usize {
@@ -386,4 +420,88 @@ fn a_node_id_becomes_a_gateway_id_of_the_configs_character_set() {
     }
     let long = "n".repeat(300);
     assert_eq!(gateway_id_from_node(&long).map(|id| id.len()), Some(128));
+}
+
+const WITH_HOOK: &str = r#"{"agents":{"bot":{"daily_usd":1}},
+  "alerts":{"cluster":"hook","format":"json"},
+  "fleet":{"cluster":"webdis","gateway_id":"GW"}}"#;
+
+fn soft_alert(at: i64) -> Alert {
+    Alert {
+        kind: AlertKind::Soft,
+        agent: "bot".into(),
+        period: PeriodKind::Daily,
+        period_id: "2026-11-28".into(),
+        spend_micro_usd: 800_000,
+        budget_micro_usd: 1_000_000,
+        threshold: 0.8,
+        action: "stop".into(),
+        at_unix_secs: at,
+        period_end_unix_secs: NOW + 86_400,
+        trigger: crate::alerts::Trigger::Reached,
+    }
+}
+
+#[test]
+fn an_alert_two_gateways_raise_is_delivered_once_for_the_fleet() {
+    let mut redis = FakeRedis::default();
+    let (mut a, mut b) = (
+        Gateway::start_with(WITH_HOOK, NOW),
+        Gateway::start_with(WITH_HOOK, NOW + 1),
+    );
+    a.worker.raise_alert(soft_alert(NOW));
+    b.worker.raise_alert(soft_alert(NOW));
+    // A claims first; each reply is answered the tick it is sent, delivery follows at once.
+    a.sync_with(&mut redis);
+    b.sync_with(&mut redis);
+    a.sync_with(&mut redis);
+    b.sync_with(&mut redis);
+    assert_eq!((a.hooks, b.hooks), (1, 0));
+    assert_eq!(redis.claims.len(), 1);
+    let won = "agent_budget_alerts.agent.bot.reason.soft";
+    let lost = "agent_budget_alert_deliveries.reason.claimed_elsewhere";
+    assert_eq!((a.metric(won), a.metric(lost).unwrap_or(0)), (Some(1), 0));
+    assert_eq!((b.metric(won).unwrap_or(0), b.metric(lost)), (0, Some(1)));
+    // Another period is another alert.
+    let mut tomorrow = soft_alert(NOW);
+    tomorrow.period_id = "2026-11-29".into();
+    b.worker.raise_alert(tomorrow);
+    a.sync_with(&mut redis);
+    b.sync_with(&mut redis);
+    assert_eq!((a.hooks, b.hooks), (1, 1));
+}
+
+#[test]
+fn an_alert_whose_claim_fails_is_delivered_anyway() {
+    let outages: [(u32, &[u8], &str); 4] = [
+        (503, b"", "status"),
+        (0, b"", "timeout"),
+        (200, br#"{"EVAL":[false,"ERR busy"]}"#, "redis"),
+        (200, br#"{"EVAL":"OK"}"#, "bad_reply"),
+    ];
+    for (status, body, reason) in outages {
+        let mut a = Gateway::start_with(WITH_HOOK, NOW);
+        a.worker.raise_alert(soft_alert(NOW));
+        a.sync(&mut |_| (status, body.to_vec()));
+        assert_eq!(a.hooks, 1, "{reason}");
+        let name = format!("agent_budget_fleet_sync_errors.reason.{reason}");
+        assert!(a.metric(&name).unwrap_or(0) >= 1, "{name}");
+        assert_eq!(a.metric("agent_budget_alerts.agent.bot.reason.soft"), Some(1));
+    }
+}
+
+#[test]
+fn claim_keys_name_agent_kind_fraction_and_period_and_expire_after_it() {
+    let config = Config::from_bytes(WITH_HOOK.as_bytes()).unwrap();
+    let soft = soft_alert(NOW);
+    let mut anomaly = soft_alert(NOW);
+    anomaly.kind = AlertKind::Anomaly;
+    let cases = [
+        (&soft, "p:{bot}:alert:soft:800000:2026-11-28", NOW + 86_400 + KEY_MARGIN_SECS),
+        (&anomaly, "p:{bot}:alert:anomaly", NOW + config.anomaly.current_secs),
+    ];
+    for (alert, key, expiry) in cases {
+        assert_eq!(claim_key("p", alert), key);
+        assert_eq!(claim_expiry(&config, alert), expiry);
+    }
 }
