@@ -24,6 +24,7 @@
 
 use crate::alerts::{Alert, AlertKind};
 use crate::config::{Config, FleetConfig};
+use crate::history::{self, History};
 use crate::host::{Host, HostError};
 use crate::ledger::{Account, Ledger, LedgerError};
 use crate::metrics::{Counter, Metrics, ReasonCounter};
@@ -71,6 +72,44 @@ pub const CLAIM_SCRIPT: &str = "if redis.call('SETNX', KEYS[1], ARGV[1]) == 1 th
 redis.call('EXPIREAT', KEYS[1], ARGV[2]) return 1 end \
 if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end \
 return 0";
+
+/// Pushes this gateway's spend per history bucket (`<bucket>|<field>` fields, raised, never
+/// lowered), keeps the earliest start of any gateway's history in `began`, drops buckets
+/// before ARGV[5], and returns `began` then (bucket, total, this gateway's) for every
+/// bucket from ARGV[4] on.
+pub const HISTORY_SCRIPT: &str = "local key = KEYS[1] local field = ARGV[1] \
+for i = 6, #ARGV, 2 do \
+local f = ARGV[i] .. '|' .. field \
+local mine = tonumber(redis.call('HGET', key, f) or '0') \
+if tonumber(ARGV[i + 1]) > mine then redis.call('HSET', key, f, ARGV[i + 1]) end \
+end \
+redis.call('HSETNX', key, 'began', ARGV[3]) \
+local began = tonumber(redis.call('HGET', key, 'began')) \
+if tonumber(ARGV[3]) < began then redis.call('HSET', key, 'began', ARGV[3]) began = tonumber(ARGV[3]) end \
+local from = tonumber(ARGV[4]) local oldest = tonumber(ARGV[5]) \
+local sums = {} local mine = {} \
+local all = redis.call('HGETALL', key) \
+for j = 1, #all, 2 do \
+local f = all[j] local sep = string.find(f, '|', 1, true) \
+if sep then \
+local b = tonumber(string.sub(f, 1, sep - 1)) \
+if b < oldest then redis.call('HDEL', key, f) \
+elseif b >= from then \
+local v = tonumber(all[j + 1]) sums[b] = (sums[b] or 0) + v \
+if string.sub(f, sep + 1) == field then mine[b] = v end \
+end end end \
+redis.call('EXPIREAT', key, ARGV[2]) \
+local out = {began} \
+for b, v in pairs(sums) do out[#out + 1] = b out[#out + 1] = v out[#out + 1] = mine[b] or 0 end \
+return out";
+
+/// A history sync in flight: the budget and the buckets it pushed.
+#[derive(Debug)]
+struct HistoryCall {
+    budget: String,
+    pushed: Vec<(i64, u64)>,
+    sent_nanos: u64,
+}
 
 /// What became of an alert's claim, for the worker to deliver or drop it.
 #[derive(Debug)]
@@ -159,6 +198,12 @@ pub struct Fleet {
     to_claim: RefCell<Vec<(Alert, i64)>>,
     /// Claims awaiting a reply: token → the alert.
     claims: RefCell<HashMap<u32, (Alert, u64)>>,
+    /// History syncs awaiting a reply.
+    history_calls: RefCell<HashMap<u32, HistoryCall>>,
+    /// Per budget, the bucket values Redis acknowledged: only changes are pushed.
+    history_pushed: RefCell<HashMap<String, BTreeMap<i64, u64>>>,
+    /// Budgets whose whole window of fleet history this worker loaded.
+    history_loaded: RefCell<HashSet<String>>,
 }
 
 impl Fleet {
@@ -174,6 +219,9 @@ impl Fleet {
             failing: Cell::new(0),
             to_claim: RefCell::new(Vec::new()),
             claims: RefCell::new(HashMap::new()),
+            history_calls: RefCell::new(HashMap::new()),
+            history_pushed: RefCell::new(HashMap::new()),
+            history_loaded: RefCell::new(HashSet::new()),
         }
     }
 
@@ -361,6 +409,132 @@ impl Fleet {
                 self.send(host, metrics, budget, &field, chunk.to_vec(), now_nanos);
             }
         }
+        let busy: HashSet<String> = self
+            .history_calls
+            .borrow()
+            .values()
+            .map(|c| c.budget.clone())
+            .collect();
+        for budget in config.agents.keys().filter(|b| !busy.contains(*b)) {
+            self.send_history(host, metrics, config, budget, &field, now_nanos);
+        }
+    }
+
+    /// Pushes the buckets of `budget`'s local history that changed since Redis last
+    /// acknowledged them, and pulls the fleet's totals: of the whole window on the first
+    /// call, of the last two buckets after that.
+    fn send_history(
+        &self,
+        host: &dyn Host,
+        metrics: &Metrics,
+        config: &Config,
+        budget: &str,
+        field: &str,
+        now_nanos: u64,
+    ) {
+        let settings = &config.anomaly;
+        let now = i64::try_from(now_nanos / 1_000_000_000).unwrap_or(i64::MAX);
+        let oldest = history::oldest_needed(settings, now);
+        let own = match history::load(host, &history::key(settings, budget)) {
+            Ok(Some(stored)) => stored.history,
+            Ok(None) => History::new(now),
+            Err(error) => {
+                log::warn!("fleet: cannot read the local history: {error}");
+                self.failed(metrics, SyncError::Ledger);
+                return;
+            }
+        };
+        let pushed = {
+            let acknowledged = self.history_pushed.borrow();
+            let acknowledged = acknowledged.get(budget);
+            own.buckets
+                .range(oldest..)
+                .filter(|(b, v)| acknowledged.and_then(|a| a.get(*b)) != Some(*v))
+                .map(|(b, v)| (*b, *v))
+                .collect::<Vec<_>>()
+        };
+        let from = if self.history_loaded.borrow().contains(budget) {
+            history::bucket_of(settings, now) - 1
+        } else {
+            oldest
+        };
+        let expire_at = now
+            .saturating_add(settings.window_secs)
+            .saturating_add(settings.current_secs)
+            .saturating_add(settings.bucket_secs);
+        let key = history_redis_key(&self.settings.key_prefix, budget, settings.bucket_secs);
+        let mut body = format!(
+            "EVAL/{}/1/{}/{}/{expire_at}/{}/{from}/{oldest}",
+            encode(HISTORY_SCRIPT),
+            encode(&key),
+            encode(field),
+            own.began
+        );
+        for (bucket, micro_usd) in &pushed {
+            body.push_str(&format!("/{bucket}/{micro_usd}"));
+        }
+        match self.dispatch(host, &body) {
+            Ok(token) => {
+                self.history_calls.borrow_mut().insert(
+                    token,
+                    HistoryCall {
+                        budget: budget.to_string(),
+                        pushed,
+                        sent_nanos: now_nanos,
+                    },
+                );
+            }
+            Err(()) => self.failed(metrics, SyncError::Dispatch),
+        }
+    }
+
+    /// Stores the others' share of each pulled bucket in the fleet history of the budget.
+    fn on_history_reply(
+        &self,
+        host: &dyn Host,
+        metrics: &Metrics,
+        config: &Config,
+        call: HistoryCall,
+        status: u32,
+        body: &[u8],
+    ) {
+        let reply = match status {
+            200..=299 => parse_history(body),
+            0 | 504 => Err(SyncError::Timeout),
+            _ => Err(SyncError::Status),
+        };
+        let (began, buckets) = match reply {
+            Ok(reply) => reply,
+            Err(error) => {
+                self.failed(metrics, error);
+                return;
+            }
+        };
+        let settings = &config.anomaly;
+        let now = host.now_unix_secs();
+        let key = history::fleet_key(settings, &call.budget);
+        let others: Vec<(i64, u64)> = buckets
+            .iter()
+            .map(|&(bucket, total, mine)| (bucket, total.saturating_sub(mine)))
+            .collect();
+        if let Err(error) = history::raise_to(
+            host,
+            &key,
+            began,
+            &others,
+            history::oldest_needed(settings, now),
+        ) {
+            log::warn!("fleet: cannot store the fleet history: {error}");
+            self.failed(metrics, SyncError::Ledger);
+            return;
+        }
+        let mut acknowledged = self.history_pushed.borrow_mut();
+        let acknowledged = acknowledged.entry(call.budget.clone()).or_default();
+        acknowledged.extend(call.pushed);
+        let oldest = history::oldest_needed(settings, now);
+        acknowledged.retain(|b, _| *b >= oldest);
+        self.history_loaded.borrow_mut().insert(call.budget.clone());
+        self.note_loaded(host, config, None);
     }
 
     fn send(
@@ -393,6 +567,9 @@ impl Fleet {
         self.in_flight
             .borrow_mut()
             .retain(|_, f| now_nanos.saturating_sub(f.sent_nanos) < limit);
+        self.history_calls
+            .borrow_mut()
+            .retain(|_, c| now_nanos.saturating_sub(c.sent_nanos) < limit);
     }
 
     /// A reply to a dispatch of this worker. `status` 0: no reply (reset).
@@ -438,6 +615,11 @@ impl Fleet {
         status: u32,
         body: &[u8],
     ) -> bool {
+        let history_call = self.history_calls.borrow_mut().remove(&token);
+        if let Some(call) = history_call {
+            self.on_history_reply(host, metrics, config, call, status, body);
+            return true;
+        }
         let Some(call) = self.in_flight.borrow_mut().remove(&token) else {
             return false;
         };
@@ -476,18 +658,23 @@ impl Fleet {
         if failed > 0 {
             log::info!("fleet: sync with Redis restored after {failed} failed calls");
         }
-        self.note_loaded(host, config, call.budget);
+        self.note_loaded(host, config, Some(call.budget));
         true
     }
 
-    /// Marks the load complete once every configured budget's totals are in.
-    fn note_loaded(&self, host: &dyn Host, config: &Config, budget: String) {
+    /// Marks the load complete once every configured budget's totals and history are in.
+    fn note_loaded(&self, host: &dyn Host, config: &Config, budget: Option<String>) {
         if self.ready.get() {
             return;
         }
         let mut loaded = self.loaded.borrow_mut();
-        loaded.insert(budget);
-        if !config.agents.keys().all(|b| loaded.contains(b)) {
+        loaded.extend(budget);
+        let history = self.history_loaded.borrow();
+        if !config
+            .agents
+            .keys()
+            .all(|b| loaded.contains(b) && history.contains(b))
+        {
             return;
         }
         if self.ready(host) {
@@ -520,7 +707,7 @@ impl Fleet {
     }
 
     pub fn in_flight(&self) -> usize {
-        self.in_flight.borrow().len() + self.claims.borrow().len()
+        self.in_flight.borrow().len() + self.history_calls.borrow().len()
     }
 }
 
@@ -652,11 +839,51 @@ pub fn claim_expiry(config: &Config, alert: &Alert) -> i64 {
     }
 }
 
+/// The Redis hash of a budget's spend history (the bucket length is part of it, as in the
+/// local key).
+pub fn history_redis_key(prefix: &str, budget: &str, bucket_secs: i64) -> String {
+    format!("{prefix}:{{{budget}}}:history:{bucket_secs}")
+}
+
+/// `{"EVAL": [began, bucket, total, mine, ...]}`.
+fn parse_history(body: &[u8]) -> Result<(i64, Vec<(i64, u64, u64)>), SyncError> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| SyncError::BadReply)?;
+    let list = value
+        .get("EVAL")
+        .and_then(|v| v.as_array())
+        .ok_or(SyncError::BadReply)?;
+    if list.first().and_then(|v| v.as_bool()) == Some(false) {
+        return Err(SyncError::Redis);
+    }
+    let (began, rest) = list.split_first().ok_or(SyncError::BadReply)?;
+    let began = began.as_i64().ok_or(SyncError::BadReply)?;
+    if rest.len() % 3 != 0 {
+        return Err(SyncError::BadReply);
+    }
+    rest.chunks_exact(3)
+        .map(|triple| match triple {
+            [bucket, total, mine] => bucket
+                .as_i64()
+                .zip(total.as_u64())
+                .zip(mine.as_u64())
+                .map(|((b, t), m)| (b, t, m))
+                .ok_or(SyncError::BadReply),
+            _ => Err(SyncError::BadReply),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(|buckets| (began, buckets))
+}
+
 /// `{"EVAL": 1}`: won, `{"EVAL": 0}`: lost.
 fn parse_claim(body: &[u8]) -> Result<bool, SyncError> {
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| SyncError::BadReply)?;
     let reply = value.get("EVAL").ok_or(SyncError::BadReply)?;
-    if reply.as_array().and_then(|l| l.first()).and_then(|v| v.as_bool()) == Some(false) {
+    if reply
+        .as_array()
+        .and_then(|l| l.first())
+        .and_then(|v| v.as_bool())
+        == Some(false)
+    {
         return Err(SyncError::Redis);
     }
     match reply.as_u64() {

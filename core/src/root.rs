@@ -114,6 +114,11 @@ impl Worker {
             && !fleet.ready(host)
     }
 
+    /// True unless fleet mode has not loaded the fleet's spend and history yet.
+    pub fn fleet_ready(&self, host: &dyn Host) -> bool {
+        self.fleet.as_ref().is_none_or(|fleet| fleet.ready(host))
+    }
+
     /// Fleet sync calls awaiting a reply.
     pub fn fleet_in_flight(&self) -> usize {
         self.fleet.as_ref().map_or(0, Fleet::in_flight)
