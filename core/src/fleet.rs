@@ -21,6 +21,13 @@
 //! its own count at zero in a new field, and the old field keeps counting in the total, so
 //! a restart neither loses nor re-counts spend, whatever it charged before its first pull.
 //! Before that first pull, `fleet.unsynced` says what `stop` agents get.
+//!
+//! ## Alerts and the anomaly history
+//! An alert is claimed in Redis (`SETNX` in a script) before delivery: only the first
+//! gateway delivers, and a claim Redis cannot answer delivers anyway. The spend history is
+//! pushed per bucket with the same absolute scheme (one hash per budget, a field per
+//! bucket and gateway); the others' share is kept beside the local history (see
+//! `history::with_fleet`), and the load is complete only once the window is in.
 
 use crate::alerts::{Alert, AlertKind};
 use crate::config::{Config, FleetConfig};
@@ -845,8 +852,11 @@ pub fn history_redis_key(prefix: &str, budget: &str, bucket_secs: i64) -> String
     format!("{prefix}:{{{budget}}}:history:{bucket_secs}")
 }
 
+/// A history reply: the fleet history's start, and (bucket, total, this gateway's) per bucket.
+type HistoryReply = (i64, Vec<(i64, u64, u64)>);
+
 /// `{"EVAL": [began, bucket, total, mine, ...]}`.
-fn parse_history(body: &[u8]) -> Result<(i64, Vec<(i64, u64, u64)>), SyncError> {
+fn parse_history(body: &[u8]) -> Result<HistoryReply, SyncError> {
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| SyncError::BadReply)?;
     let list = value
         .get("EVAL")

@@ -12,6 +12,9 @@ const CONFIG: &str = r#"{"agents":{"bot":{"daily_usd":1,"monthly_usd":10,"task_d
   "soft":{"daily_usd":1,"action":"alert"}},
   "fleet":{"cluster":"webdis","gateway_id":"GW"}}"#;
 
+/// A hash's fields for one bucket: gateway field → micro-USD.
+type FieldValues = BTreeMap<String, u64>;
+
 /// Redis with the script's semantics, fed the webdis request bodies the gateways send.
 #[derive(Default)]
 struct FakeRedis {
@@ -19,7 +22,7 @@ struct FakeRedis {
     /// Claimed alerts: key → (claimant field, expire at).
     claims: BTreeMap<String, (String, i64)>,
     /// History hashes: key → (began, bucket → field → micro-USD).
-    histories: BTreeMap<String, (i64, BTreeMap<i64, BTreeMap<String, u64>>)>,
+    histories: BTreeMap<String, (i64, BTreeMap<i64, FieldValues>)>,
     /// History calls run, with the `from` bucket each asked for.
     history_froms: Vec<i64>,
 }
@@ -576,7 +579,7 @@ fn burn(gateway: &Gateway) -> u64 {
 fn the_history_adds_up_across_gateways_idempotently_and_loads_on_restart() {
     let mut redis = FakeRedis::default();
     let (mut a, mut b) = (Gateway::start(), Gateway::start_at(NOW + 1));
-    let settings = a.worker.config.anomaly.clone();
+    let settings = a.worker.config.anomaly;
     let bucket = crate::history::bucket_of(&settings, NOW);
     a.worker.record_spend("bot", NOW, 3_000);
     b.worker.record_spend("bot", NOW, 2_000);
@@ -614,7 +617,7 @@ fn the_history_adds_up_across_gateways_idempotently_and_loads_on_restart() {
 
 #[test]
 fn history_replies_parse_or_fail_typed() {
-    let cases: [(&[u8], Result<(i64, Vec<(i64, u64, u64)>), SyncError>); 5] = [
+    let cases: [(&[u8], Result<HistoryReply, SyncError>); 5] = [
         (br#"{"EVAL":[7,100,5,2]}"#, Ok((7, vec![(100, 5, 2)]))),
         (br#"{"EVAL":[7]}"#, Ok((7, vec![]))),
         (br#"{"EVAL":[7,100,5]}"#, Err(SyncError::BadReply)),
