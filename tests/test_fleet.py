@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness import BOOTSTRAP, NATIVE, REPO, Gateway, free_port, knobs, wait_until
+from webhook import Webhook
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
@@ -124,10 +125,12 @@ def fleet(mock, webdis):
     """Starts a gateway in fleet mode named `node` (its Envoy node id); stops them after."""
     started = []
 
-    def start(node: str, daily_usd: float) -> Gateway:
-        gw = Gateway(upstream_port=mock.port, plugin_config=fleet_config(daily_usd, node),
+    def start(node: str, daily_usd: float, extra: dict | None = None,
+              clusters: dict | None = None) -> Gateway:
+        gw = Gateway(upstream_port=mock.port,
+                     plugin_config={**fleet_config(daily_usd, node), **(extra or {})},
                      concurrency=2, bootstrap_path=GATEWAY_BOOTSTRAP,
-                     clusters={"agent_budget_redis": webdis.port},
+                     clusters={"agent_budget_redis": webdis.port, **(clusters or {})},
                      envoy_args=["--service-node", node]).start()
         started.append(gw)
         return gw
@@ -276,3 +279,71 @@ def test_redis_restart_mid_traffic_loses_and_double_counts_nothing(fleet, redis)
 def sync_errors(gw: Gateway) -> int:
     stats = gw.stats()
     return sum(int(v) for (name, _), v in stats.samples.items() if name == "agent_budget_fleet_sync_errors")
+
+
+def counter(gw: Gateway, name: str, **labels) -> int:
+    return gw.stats().value(name, **labels) or 0
+
+
+def test_a_soft_limit_crossed_by_the_fleet_reaches_the_webhook_once(fleet, redis):
+    with Webhook() as hook:
+        alerts = {"alerts": {"cluster": "alert_webhook", "format": "json"}}
+        hooks = {"alert_webhook": hook.port}
+        # 10 calls' worth; the soft alert comes at 80 %: the 8th call.
+        a = fleet("gw-a", 0.02, alerts, hooks)
+        b = fleet("gw-b", 0.02, alerts, hooks)
+        synced(a)
+        synced(b)
+        for gw, calls in ((a, 4), (b, 3)):
+            for _ in range(calls):
+                assert call(gw).status == 200
+        for gw in (a, b):
+            wait_until(lambda: gw_spend(gw) == 7 * CALL_MICRO_USD, SETTLE_S, "the pull")
+        # Each gateway's next call crosses the soft level on the fleet's spend: both raise it.
+        assert call(a).status == 200
+        wait_until(lambda: gw_spend(b) == 8 * CALL_MICRO_USD, SETTLE_S, "B to pull A's call")
+        assert call(b).status == 200
+        wait_until(lambda: counter(b, "agent_budget_alert_deliveries", reason="claimed_elsewhere") == 1,
+                   SETTLE_S, "B to lose the claim")
+        hook.wait_for(1)
+        assert counter(a, "agent_budget_alerts", agent="bot", reason="soft") == 1
+        assert counter(b, "agent_budget_alerts", agent="bot", reason="soft") == 0
+        soft = [d.body for d in hook.accepted if d.body["kind"] == "soft"]
+        assert len(soft) == 1, soft
+        assert soft[0]["agent"] == "bot"
+        # The claim expires after the day.
+        claims = [k for k in redis.cli("KEYS", "agent_budget:{bot}:alert:*").split("\n") if k]
+        assert len(claims) == 1 and int(redis.cli("TTL", claims[0])) > 86_400, claims
+
+
+# A 10-minute burn window: calls made within it count whole, so the burn rate is exact.
+SLOW_ANOMALY = {"anomaly": {"bucket": "60s", "current": "600s", "window": "3600s"}}
+
+
+def history_total(redis: Redis) -> int:
+    fields = redis.fields("agent_budget:{bot}:history:60")
+    return sum(v for k, v in fields.items() if "|" in k)
+
+
+def burn(gw: Gateway) -> int:
+    return counter(gw, "agent_budget_burn_rate_micro_usd_per_hour", agent="bot")
+
+
+def test_a_restarted_gateway_shows_the_fleets_burn_rate(fleet, redis):
+    a, b = fleet("gw-a", 100, SLOW_ANOMALY), fleet("gw-b", 100, SLOW_ANOMALY)
+    synced(a)
+    synced(b)
+    for gw, calls in ((a, 3), (b, 2)):
+        for _ in range(calls):
+            assert call(gw).status == 200
+    wait_until(lambda: history_total(redis) == 5 * CALL_MICRO_USD, SETTLE_S, "the history in Redis")
+    fleet_burn = 5 * CALL_MICRO_USD * 3600 // 600
+    for gw in (a, b):
+        wait_until(lambda: burn(gw) == fleet_burn, SETTLE_S, "the fleet's burn rate")
+    a.proc.kill()
+    a.proc.wait(10)
+    a.stop()
+    a = fleet("gw-a", 100, SLOW_ANOMALY)
+    synced(a)
+    wait_until(lambda: burn(a) == fleet_burn, SETTLE_S, "the restarted gateway's burn rate")
+    assert int(redis.cli("TTL", "agent_budget:{bot}:history:60")) > 0

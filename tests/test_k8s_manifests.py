@@ -26,8 +26,9 @@ K8S = REPO / "envoy/k8s"
 MANIFESTS = ("redis-webdis.yaml", "istio-wasmplugin.yaml", "envoy-gateway.yaml")
 CHAT = "/v1/chat/completions"
 
-# Commands the fleet sync sends through webdis (one EVAL per agent budget; the script's own
-# HGET, HSET, EXPIREAT and HVALS run inside Redis), plus PING for the readiness probe.
+# Commands the fleet sync sends through webdis (EVALs per agent budget and alert claim; the
+# scripts' own hash, SETNX, GET and EXPIREAT commands run inside Redis), plus PING for the
+# readiness probe.
 FLEET_COMMANDS = {"EVAL", "PING"}
 # What the sync's script does inside Redis, as an EVAL through webdis: raise this gateway's
 # field, set the key's expiry, return the fields.

@@ -31,6 +31,8 @@ pub fn review_interval_secs(settings: &AnomalyConfig) -> i64 {
 pub fn review(worker: &Worker, host: &dyn Host, now: i64, current: &[Period; 2]) {
     let settings = &worker.config.anomaly;
     let ledger = Ledger::new(host);
+    // In fleet mode, no alert decision before the fleet's history is loaded.
+    let decides = worker.fleet_ready(host);
     // Every budget is reviewed for alerts; only those with series of their own get gauges.
     for (name, budget) in &worker.config.agents {
         let agent = worker.metrics.agents().own_id(name);
@@ -43,7 +45,8 @@ pub fn review(worker: &Worker, host: &dyn Host, now: i64, current: &[Period; 2])
                 continue;
             }
         };
-        let rates = history::rates_of(&stored.history, settings, now);
+        let seen = history::with_fleet(host, &worker.config, name, &stored.history);
+        let rates = history::rates_of(&seen, settings, now);
         let burn = rates.burn_micro_usd_per_hour;
         let rate_gauges = [
             (RateGauge::BurnMicroUsdPerHour, burn),
@@ -78,13 +81,12 @@ pub fn review(worker: &Worker, host: &dyn Host, now: i64, current: &[Period; 2])
                 let gauge = Gauge::Agent(AgentGauge::ProjectedSpendMicroUsd, agent, period.kind);
                 worker.metrics.set(host, gauge, projected);
             }
-            let watched_long_enough =
-                now.saturating_sub(stored.history.began) >= settings.current_secs;
-            if settings.projection && watched_long_enough {
+            let watched_long_enough = now.saturating_sub(seen.began) >= settings.current_secs;
+            if settings.projection && watched_long_enough && decides {
                 agent_view.check_projection(period, spent, projected, burn);
             }
         }
-        if settings.enabled {
+        if settings.enabled && decides {
             agent_view.check_anomaly(&key, &stored, rates, &snapshot, current);
         }
     }

@@ -21,8 +21,17 @@
 //! its own count at zero in a new field, and the old field keeps counting in the total, so
 //! a restart neither loses nor re-counts spend, whatever it charged before its first pull.
 //! Before that first pull, `fleet.unsynced` says what `stop` agents get.
+//!
+//! ## Alerts and the anomaly history
+//! An alert is claimed in Redis (`SETNX` in a script) before delivery: only the first
+//! gateway delivers, and a claim Redis cannot answer delivers anyway. The spend history is
+//! pushed per bucket with the same absolute scheme (one hash per budget, a field per
+//! bucket and gateway); the others' share is kept beside the local history (see
+//! `history::with_fleet`), and the load is complete only once the window is in.
 
+use crate::alerts::{Alert, AlertKind};
 use crate::config::{Config, FleetConfig};
+use crate::history::{self, History};
 use crate::host::{Host, HostError};
 use crate::ledger::{Account, Ledger, LedgerError};
 use crate::metrics::{Counter, Metrics, ReasonCounter};
@@ -62,6 +71,74 @@ out[2 * i - 1] = total \
 out[2 * i] = mine \
 end \
 return out";
+
+/// Claims an alert for the whole fleet: true for the first gateway to ask (and for that
+/// gateway again, so a retried claim still wins), false for the others. The key expires
+/// once the alert could not be raised again anyway.
+pub const CLAIM_SCRIPT: &str = "if redis.call('SETNX', KEYS[1], ARGV[1]) == 1 then \
+redis.call('EXPIREAT', KEYS[1], ARGV[2]) return 1 end \
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end \
+return 0";
+
+/// Pushes this gateway's spend per history bucket (`<bucket>|<field>` fields, raised, never
+/// lowered), keeps the earliest start of any gateway's history in `began`, drops buckets
+/// before ARGV[5], and returns `began` then (bucket, total, this gateway's) for every
+/// bucket from ARGV[4] on.
+pub const HISTORY_SCRIPT: &str = "local key = KEYS[1] local field = ARGV[1] \
+for i = 6, #ARGV, 2 do \
+local f = ARGV[i] .. '|' .. field \
+local mine = tonumber(redis.call('HGET', key, f) or '0') \
+if tonumber(ARGV[i + 1]) > mine then redis.call('HSET', key, f, ARGV[i + 1]) end \
+end \
+redis.call('HSETNX', key, 'began', ARGV[3]) \
+local began = tonumber(redis.call('HGET', key, 'began')) \
+if tonumber(ARGV[3]) < began then redis.call('HSET', key, 'began', ARGV[3]) began = tonumber(ARGV[3]) end \
+local from = tonumber(ARGV[4]) local oldest = tonumber(ARGV[5]) \
+local sums = {} local mine = {} \
+local all = redis.call('HGETALL', key) \
+for j = 1, #all, 2 do \
+local f = all[j] local sep = string.find(f, '|', 1, true) \
+if sep then \
+local b = tonumber(string.sub(f, 1, sep - 1)) \
+if b < oldest then redis.call('HDEL', key, f) \
+elseif b >= from then \
+local v = tonumber(all[j + 1]) sums[b] = (sums[b] or 0) + v \
+if string.sub(f, sep + 1) == field then mine[b] = v end \
+end end end \
+redis.call('EXPIREAT', key, ARGV[2]) \
+local out = {began} \
+for b, v in pairs(sums) do out[#out + 1] = b out[#out + 1] = v out[#out + 1] = mine[b] or 0 end \
+return out";
+
+/// A history sync in flight: the budget and the buckets it pushed.
+#[derive(Debug)]
+struct HistoryCall {
+    budget: String,
+    pushed: Vec<(i64, u64)>,
+    sent_nanos: u64,
+}
+
+/// What became of an alert's claim, for the worker to deliver or drop it.
+#[derive(Debug)]
+pub enum Claimed {
+    /// This gateway won the claim: it delivers.
+    Won(Alert),
+    /// Another gateway holds the claim: dropped, counted.
+    Lost(Alert),
+    /// Redis could not say: delivered anyway (a duplicate beats a lost alert).
+    Unknown(Alert),
+}
+
+/// What a reply to a call of this worker was.
+#[derive(Debug)]
+pub enum Reply {
+    /// Not a fleet call.
+    NotFleet,
+    /// A spend sync, applied or counted as failed.
+    Synced,
+    /// An alert claim's outcome.
+    Claim(Claimed),
+}
 
 /// One account-period in a sync call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +201,16 @@ pub struct Fleet {
     ready: Cell<bool>,
     /// Failed syncs in a row: the first is logged, and the recovery.
     failing: Cell<u64>,
+    /// Alerts raised since the last tick, to claim on the tick (replies reach the root).
+    to_claim: RefCell<Vec<(Alert, i64)>>,
+    /// Claims awaiting a reply: token → the alert.
+    claims: RefCell<HashMap<u32, (Alert, u64)>>,
+    /// History syncs awaiting a reply.
+    history_calls: RefCell<HashMap<u32, HistoryCall>>,
+    /// Per budget, the bucket values Redis acknowledged: only changes are pushed.
+    history_pushed: RefCell<HashMap<String, BTreeMap<i64, u64>>>,
+    /// Budgets whose whole window of fleet history this worker loaded.
+    history_loaded: RefCell<HashSet<String>>,
 }
 
 impl Fleet {
@@ -137,7 +224,102 @@ impl Fleet {
             loaded_micro_usd: Cell::new(0),
             ready: Cell::new(false),
             failing: Cell::new(0),
+            to_claim: RefCell::new(Vec::new()),
+            claims: RefCell::new(HashMap::new()),
+            history_calls: RefCell::new(HashMap::new()),
+            history_pushed: RefCell::new(HashMap::new()),
+            history_loaded: RefCell::new(HashSet::new()),
         }
+    }
+
+    /// Queues an alert to claim on the next tick; `expire_at` (Unix seconds) is when the
+    /// claim may go, because the alert could not come again before.
+    pub fn queue_claim(&self, alert: Alert, expire_at: i64) {
+        self.to_claim.borrow_mut().push((alert, expire_at));
+    }
+
+    /// Sends the queued claims (any worker: the claim's winner delivers from its own
+    /// outbox). A claim that cannot be sent is delivered anyway.
+    pub fn send_claims(&self, host: &dyn Host, metrics: &Metrics) -> Vec<Claimed> {
+        let queued = std::mem::take(&mut *self.to_claim.borrow_mut());
+        if queued.is_empty() {
+            return Vec::new();
+        }
+        let field = match host.shared_get(FIELD_KEY) {
+            Ok(Some(stored)) => String::from_utf8(stored.value).unwrap_or_default(),
+            _ => String::new(),
+        };
+        let now_nanos = host.now_unix_nanos();
+        let mut undecided = Vec::new();
+        for (alert, expire_at) in queued {
+            if field.is_empty() {
+                undecided.push(Claimed::Unknown(alert));
+                continue;
+            }
+            let key = claim_key(&self.settings.key_prefix, &alert);
+            let body = format!(
+                "EVAL/{}/1/{}/{}/{expire_at}",
+                encode(CLAIM_SCRIPT),
+                encode(&key),
+                encode(&field)
+            );
+            match self.dispatch(host, &body) {
+                Ok(token) => {
+                    self.claims.borrow_mut().insert(token, (alert, now_nanos));
+                }
+                Err(()) => {
+                    self.failed(metrics, SyncError::Dispatch);
+                    undecided.push(Claimed::Unknown(alert));
+                }
+            }
+        }
+        undecided
+    }
+
+    /// Claims unanswered for long: delivered anyway.
+    fn forget_lost_claims(&self, now_nanos: u64) -> Vec<Claimed> {
+        let limit = self.forget_after_nanos();
+        let mut lost = Vec::new();
+        self.claims.borrow_mut().retain(|_, (alert, sent)| {
+            let keep = now_nanos.saturating_sub(*sent) < limit;
+            if !keep {
+                lost.push(Claimed::Unknown(alert.clone()));
+            }
+            keep
+        });
+        lost
+    }
+
+    /// Claims given up on this tick (delivered anyway) and the ones sent now that failed.
+    pub fn tick_claims(&self, host: &dyn Host, metrics: &Metrics) -> Vec<Claimed> {
+        let mut out = self.forget_lost_claims(host.now_unix_nanos());
+        out.extend(self.send_claims(host, metrics));
+        out
+    }
+
+    fn forget_after_nanos(&self) -> u64 {
+        u64::from(self.settings.timeout_millis)
+            .saturating_mul(1_000_000)
+            .saturating_mul(FORGET_AFTER_TIMEOUTS)
+    }
+
+    fn dispatch(&self, host: &dyn Host, body: &str) -> Result<u32, ()> {
+        let headers = [
+            (":method", "POST"),
+            (":path", "/"),
+            (":authority", self.settings.cluster.as_str()),
+            ("content-type", "text/plain"),
+            ("user-agent", "agent-budget"),
+        ];
+        host.dispatch_http(
+            &self.settings.cluster,
+            &headers,
+            body.as_bytes(),
+            self.settings.timeout_millis,
+        )
+        .map_err(|error| {
+            log::debug!("fleet: call to {} not sent: {error}", self.settings.cluster);
+        })
     }
 
     pub fn settings(&self) -> &FleetConfig {
@@ -234,6 +416,132 @@ impl Fleet {
                 self.send(host, metrics, budget, &field, chunk.to_vec(), now_nanos);
             }
         }
+        let busy: HashSet<String> = self
+            .history_calls
+            .borrow()
+            .values()
+            .map(|c| c.budget.clone())
+            .collect();
+        for budget in config.agents.keys().filter(|b| !busy.contains(*b)) {
+            self.send_history(host, metrics, config, budget, &field, now_nanos);
+        }
+    }
+
+    /// Pushes the buckets of `budget`'s local history that changed since Redis last
+    /// acknowledged them, and pulls the fleet's totals: of the whole window on the first
+    /// call, of the last two buckets after that.
+    fn send_history(
+        &self,
+        host: &dyn Host,
+        metrics: &Metrics,
+        config: &Config,
+        budget: &str,
+        field: &str,
+        now_nanos: u64,
+    ) {
+        let settings = &config.anomaly;
+        let now = i64::try_from(now_nanos / 1_000_000_000).unwrap_or(i64::MAX);
+        let oldest = history::oldest_needed(settings, now);
+        let own = match history::load(host, &history::key(settings, budget)) {
+            Ok(Some(stored)) => stored.history,
+            Ok(None) => History::new(now),
+            Err(error) => {
+                log::warn!("fleet: cannot read the local history: {error}");
+                self.failed(metrics, SyncError::Ledger);
+                return;
+            }
+        };
+        let pushed = {
+            let acknowledged = self.history_pushed.borrow();
+            let acknowledged = acknowledged.get(budget);
+            own.buckets
+                .range(oldest..)
+                .filter(|(b, v)| acknowledged.and_then(|a| a.get(*b)) != Some(*v))
+                .map(|(b, v)| (*b, *v))
+                .collect::<Vec<_>>()
+        };
+        let from = if self.history_loaded.borrow().contains(budget) {
+            history::bucket_of(settings, now) - 1
+        } else {
+            oldest
+        };
+        let expire_at = now
+            .saturating_add(settings.window_secs)
+            .saturating_add(settings.current_secs)
+            .saturating_add(settings.bucket_secs);
+        let key = history_redis_key(&self.settings.key_prefix, budget, settings.bucket_secs);
+        let mut body = format!(
+            "EVAL/{}/1/{}/{}/{expire_at}/{}/{from}/{oldest}",
+            encode(HISTORY_SCRIPT),
+            encode(&key),
+            encode(field),
+            own.began
+        );
+        for (bucket, micro_usd) in &pushed {
+            body.push_str(&format!("/{bucket}/{micro_usd}"));
+        }
+        match self.dispatch(host, &body) {
+            Ok(token) => {
+                self.history_calls.borrow_mut().insert(
+                    token,
+                    HistoryCall {
+                        budget: budget.to_string(),
+                        pushed,
+                        sent_nanos: now_nanos,
+                    },
+                );
+            }
+            Err(()) => self.failed(metrics, SyncError::Dispatch),
+        }
+    }
+
+    /// Stores the others' share of each pulled bucket in the fleet history of the budget.
+    fn on_history_reply(
+        &self,
+        host: &dyn Host,
+        metrics: &Metrics,
+        config: &Config,
+        call: HistoryCall,
+        status: u32,
+        body: &[u8],
+    ) {
+        let reply = match status {
+            200..=299 => parse_history(body),
+            0 | 504 => Err(SyncError::Timeout),
+            _ => Err(SyncError::Status),
+        };
+        let (began, buckets) = match reply {
+            Ok(reply) => reply,
+            Err(error) => {
+                self.failed(metrics, error);
+                return;
+            }
+        };
+        let settings = &config.anomaly;
+        let now = host.now_unix_secs();
+        let key = history::fleet_key(settings, &call.budget);
+        let others: Vec<(i64, u64)> = buckets
+            .iter()
+            .map(|&(bucket, total, mine)| (bucket, total.saturating_sub(mine)))
+            .collect();
+        if let Err(error) = history::raise_to(
+            host,
+            &key,
+            began,
+            &others,
+            history::oldest_needed(settings, now),
+        ) {
+            log::warn!("fleet: cannot store the fleet history: {error}");
+            self.failed(metrics, SyncError::Ledger);
+            return;
+        }
+        let mut acknowledged = self.history_pushed.borrow_mut();
+        let acknowledged = acknowledged.entry(call.budget.clone()).or_default();
+        acknowledged.extend(call.pushed);
+        let oldest = history::oldest_needed(settings, now);
+        acknowledged.retain(|b, _| *b >= oldest);
+        self.history_loaded.borrow_mut().insert(call.budget.clone());
+        self.note_loaded(host, config, None);
     }
 
     fn send(
@@ -246,19 +554,7 @@ impl Fleet {
         now_nanos: u64,
     ) {
         let body = command(&self.settings.key_prefix, budget, field, &items);
-        let headers = [
-            (":method", "POST"),
-            (":path", "/"),
-            (":authority", self.settings.cluster.as_str()),
-            ("content-type", "text/plain"),
-            ("user-agent", "agent-budget"),
-        ];
-        match host.dispatch_http(
-            &self.settings.cluster,
-            &headers,
-            body.as_bytes(),
-            self.settings.timeout_millis,
-        ) {
+        match self.dispatch(host, &body) {
             Ok(token) => {
                 self.in_flight.borrow_mut().insert(
                     token,
@@ -269,24 +565,21 @@ impl Fleet {
                     },
                 );
             }
-            Err(error) => {
-                log::debug!("fleet: call to {} not sent: {error}", self.settings.cluster);
-                self.failed(metrics, SyncError::Dispatch);
-            }
+            Err(()) => self.failed(metrics, SyncError::Dispatch),
         }
     }
 
     fn forget_lost(&self, now_nanos: u64) {
-        let limit = u64::from(self.settings.timeout_millis)
-            .saturating_mul(1_000_000)
-            .saturating_mul(FORGET_AFTER_TIMEOUTS);
+        let limit = self.forget_after_nanos();
         self.in_flight
             .borrow_mut()
             .retain(|_, f| now_nanos.saturating_sub(f.sent_nanos) < limit);
+        self.history_calls
+            .borrow_mut()
+            .retain(|_, c| now_nanos.saturating_sub(c.sent_nanos) < limit);
     }
 
-    /// A reply to a dispatch: false if `token` is not a sync call of this worker.
-    /// `status` 0: no reply (reset).
+    /// A reply to a dispatch of this worker. `status` 0: no reply (reset).
     pub fn on_reply(
         &self,
         host: &dyn Host,
@@ -295,7 +588,45 @@ impl Fleet {
         token: u32,
         status: u32,
         body: &[u8],
+    ) -> Reply {
+        let claim = self.claims.borrow_mut().remove(&token);
+        if let Some((alert, _)) = claim {
+            let won = match status {
+                200..=299 => parse_claim(body),
+                0 | 504 => Err(SyncError::Timeout),
+                _ => Err(SyncError::Status),
+            };
+            return Reply::Claim(match won {
+                Ok(true) => Claimed::Won(alert),
+                Ok(false) => Claimed::Lost(alert),
+                Err(error) => {
+                    self.failed(metrics, error);
+                    Claimed::Unknown(alert)
+                }
+            });
+        }
+        if self.on_sync_reply(host, metrics, config, token, status, body) {
+            Reply::Synced
+        } else {
+            Reply::NotFleet
+        }
+    }
+
+    /// A reply to a spend sync: false if `token` is not one of this worker's.
+    fn on_sync_reply(
+        &self,
+        host: &dyn Host,
+        metrics: &Metrics,
+        config: &Config,
+        token: u32,
+        status: u32,
+        body: &[u8],
     ) -> bool {
+        let history_call = self.history_calls.borrow_mut().remove(&token);
+        if let Some(call) = history_call {
+            self.on_history_reply(host, metrics, config, call, status, body);
+            return true;
+        }
         let Some(call) = self.in_flight.borrow_mut().remove(&token) else {
             return false;
         };
@@ -334,18 +665,23 @@ impl Fleet {
         if failed > 0 {
             log::info!("fleet: sync with Redis restored after {failed} failed calls");
         }
-        self.note_loaded(host, config, call.budget);
+        self.note_loaded(host, config, Some(call.budget));
         true
     }
 
-    /// Marks the load complete once every configured budget's totals are in.
-    fn note_loaded(&self, host: &dyn Host, config: &Config, budget: String) {
+    /// Marks the load complete once every configured budget's totals and history are in.
+    fn note_loaded(&self, host: &dyn Host, config: &Config, budget: Option<String>) {
         if self.ready.get() {
             return;
         }
         let mut loaded = self.loaded.borrow_mut();
-        loaded.insert(budget);
-        if !config.agents.keys().all(|b| loaded.contains(b)) {
+        loaded.extend(budget);
+        let history = self.history_loaded.borrow();
+        if !config
+            .agents
+            .keys()
+            .all(|b| loaded.contains(b) && history.contains(b))
+        {
             return;
         }
         if self.ready(host) {
@@ -378,7 +714,7 @@ impl Fleet {
     }
 
     pub fn in_flight(&self) -> usize {
-        self.in_flight.borrow().len()
+        self.in_flight.borrow().len() + self.history_calls.borrow().len()
     }
 }
 
@@ -481,6 +817,90 @@ fn encode(text: &str) -> String {
         }
     }
     out
+}
+
+/// The Redis key claiming an alert for the fleet: one per agent, kind, crossed fraction
+/// and period (an anomaly: one per agent, see [`claim_expiry`]).
+pub fn claim_key(prefix: &str, alert: &Alert) -> String {
+    let agent = &alert.agent;
+    match alert.kind {
+        AlertKind::Anomaly => format!("{prefix}:{{{agent}}}:alert:anomaly"),
+        kind => format!(
+            "{prefix}:{{{agent}}}:alert:{}:{}:{}",
+            kind.name(),
+            (alert.threshold * 1e6).round() as u64,
+            alert.period_id
+        ),
+    }
+}
+
+/// When an alert's claim may expire (Unix seconds): once its period is long over; for an
+/// anomaly, whose episodes know no period, after the burn-rate window, so one episode
+/// seen by several gateways is one alert and a new one later alerts again.
+pub fn claim_expiry(config: &Config, alert: &Alert) -> i64 {
+    match alert.kind {
+        AlertKind::Anomaly => alert
+            .at_unix_secs
+            .saturating_add(config.anomaly.current_secs),
+        _ => alert.period_end_unix_secs.saturating_add(KEY_MARGIN_SECS),
+    }
+}
+
+/// The Redis hash of a budget's spend history (the bucket length is part of it, as in the
+/// local key).
+pub fn history_redis_key(prefix: &str, budget: &str, bucket_secs: i64) -> String {
+    format!("{prefix}:{{{budget}}}:history:{bucket_secs}")
+}
+
+/// A history reply: the fleet history's start, and (bucket, total, this gateway's) per bucket.
+type HistoryReply = (i64, Vec<(i64, u64, u64)>);
+
+/// `{"EVAL": [began, bucket, total, mine, ...]}`.
+fn parse_history(body: &[u8]) -> Result<HistoryReply, SyncError> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| SyncError::BadReply)?;
+    let list = value
+        .get("EVAL")
+        .and_then(|v| v.as_array())
+        .ok_or(SyncError::BadReply)?;
+    if list.first().and_then(|v| v.as_bool()) == Some(false) {
+        return Err(SyncError::Redis);
+    }
+    let (began, rest) = list.split_first().ok_or(SyncError::BadReply)?;
+    let began = began.as_i64().ok_or(SyncError::BadReply)?;
+    if rest.len() % 3 != 0 {
+        return Err(SyncError::BadReply);
+    }
+    rest.chunks_exact(3)
+        .map(|triple| match triple {
+            [bucket, total, mine] => bucket
+                .as_i64()
+                .zip(total.as_u64())
+                .zip(mine.as_u64())
+                .map(|((b, t), m)| (b, t, m))
+                .ok_or(SyncError::BadReply),
+            _ => Err(SyncError::BadReply),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(|buckets| (began, buckets))
+}
+
+/// `{"EVAL": 1}`: won, `{"EVAL": 0}`: lost.
+fn parse_claim(body: &[u8]) -> Result<bool, SyncError> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| SyncError::BadReply)?;
+    let reply = value.get("EVAL").ok_or(SyncError::BadReply)?;
+    if reply
+        .as_array()
+        .and_then(|l| l.first())
+        .and_then(|v| v.as_bool())
+        == Some(false)
+    {
+        return Err(SyncError::Redis);
+    }
+    match reply.as_u64() {
+        Some(1) => Ok(true),
+        Some(0) => Ok(false),
+        _ => Err(SyncError::BadReply),
+    }
 }
 
 /// `{"EVAL": [total, mine, ...]}` with one pair per item.

@@ -158,6 +158,63 @@ pub fn key(settings: &AnomalyConfig, budget: &str) -> String {
     format!("{KEY_PREFIX}/{}/{budget}", settings.bucket_secs)
 }
 
+/// The shared-data key of the rest of the fleet's history of an agent (fleet mode): per
+/// bucket, the spend of the other gateways as Redis last reported it.
+pub fn fleet_key(settings: &AnomalyConfig, budget: &str) -> String {
+    format!("{}/fleet", key(settings, budget))
+}
+
+/// Raises the buckets of the history at `key` to `values` (never lowers one: an older reply
+/// must not undo a newer one), its start to `began` if earlier, and drops buckets before
+/// `oldest`, in a bounded CAS loop.
+pub fn raise_to(
+    host: &dyn Host,
+    key: &str,
+    began: i64,
+    values: &[(i64, u64)],
+    oldest: i64,
+) -> Result<(), LedgerError> {
+    for _ in 0..MERGE_ATTEMPTS {
+        let (mut history, cas) = match load(host, key)? {
+            Some(Stored { history, cas }) => (history, cas),
+            None => (History::new(began), 0),
+        };
+        history.began = history.began.min(began);
+        for &(bucket, micro_usd) in values {
+            let slot = history.buckets.entry(bucket).or_insert(0);
+            *slot = (*slot).max(micro_usd);
+        }
+        history.prune(oldest);
+        match store(host, key, &history, cas) {
+            Ok(()) => return Ok(()),
+            Err(LedgerError::Host {
+                error: HostError::CasMismatch,
+                ..
+            }) => continue,
+            Err(other) => return Err(other),
+        }
+    }
+    Err(LedgerError::Contended {
+        key: key.to_string(),
+    })
+}
+
+/// The history the rates read: this gateway's, plus in fleet mode the other gateways'
+/// spend per bucket and the fleet history's earlier start.
+pub fn with_fleet(host: &dyn Host, config: &Config, budget: &str, own: &History) -> History {
+    let mut history = own.clone();
+    if config.fleet.is_none() {
+        return history;
+    }
+    if let Ok(Some(fleet)) = load(host, &fleet_key(&config.anomaly, budget)) {
+        history.began = history.began.min(fleet.history.began);
+        for (bucket, micro_usd) in fleet.history.buckets {
+            history.add(bucket, micro_usd);
+        }
+    }
+    history
+}
+
 /// The bucket holding `unix_secs`.
 pub fn bucket_of(settings: &AnomalyConfig, unix_secs: i64) -> i64 {
     unix_secs.div_euclid(settings.bucket_secs)
@@ -285,7 +342,11 @@ pub fn rates(
 ) -> Result<Rates, LedgerError> {
     let settings = &config.anomaly;
     Ok(match load(host, &key(settings, budget_name))? {
-        Some(stored) => rates_of(&stored.history, settings, now),
+        Some(stored) => rates_of(
+            &with_fleet(host, config, budget_name, &stored.history),
+            settings,
+            now,
+        ),
         None => Rates::default(),
     })
 }

@@ -5,7 +5,7 @@ use crate::alerts::{self, Alert, Outbox, PayloadFormat};
 use crate::anomaly;
 use crate::booking::{PendingCharge, Trouble};
 use crate::config::{AlertFormat, Config, LimitAction, Unsynced};
-use crate::fleet::Fleet;
+use crate::fleet::{Claimed, Fleet, Reply};
 use crate::history;
 use crate::host::{Host, HostError};
 use crate::ledger::{Account, AccountKey, Ledger, LedgerError};
@@ -114,6 +114,11 @@ impl Worker {
             && !fleet.ready(host)
     }
 
+    /// True unless fleet mode has not loaded the fleet's spend and history yet.
+    pub fn fleet_ready(&self, host: &dyn Host) -> bool {
+        self.fleet.as_ref().is_none_or(|fleet| fleet.ready(host))
+    }
+
     /// Fleet sync calls awaiting a reply.
     pub fn fleet_in_flight(&self) -> usize {
         self.fleet.as_ref().map_or(0, Fleet::in_flight)
@@ -123,9 +128,18 @@ impl Worker {
     /// a fleet sync or an alert delivery.
     pub fn on_http_reply(&self, host: &dyn Host, token: u32, status: u32, body: &[u8]) {
         if let Some(fleet) = &self.fleet {
-            if fleet.on_reply(host, &self.metrics, &self.config, token, status, body) {
-                self.metrics.flush(host);
-                return;
+            match fleet.on_reply(host, &self.metrics, &self.config, token, status, body) {
+                Reply::NotFleet => {}
+                Reply::Synced => {
+                    self.metrics.flush(host);
+                    return;
+                }
+                Reply::Claim(claimed) => {
+                    self.settle_claim(claimed);
+                    self.deliver_alerts(host, host.now_unix_secs());
+                    self.metrics.flush(host);
+                    return;
+                }
             }
         }
         self.on_alert_reply(host, token, status);
@@ -206,6 +220,11 @@ impl Worker {
             self.last_review.set(Some(now));
             anomaly::review(self, host, now, &current);
         }
+        if let Some(fleet) = &self.fleet {
+            for claimed in fleet.tick_claims(host, &self.metrics) {
+                self.settle_claim(claimed);
+            }
+        }
         self.deliver_alerts(host, now);
         self.metrics.flush(host);
     }
@@ -268,8 +287,46 @@ impl Worker {
         known.insert((flag, period.end));
     }
 
-    /// Logs, counts and queues an alert this worker won the right to raise.
+    /// Takes an alert this worker won the right to raise: in fleet mode with a webhook, it
+    /// is claimed for the fleet first (on the tick); otherwise delivered.
     pub fn raise_alert(&self, alert: Alert) {
+        if let (Some(fleet), true) = (&self.fleet, self.outbox.borrow().is_some()) {
+            let expire_at = crate::fleet::claim_expiry(&self.config, &alert);
+            fleet.queue_claim(alert, expire_at);
+            return;
+        }
+        self.accept_alert(alert);
+    }
+
+    /// Delivers a claimed alert unless another gateway claimed it first.
+    fn settle_claim(&self, claimed: Claimed) {
+        match claimed {
+            Claimed::Won(alert) => self.accept_alert(alert),
+            Claimed::Unknown(alert) => {
+                log::warn!(
+                    "fleet: cannot claim the {} alert of agent {} in Redis; delivering it anyway",
+                    alert.kind.name(),
+                    alert.agent
+                );
+                self.accept_alert(alert);
+            }
+            Claimed::Lost(alert) => {
+                log::info!(
+                    "fleet: the {} alert of agent {} in {} was raised by another gateway",
+                    alert.kind.name(),
+                    alert.agent,
+                    alert.period_id
+                );
+                self.metrics.count(
+                    Counter::Reason(ReasonCounter::AlertDeliveries, "claimed_elsewhere"),
+                    1,
+                );
+            }
+        }
+    }
+
+    /// Logs, counts and queues an alert for delivery.
+    fn accept_alert(&self, alert: Alert) {
         log::warn!("{}", alerts::log_line(&alert));
         if let Some(agent) = self.metrics.agents().id(&alert.agent) {
             self.metrics
