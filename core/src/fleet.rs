@@ -404,24 +404,14 @@ impl Fleet {
             }
         };
         let mut by_budget = items_by_budget(config, current, entries);
-        let busy: HashSet<String> = self
-            .in_flight
-            .borrow()
-            .values()
-            .map(|f| f.budget.clone())
-            .collect();
+        let busy = budgets_waiting(&self.in_flight, |f| &f.budget);
         for budget in config.agents.keys().filter(|b| !busy.contains(*b)) {
             let items = by_budget.remove(budget.as_str()).unwrap_or_default();
             for chunk in items.chunks(MAX_ITEMS_PER_CALL) {
                 self.send(host, metrics, budget, &field, chunk.to_vec(), now_nanos);
             }
         }
-        let busy: HashSet<String> = self
-            .history_calls
-            .borrow()
-            .values()
-            .map(|c| c.budget.clone())
-            .collect();
+        let busy = budgets_waiting(&self.history_calls, |c| &c.budget);
         for budget in config.agents.keys().filter(|b| !busy.contains(*b)) {
             self.send_history(host, metrics, config, budget, &field, now_nanos);
         }
@@ -763,6 +753,15 @@ fn items_by_budget<'c>(
 }
 
 /// The Redis key of an account-period.
+/// The agent budgets with a call of this kind still awaiting its reply or its timeout: the
+/// tick sends them nothing new until then.
+fn budgets_waiting<T>(
+    calls: &RefCell<HashMap<u32, T>>,
+    budget: impl Fn(&T) -> &String,
+) -> HashSet<String> {
+    calls.borrow().values().map(|c| budget(c).clone()).collect()
+}
+
 /// A node id as this gateway's name in Redis when the config names none: characters outside
 /// `fleet.gateway_id`'s set become `_`, so an Istio node id such as
 /// `sidecar~10.0.0.1~pod.ns~ns.svc.cluster.local` stays recognisable. None if empty.
