@@ -495,11 +495,7 @@ impl Fleet {
         status: u32,
         body: &[u8],
     ) {
-        let reply = match status {
-            200..=299 => parse_history(body),
-            0 | 504 => Err(SyncError::Timeout),
-            _ => Err(SyncError::Status),
-        };
+        let reply = read_reply(status, body, parse_history);
         let (began, buckets) = match reply {
             Ok(reply) => reply,
             Err(error) => {
@@ -581,11 +577,7 @@ impl Fleet {
     ) -> Reply {
         let claim = self.claims.borrow_mut().remove(&token);
         if let Some((alert, _)) = claim {
-            let won = match status {
-                200..=299 => parse_claim(body),
-                0 | 504 => Err(SyncError::Timeout),
-                _ => Err(SyncError::Status),
-            };
+            let won = read_reply(status, body, parse_claim);
             return Reply::Claim(match won {
                 Ok(true) => Claimed::Won(alert),
                 Ok(false) => Claimed::Lost(alert),
@@ -620,11 +612,7 @@ impl Fleet {
         let Some(call) = self.in_flight.borrow_mut().remove(&token) else {
             return false;
         };
-        let totals = match status {
-            200..=299 => parse_reply(body, call.items.len()),
-            0 | 504 => Err(SyncError::Timeout),
-            _ => Err(SyncError::Status),
-        };
+        let totals = read_reply(status, body, |body| parse_reply(body, call.items.len()));
         let totals = match totals {
             Ok(totals) => totals,
             Err(error) => {
@@ -855,6 +843,20 @@ pub fn history_redis_key(prefix: &str, budget: &str, bucket_secs: i64) -> String
 type HistoryReply = (i64, Vec<(i64, u64, u64)>);
 
 /// `{"EVAL": [began, bucket, total, mine, ...]}`.
+/// A webdis reply read by `parse` when it succeeded; status 0 (no reply) or 504 is a timeout,
+/// any other non-2xx a bad status.
+fn read_reply<T>(
+    status: u32,
+    body: &[u8],
+    parse: impl FnOnce(&[u8]) -> Result<T, SyncError>,
+) -> Result<T, SyncError> {
+    match status {
+        200..=299 => parse(body),
+        0 | 504 => Err(SyncError::Timeout),
+        _ => Err(SyncError::Status),
+    }
+}
+
 fn parse_history(body: &[u8]) -> Result<HistoryReply, SyncError> {
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| SyncError::BadReply)?;
     let list = value
