@@ -174,29 +174,14 @@ pub fn raise_to(
     values: &[(i64, u64)],
     oldest: i64,
 ) -> Result<(), LedgerError> {
-    for _ in 0..MERGE_ATTEMPTS {
-        let (mut history, cas) = match load(host, key)? {
-            Some(Stored { history, cas }) => (history, cas),
-            None => (History::new(began), 0),
-        };
+    update(host, key, began, oldest, |history| {
         history.began = history.began.min(began);
         for &(bucket, micro_usd) in values {
             let slot = history.buckets.entry(bucket).or_insert(0);
             *slot = (*slot).max(micro_usd);
         }
-        history.prune(oldest);
-        match store(host, key, &history, cas) {
-            Ok(()) => return Ok(()),
-            Err(LedgerError::Host {
-                error: HostError::CasMismatch,
-                ..
-            }) => continue,
-            Err(other) => return Err(other),
-        }
-    }
-    Err(LedgerError::Contended {
-        key: key.to_string(),
     })
+    .map(|_created| ())
 }
 
 /// The history the rates read: this gateway's, plus in fleet mode the other gateways'
@@ -282,24 +267,40 @@ pub fn merge(
     oldest: i64,
     now: i64,
 ) -> Result<(), LedgerError> {
-    for _ in 0..MERGE_ATTEMPTS {
-        let (mut history, cas) = match load(host, key)? {
-            Some(Stored { history, cas }) => (history, cas),
-            None => (History::new(now), 0),
-        };
+    let created = update(host, key, now, oldest, |history| {
         for &(bucket, micro_usd) in deltas {
             if bucket >= oldest {
                 history.add(bucket, micro_usd);
             }
         }
+    })?;
+    if created {
+        return Err(LedgerError::LateCreate {
+            key: key.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Applies `edit` to the history at `key` (a new one begun at `began` if there is none) and
+/// drops buckets before `oldest`, in a bounded CAS loop. `Ok(true)` if the write created the
+/// key (an unchecked write: shared data takes a missing key whatever the cas).
+fn update(
+    host: &dyn Host,
+    key: &str,
+    began: i64,
+    oldest: i64,
+    edit: impl Fn(&mut History),
+) -> Result<bool, LedgerError> {
+    for _ in 0..MERGE_ATTEMPTS {
+        let (mut history, cas) = match load(host, key)? {
+            Some(Stored { history, cas }) => (history, cas),
+            None => (History::new(began), 0),
+        };
+        edit(&mut history);
         history.prune(oldest);
         match store(host, key, &history, cas) {
-            Ok(()) if cas == 0 => {
-                return Err(LedgerError::LateCreate {
-                    key: key.to_string(),
-                })
-            }
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(cas == 0),
             Err(LedgerError::Host {
                 error: HostError::CasMismatch,
                 ..
