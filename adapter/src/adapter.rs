@@ -51,6 +51,18 @@ pub enum Flow {
 pub trait Abi {
     /// A whole header map in the ABI's serialized form ([`wire::pairs`] reads it).
     fn header_map(&self, map: Map) -> Result<Vec<u8>, HostError>;
+    /// Calls `visit` with each `(name, value)` pair of a header map, in the map's order; a
+    /// pair that is not UTF-8 is skipped, and an error visits none. The adapter reads maps
+    /// only through this. By
+    /// default it parses [`Abi::header_map`] (proxy-wasm hands out only the serialized
+    /// form); a host holding the pairs itself visits them in place instead.
+    fn visit_headers(&self, map: Map, visit: &mut dyn FnMut(&str, &str)) -> Result<(), HostError> {
+        let bytes = self.header_map(map)?;
+        for (name, value) in wire::pairs(&bytes) {
+            visit(name, value);
+        }
+        Ok(())
+    }
     /// Sets a header, replacing any value it had.
     fn set_header(&self, map: Map, name: &str, value: &str) -> Result<(), HostError>;
     fn remove_header(&self, map: Map, name: &str) -> Result<(), HostError>;
@@ -227,16 +239,19 @@ impl Root {
         let Some(worker) = &self.worker else {
             return;
         };
-        let headers = host
-            .header_map(Map::CallResponseHeaders)
-            .unwrap_or_else(|error| {
-                worker.host_error("get_header_map", &error);
-                Vec::new()
-            });
-        let status = wire::pairs(&headers)
-            .find(|(name, _)| *name == ":status")
-            .and_then(|(_, value)| value.parse().ok())
-            .unwrap_or(0);
+        // The first `:status` decides; one that is not a number is no status.
+        let mut status: Option<Option<u32>> = None;
+        read_headers(
+            host,
+            worker,
+            Map::CallResponseHeaders,
+            &mut |name, value| {
+                if status.is_none() && name == ":status" {
+                    status = Some(value.parse().ok());
+                }
+            },
+        );
+        let status = status.flatten().unwrap_or(0);
         let body = if body_size == 0 {
             Vec::new()
         } else {
@@ -294,13 +309,22 @@ fn send_reply(host: &dyn Abi, worker: &Worker, reply: &LocalReply) {
     }
 }
 
-/// A header map, or (counted) an empty one if the host cannot give it: an empty request map
-/// is a call with no identity, which gets the configured unidentified outcome.
-fn header_map_or_empty(host: &dyn Abi, worker: &Worker, map: Map) -> Vec<u8> {
-    host.header_map(map).unwrap_or_else(|error| {
-        worker.host_error("get_header_map", &error);
-        Vec::new()
-    })
+/// Visits a header map's pairs; false (counted) if the host cannot give the map, which then
+/// reads as empty: an empty request map is a call with no identity, which gets the
+/// configured unidentified outcome.
+fn read_headers(
+    host: &dyn Abi,
+    worker: &Worker,
+    map: Map,
+    visit: &mut dyn FnMut(&str, &str),
+) -> bool {
+    match host.visit_headers(map, visit) {
+        Ok(()) => true,
+        Err(error) => {
+            worker.host_error("get_header_map", &error);
+            false
+        }
+    }
 }
 
 fn property(host: &dyn Abi, path: &[&str]) -> Result<Option<String>, HostError> {
@@ -355,16 +379,25 @@ pub struct StatusCall {
 
 impl StatusCall {
     pub fn on_request_headers<H: Host + Abi>(&mut self, host: &H) -> Flow {
-        let headers = header_map_or_empty(host, &self.worker, Map::RequestHeaders);
-        let mut request = StatusRequest::default();
-        for (name, value) in wire::pairs(&headers) {
-            match name {
-                ":path" => request.path = value,
-                ":method" => request.method = value,
-                "authorization" => request.authorization = Some(value),
+        // Copied out of the map: the pairs are only lent for the visit. The status page is
+        // an operator's page, not the metered path.
+        let (mut path, mut method, mut authorization) = (String::new(), String::new(), None);
+        read_headers(
+            host,
+            &self.worker,
+            Map::RequestHeaders,
+            &mut |name, value| match name {
+                ":path" => value.clone_into(&mut path),
+                ":method" => value.clone_into(&mut method),
+                "authorization" => authorization = Some(value.to_string()),
                 _ => {}
-            }
-        }
+            },
+        );
+        let request = StatusRequest {
+            method: &method,
+            path: &path,
+            authorization: authorization.as_deref(),
+        };
         match status::respond(host, &self.worker, &request) {
             Some(reply) => {
                 send_reply(host, &self.worker, &reply);
@@ -437,13 +470,7 @@ impl GatewayCall {
         let keys_name_agent = matches!(config.identity, IdentitySource::ApiKey(_));
         // An unreadable request map is a call with no identity whatever the identity source
         // (no path, no model: nothing to meter it by), so it gets the unidentified outcome.
-        let headers = host.header_map(Map::RequestHeaders);
-        if let Err(error) = &headers {
-            worker.host_error("get_header_map", error);
-        }
-        let readable = headers.is_ok();
-        let headers = headers.unwrap_or_default();
-        for (name, value) in wire::pairs(&headers) {
+        let readable = read_headers(host, &worker, Map::RequestHeaders, &mut |name, value| {
             if name == ":path" {
                 head.path = value.to_string();
             } else if keys_name_agent && name == "authorization" {
@@ -467,7 +494,7 @@ impl GatewayCall {
             } else if name == config.user_header {
                 head.user = Some(repeated(head.user.take(), value));
             }
-        }
+        });
         if let (IdentitySource::Jwt(claims), true) = (&config.identity, readable) {
             let payload = claims.payload.as_str();
             head.claims.agent = jwt_claim(host, &worker, payload, &claims.agent);
@@ -565,15 +592,17 @@ impl GatewayCall {
             end_of_stream,
             ..ResponseHead::default()
         };
-        let headers = header_map_or_empty(host, &worker, Map::ResponseHeaders);
-        for (name, value) in wire::pairs(&headers) {
-            match name {
+        read_headers(
+            host,
+            &worker,
+            Map::ResponseHeaders,
+            &mut |name, value| match name {
                 ":status" => head.status = value.parse().unwrap_or(0),
                 "content-type" => head.content_type = Some(value.to_string()),
                 "content-encoding" => head.content_encoding = Some(value.to_string()),
                 _ => {}
-            }
-        }
+            },
+        );
         apply(
             host,
             &worker,

@@ -329,16 +329,16 @@ unsafe fn envoy_bytes<'a>(ptr: *const u8, length: usize) -> &'a [u8] {
 }
 
 impl Filter {
-    /// Calls `visit` with the headers of a map, borrowed from Envoy for the call; None if
-    /// the map is not available (e.g. response headers before the response).
-    pub fn with_headers<T>(
-        self,
-        headers: Headers,
-        visit: impl FnOnce(&[(&str, &str)]) -> T,
-    ) -> Option<T> {
+    /// Calls `visit` with each `(name, value)` pair of a map, in Envoy's order, borrowed
+    /// from Envoy for the call (no copy); a pair that is not UTF-8 is skipped, as the
+    /// adapter's wire parser skips it. False, having visited nothing, if the map is not
+    /// available (e.g. response headers before the response). `visit` must not change the
+    /// map: the pairs point into it.
+    pub fn visit_headers(self, headers: Headers, visit: &mut dyn FnMut(&str, &str)) -> bool {
         let kind = header_type(headers);
         // SAFETY: the filter is live for this hook.
         let count = unsafe { envoy_dynamic_module_callback_http_get_headers_size(self.0, kind) };
+        // Envoy fills an array of the pairs' addresses: one allocation per map, none per pair.
         let mut entries = vec![EMPTY_HEADER; count];
         // SAFETY: `entries` holds `count` entries, the size Envoy just gave for this map.
         if count > 0
@@ -346,28 +346,23 @@ impl Filter {
                 envoy_dynamic_module_callback_http_get_headers(self.0, kind, entries.as_mut_ptr())
             }
         {
-            return None;
+            return false;
         }
-        // A pair that is not UTF-8 is skipped, as the adapter's wire parser skips it.
-        let pairs: Vec<(&str, &str)> = entries
-            .iter()
-            .filter_map(|entry| {
-                // SAFETY: Envoy filled each entry with pointers into the map, valid until the
-                // hook returns or the map changes; nothing changes it while `visit` runs
-                // (the pairs are gone when this returns).
-                let (name, value) = unsafe {
-                    (
-                        envoy_bytes(entry.key_ptr, entry.key_length),
-                        envoy_bytes(entry.value_ptr, entry.value_length),
-                    )
-                };
-                Some((
-                    std::str::from_utf8(name).ok()?,
-                    std::str::from_utf8(value).ok()?,
-                ))
-            })
-            .collect();
-        Some(visit(&pairs))
+        for entry in &entries {
+            // SAFETY: Envoy filled each entry with pointers into the map, valid until the
+            // hook returns or the map changes; nothing changes it while this runs (`visit`
+            // must not, and the borrows end with each visit).
+            let (name, value) = unsafe {
+                (
+                    envoy_bytes(entry.key_ptr, entry.key_length),
+                    envoy_bytes(entry.value_ptr, entry.value_length),
+                )
+            };
+            if let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(value)) {
+                visit(name, value);
+            }
+        }
+        true
     }
 
     /// Sets a header (replacing its values); `None` removes it.

@@ -171,15 +171,34 @@ impl Host for NativeHost<'_> {
 }
 
 impl Abi for NativeHost<'_> {
+    /// The serialized form, for a caller that wants it: the adapter visits the pairs
+    /// ([`Abi::visit_headers`]), which needs no copy.
     fn header_map(&self, map: Map) -> Result<Vec<u8>, HostError> {
+        let mut pairs = Vec::new();
+        self.visit_headers(map, &mut |name, value| {
+            pairs.push((name.to_string(), value.to_string()));
+        })?;
+        wire::serialize(
+            pairs
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_str())),
+        )
+        .ok_or(BAD_ARGUMENT)
+    }
+
+    /// Envoy's header array, visited in place. A callout reply's map is its one `:status`
+    /// (the ABI's callout hook hands over nothing else).
+    fn visit_headers(&self, map: Map, visit: &mut dyn FnMut(&str, &str)) -> Result<(), HostError> {
         let Some(headers) = headers_of(map) else {
             let status = self.callout_status.ok_or(NOT_FOUND)?.to_string();
-            return wire::serialize([(":status", status.as_str())]).ok_or(BAD_ARGUMENT);
+            visit(":status", &status);
+            return Ok(());
         };
-        self.filter()?
-            .with_headers(headers, |pairs| wire::serialize(pairs.iter().copied()))
-            .ok_or(NOT_FOUND)?
-            .ok_or(BAD_ARGUMENT)
+        if self.filter()?.visit_headers(headers, visit) {
+            Ok(())
+        } else {
+            Err(NOT_FOUND)
+        }
     }
 
     fn set_header(&self, map: Map, name: &str, value: &str) -> Result<(), HostError> {

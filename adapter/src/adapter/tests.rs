@@ -22,6 +22,9 @@ struct FakeEnvoy {
     core: FakeHost,
     plugin_configuration: Vec<u8>,
     request_headers: RefCell<Vec<(String, String)>>,
+    /// The serialized request map handed out instead of `request_headers`, when set: bytes
+    /// the pairs cannot hold (a pair that is not UTF-8).
+    request_map_bytes: Option<Vec<u8>>,
     response_headers: RefCell<Vec<(String, String)>>,
     request_body: RefCell<Vec<u8>>,
     response_body: RefCell<Vec<u8>>,
@@ -101,6 +104,9 @@ impl Host for FakeEnvoy {
 impl Abi for FakeEnvoy {
     fn header_map(&self, map: Map) -> Result<Vec<u8>, HostError> {
         self.enter("get_header_map")?;
+        if let (Map::RequestHeaders, Some(bytes)) = (map, &self.request_map_bytes) {
+            return Ok(bytes.clone());
+        }
         let pairs = self.map(map).borrow();
         wire::serialize(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str()))).ok_or(FAILURE)
     }
@@ -548,4 +554,48 @@ fn a_call_naming_two_agents_is_refused_rather_than_charged_to_either() {
     assert_eq!(*envoy.reply.borrow(), Some(400));
     assert!(played.spent.values().all(|spent| *spent == 0));
     assert_eq!(envoy.metric("agent_budget_unattributed.reason.invalid"), 1);
+}
+
+/// The default `visit_headers` (the proxy-wasm host's) visits what `wire::pairs` reads, in
+/// the map's order, skipping a pair that is not UTF-8; a map the host cannot give visits
+/// nothing.
+#[test]
+fn the_default_header_visit_reads_the_serialized_map_as_the_wire_parser_does() {
+    let pairs = [
+        (":path", CHAT_PATH),
+        ("x-agent-id", "bot"),
+        ("x-~", "skipped"),
+        ("x-agent-id", "other"),
+        ("empty", ""),
+    ];
+    let mut bytes = wire::serialize(pairs).expect("small map");
+    // `~` is in no length word: this makes that one pair's name invalid UTF-8.
+    let marker = bytes.iter().position(|b| *b == b'~').expect("marker");
+    *bytes.get_mut(marker).expect("marker") = 0xff;
+    let envoy = FakeEnvoy {
+        request_map_bytes: Some(bytes.clone()),
+        ..FakeEnvoy::new(BUDGETS)
+    };
+    let expected = headers(&[
+        (":path", CHAT_PATH),
+        ("x-agent-id", "bot"),
+        ("x-agent-id", "other"),
+        ("empty", ""),
+    ]);
+    let parsed: Vec<(String, String)> = wire::pairs(&bytes)
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(parsed, expected);
+    let mut visited = Vec::new();
+    let read = envoy.visit_headers(Map::RequestHeaders, &mut |n, v| {
+        visited.push((n.to_string(), v.to_string()));
+    });
+    assert_eq!(read, Ok(()));
+    assert_eq!(visited, expected);
+
+    envoy.fail_at.set(Some(envoy.calls.borrow().len()));
+    let mut visited = 0;
+    let read = envoy.visit_headers(Map::RequestHeaders, &mut |_, _| visited += 1);
+    assert_eq!(read, Err(FAILURE));
+    assert_eq!(visited, 0);
 }
