@@ -324,7 +324,7 @@ def test_invalid_prices_are_skipped_not_written():
     b'"a string"',
     b'{"gpt-4o": 2.5, "gpt-4": [1, 2]}',
     b"{}",
-    gzip.compress(b'{"gpt-4o": {}}')[:20],
+    gzip.compress(b'{"gpt-4o": {}}', mtime=0)[:20],
     b"\xff\xfe\x00garbage",
 ])
 def test_malformed_input_exits_non_zero(content, tmp_path):
