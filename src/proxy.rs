@@ -374,8 +374,9 @@ fn action(flow: Flow) -> Action {
 }
 
 impl Abi for ProxyHost {
-    fn header_map(&self, map: Map) -> Result<Vec<u8>, HostError> {
-        header_map(map_type(map))
+    fn visit_headers(&self, map: Map, visit: &mut dyn FnMut(&str, &str)) -> Result<(), HostError> {
+        agent_budget_adapter::wire::visit_pairs(&header_map(map_type(map))?, visit);
+        Ok(())
     }
 
     fn set_header(&self, map: Map, name: &str, value: &str) -> Result<(), HostError> {

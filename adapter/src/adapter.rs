@@ -11,7 +11,6 @@
 //! body reads as empty, an edit that cannot be made leaves the call as it was, and a reply
 //! that cannot be sent still keeps the call from the provider.
 
-use crate::wire;
 use agent_budget_core::config::{Config, IdentitySource, JWT_AUTHN_NAMESPACE};
 use agent_budget_core::filter::{
     Call, ChunkOutcome, EndCause, HeadAction, HeaderEdits, LocalReply, RequestHead, ResponseHead,
@@ -49,20 +48,11 @@ pub enum Flow {
 /// The host calls of the HTTP and root callbacks beside the core's [`Host`]; each returns
 /// the host's status as a [`HostError`] and never panics.
 pub trait Abi {
-    /// A whole header map in the ABI's serialized form ([`wire::pairs`] reads it).
-    fn header_map(&self, map: Map) -> Result<Vec<u8>, HostError>;
     /// Calls `visit` with each `(name, value)` pair of a header map, in the map's order; a
     /// pair that is not UTF-8 is skipped, and an error visits none. The adapter reads maps
-    /// only through this. By
-    /// default it parses [`Abi::header_map`] (proxy-wasm hands out only the serialized
-    /// form); a host holding the pairs itself visits them in place instead.
-    fn visit_headers(&self, map: Map, visit: &mut dyn FnMut(&str, &str)) -> Result<(), HostError> {
-        let bytes = self.header_map(map)?;
-        for (name, value) in wire::pairs(&bytes) {
-            visit(name, value);
-        }
-        Ok(())
-    }
+    /// only through this: proxy-wasm hands out the serialized form ([`wire::visit_pairs`]),
+    /// a host holding the pairs itself visits them in place.
+    fn visit_headers(&self, map: Map, visit: &mut dyn FnMut(&str, &str)) -> Result<(), HostError>;
     /// Sets a header, replacing any value it had.
     fn set_header(&self, map: Map, name: &str, value: &str) -> Result<(), HostError>;
     fn remove_header(&self, map: Map, name: &str) -> Result<(), HostError>;

@@ -29,6 +29,13 @@ pub fn pairs(map: &[u8]) -> impl Iterator<Item = (&str, &str)> {
 
 /// Serializes `(name, value)` pairs into the map form [`pairs`] reads (headers of a local
 /// reply or a callout). A length past `u32::MAX` cannot be sent and yields `None`.
+/// Calls `visit` with each pair [`pairs`] reads from a serialized map.
+pub fn visit_pairs(map: &[u8], visit: &mut dyn FnMut(&str, &str)) {
+    for (name, value) in pairs(map) {
+        visit(name, value);
+    }
+}
+
 pub fn serialize<'a>(map: impl IntoIterator<Item = (&'a str, &'a str)> + Clone) -> Option<Vec<u8>> {
     let count = u32::try_from(map.clone().into_iter().count()).ok()?;
     let mut out = count.to_le_bytes().to_vec();

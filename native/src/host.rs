@@ -11,7 +11,6 @@ use crate::ffi::{Filter, Headers};
 use crate::module::{Shared, Worker};
 use crate::store::Store;
 use agent_budget_adapter::adapter::{Abi, Buffer, Map};
-use agent_budget_adapter::wire;
 use agent_budget_core::host::{Host, HostError, MetricKind, Versioned};
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -171,21 +170,6 @@ impl Host for NativeHost<'_> {
 }
 
 impl Abi for NativeHost<'_> {
-    /// The serialized form, for a caller that wants it: the adapter visits the pairs
-    /// ([`Abi::visit_headers`]), which needs no copy.
-    fn header_map(&self, map: Map) -> Result<Vec<u8>, HostError> {
-        let mut pairs = Vec::new();
-        self.visit_headers(map, &mut |name, value| {
-            pairs.push((name.to_string(), value.to_string()));
-        })?;
-        wire::serialize(
-            pairs
-                .iter()
-                .map(|(name, value)| (name.as_str(), value.as_str())),
-        )
-        .ok_or(BAD_ARGUMENT)
-    }
-
     /// Envoy's header array, visited in place. A callout reply's map is its one `:status`
     /// (the ABI's callout hook hands over nothing else).
     fn visit_headers(&self, map: Map, visit: &mut dyn FnMut(&str, &str)) -> Result<(), HostError> {

@@ -3,6 +3,7 @@
 //! failure mode says (never charged to another agent, never forwarded once refused).
 
 use super::*;
+use crate::wire;
 use agent_budget_core::host::fake::FakeHost;
 use agent_budget_core::host::{MetricKind, Versioned};
 use agent_budget_core::ledger::{AccountKey, Ledger};
@@ -101,7 +102,8 @@ impl Host for FakeEnvoy {
     }
 }
 
-impl Abi for FakeEnvoy {
+impl FakeEnvoy {
+    /// A map in proxy-wasm's serialized form, as the wasm host receives it.
     fn header_map(&self, map: Map) -> Result<Vec<u8>, HostError> {
         self.enter("get_header_map")?;
         if let (Map::RequestHeaders, Some(bytes)) = (map, &self.request_map_bytes) {
@@ -109,6 +111,14 @@ impl Abi for FakeEnvoy {
         }
         let pairs = self.map(map).borrow();
         wire::serialize(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str()))).ok_or(FAILURE)
+    }
+}
+
+impl Abi for FakeEnvoy {
+    /// As the wasm host visits a map: serialized, then read in place.
+    fn visit_headers(&self, map: Map, visit: &mut dyn FnMut(&str, &str)) -> Result<(), HostError> {
+        wire::visit_pairs(&self.header_map(map)?, visit);
+        Ok(())
     }
 
     fn set_header(&self, map: Map, name: &str, value: &str) -> Result<(), HostError> {
@@ -556,11 +566,11 @@ fn a_call_naming_two_agents_is_refused_rather_than_charged_to_either() {
     assert_eq!(envoy.metric("agent_budget_unattributed.reason.invalid"), 1);
 }
 
-/// The default `visit_headers` (the proxy-wasm host's) visits what `wire::pairs` reads, in
-/// the map's order, skipping a pair that is not UTF-8; a map the host cannot give visits
-/// nothing.
+/// Visiting a serialized map (`wire::visit_pairs`, the proxy-wasm host's way) visits what
+/// `wire::pairs` reads, in the map's order, skipping a pair that is not UTF-8; a map the
+/// host cannot give visits nothing.
 #[test]
-fn the_default_header_visit_reads_the_serialized_map_as_the_wire_parser_does() {
+fn a_serialized_header_map_is_visited_as_the_wire_parser_reads_it() {
     let pairs = [
         (":path", CHAT_PATH),
         ("x-agent-id", "bot"),
