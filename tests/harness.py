@@ -57,10 +57,39 @@ def require_built() -> None:
         )
 
 
+def _port_slice() -> range:
+    """The ports this process hands out: below the kernel's ephemeral range, so no outgoing
+    connection or bind(0) elsewhere can take a port between free_port() and Envoy's bind, and
+    split between pytest-xdist workers, so two workers never pick the same one."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    pool = range(10000, low) if low - 10000 >= 2000 else range(1024, low)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    width = len(pool) // max(workers, 1)
+    return range(pool.start + worker * width, pool.start + (worker + 1) * width)
+
+
+_PORTS = _port_slice()
+# Start at a random point so runs back to back do not reuse the same ports first.
+_next_port = _PORTS.start + int.from_bytes(os.urandom(2), "big") % len(_PORTS)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing listens on, never handed out twice in a row by this process."""
+    global _next_port
+    for _ in range(len(_PORTS)):
+        port = _next_port
+        _next_port = _PORTS.start + (port + 1 - _PORTS.start) % len(_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port in {_PORTS.start}-{_PORTS.stop - 1}")
 
 
 def wait_until(predicate, timeout: float, what: str) -> None:
