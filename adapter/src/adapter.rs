@@ -11,7 +11,9 @@
 //! body reads as empty, an edit that cannot be made leaves the call as it was, and a reply
 //! that cannot be sent still keeps the call from the provider.
 
-use agent_budget_core::config::{Config, IdentitySource, JWT_AUTHN_NAMESPACE};
+use agent_budget_core::config::{
+    Config, IdentitySource, JWT_AUTHN_NAMESPACE, JWT_CLAIM_HEADER_PREFIX,
+};
 use agent_budget_core::filter::{
     Call, ChunkOutcome, EndCause, HeadAction, HeaderEdits, LocalReply, RequestHead, ResponseHead,
 };
@@ -458,6 +460,8 @@ impl GatewayCall {
             ..RequestHead::default()
         };
         let keys_name_agent = matches!(config.identity, IdentitySource::ApiKey(_));
+        let claims_name_agent = matches!(config.identity, IdentitySource::Jwt(_));
+        let mut claim_headers: Vec<String> = Vec::new();
         // An unreadable request map is a call with no identity whatever the identity source
         // (no path, no model: nothing to meter it by), so it gets the unidentified outcome.
         let readable = read_headers(host, &worker, Map::RequestHeaders, &mut |name, value| {
@@ -483,6 +487,11 @@ impl GatewayCall {
                 head.task = Some(repeated(head.task.take(), value));
             } else if name == config.user_header {
                 head.user = Some(repeated(head.user.take(), value));
+            } else if claims_name_agent
+                && name.starts_with(JWT_CLAIM_HEADER_PREFIX)
+                && !claim_headers.iter().any(|seen| seen == name)
+            {
+                claim_headers.push(name.to_string());
             }
         });
         if let (IdentitySource::Jwt(claims), true) = (&config.identity, readable) {
@@ -503,6 +512,12 @@ impl GatewayCall {
         let declared = head.content_length;
         let outcome = self.call.on_request_headers(host, head);
         apply(host, &worker, Map::RequestHeaders, &outcome.edits);
+        // Claim headers carry claims to this filter (see JWT_CLAIM_HEADER_PREFIX), read above.
+        for name in &claim_headers {
+            if let Err(error) = host.remove_header(Map::RequestHeaders, name) {
+                worker.host_error("remove_header", &error);
+            }
+        }
         match outcome.action {
             // Envoy turns a paused request-headers callback into StopAllIteration, which also
             // withholds the body callbacks, so headers continue and the body is held instead

@@ -213,6 +213,10 @@ pub struct JwtClaims {
 
 /// `jwt_authn`'s dynamic-metadata namespace.
 pub const JWT_AUTHN_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
+/// Where a host that cannot read that metadata (the native module) has `jwt_authn` write
+/// each claim instead (`claim_to_headers`): `x-agent-budget-claim-<claim>`. With
+/// `source: jwt` such headers never reach the provider, whichever build runs.
+pub const JWT_CLAIM_HEADER_PREFIX: &str = "x-agent-budget-claim-";
 const DEFAULT_JWT_PAYLOAD: &str = "jwt_payload";
 const DEFAULT_AGENT_CLAIM: &str = "sub";
 

@@ -182,6 +182,13 @@ async fn provider(req: Request<Incoming>, api: Api, stats: &'static Stats) -> Re
     if !parts.headers.contains_key(hyper::header::CONTENT_LENGTH) {
         stats.record_unsized_request();
     }
+    if parts
+        .headers
+        .keys()
+        .any(|name| name.as_str().starts_with("x-agent-budget-claim-"))
+    {
+        stats.record_claim_header_request();
+    }
     let bad_request =
         |status: StatusCode, msg: &str| -> Bytes { api.error_body(status, true, msg).into() };
 
@@ -395,6 +402,21 @@ mod tests {
         assert_eq!(stats.agent("a").unwrap().usage.input_tokens, 5);
         assert_eq!(stats.agent("b").unwrap().usage.output_tokens, 2);
         assert_eq!(stats.totals().0.calls, 2);
+    }
+
+    #[tokio::test]
+    async fn requests_carrying_claim_headers_are_counted() {
+        let (addr, stats) = start().await;
+        let req = post(
+            "/v1/chat/completions",
+            "x-agent-id: a\r\nx-agent-budget-claim-sub: u\r\n",
+            CHAT,
+            false,
+        ) + &post("/v1/chat/completions", "x-agent-id: a\r\n", CHAT, true);
+        let out = exchange(addr, &req).await;
+        assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 2, "{out}");
+        let doc: Value = serde_json::from_slice(&stats.to_json()).unwrap();
+        assert_eq!(doc["claim_header_requests"], 1, "{doc}");
     }
 
     #[tokio::test]

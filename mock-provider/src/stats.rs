@@ -68,6 +68,9 @@ struct Inner {
     unreported_calls: u64,
     /// Provider calls whose request declared no content-length (sent chunked).
     unsized_requests: u64,
+    /// Provider calls carrying an `x-agent-budget-claim-*` header, which carry JWT claims to
+    /// the gateway's filter and must stop there.
+    claim_header_requests: u64,
 }
 
 pub struct Stats {
@@ -97,6 +100,7 @@ impl Stats {
                 },
                 unreported_calls: 0,
                 unsized_requests: 0,
+                claim_header_requests: 0,
             }),
         }
     }
@@ -130,6 +134,11 @@ impl Stats {
         g.unsized_requests = g.unsized_requests.saturating_add(1);
     }
 
+    pub fn record_claim_header_request(&self) {
+        let mut g = self.lock();
+        g.claim_header_requests = g.claim_header_requests.saturating_add(1);
+    }
+
     /// Forgets agents entirely (rather than keeping zeroed entries) so a test
     /// can compare the whole document after a reset.
     pub fn reset(&self) {
@@ -154,6 +163,8 @@ impl Stats {
             .num(g.unreported_calls)
             .raw(",\"unsized_requests\":")
             .num(g.unsized_requests)
+            .raw(",\"claim_header_requests\":")
+            .num(g.claim_header_requests)
             .raw("}");
         drop(g);
         out.into_bytes()

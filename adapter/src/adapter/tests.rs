@@ -328,8 +328,12 @@ fn scenarios() -> Vec<Scenario> {
             name: "agent from a verified token",
             config: r#"{"identity":{"source":"jwt"},"agents":{"bot":{"daily_usd":100},
                 "other":{"daily_usd":100}}}"#,
-            // The forged header names another agent: only the token counts.
-            request_headers: &[(":path", CHAT_PATH), ("x-agent-id", "other")],
+            // The forged headers name another agent: only the token counts.
+            request_headers: &[
+                (":path", CHAT_PATH),
+                ("x-agent-id", "other"),
+                ("x-agent-budget-claim-sub", "other"),
+            ],
             request_body: br#"{"model":"gpt-4o","max_tokens":100,"messages":[]}"#,
             response_body: CHAT_RESPONSE,
             content_type: "application/json",
@@ -370,6 +374,42 @@ fn every_scenario_plays_as_expected_when_nothing_fails() {
     assert_eq!(calls.iter().filter(|c| **c == "set_buffer").count(), 2);
     let client = envoy.response_body.borrow().clone();
     assert!(!String::from_utf8_lossy(&client).contains("\"usage\""));
+}
+
+#[test]
+fn with_jwt_identity_no_claim_header_reaches_the_provider() {
+    let jwt = scenarios()
+        .into_iter()
+        .find(|scenario| scenario.name == "agent from a verified token")
+        .expect("the jwt scenario");
+    let (envoy, played, _) = play(&jwt, None);
+    assert!(played.forwarded);
+    let sent = envoy.request_headers.borrow();
+    assert!(
+        sent.iter()
+            .all(|(name, _)| !name.starts_with("x-agent-budget-claim-") && name != "x-agent-id"),
+        "{sent:?}"
+    );
+    // In the header mode the name means nothing and the header is left alone.
+    let header_mode = scenarios()
+        .into_iter()
+        .find(|scenario| scenario.name == "charged chat")
+        .expect("the header scenario");
+    let mut with_claim = header_mode.request_headers.to_vec();
+    with_claim.push(("x-agent-budget-claim-sub", "bot"));
+    let with_claim: &'static [(&str, &str)] = Box::leak(with_claim.into_boxed_slice());
+    let (envoy, _, _) = play(
+        &Scenario {
+            request_headers: with_claim,
+            ..header_mode
+        },
+        None,
+    );
+    assert!(envoy
+        .request_headers
+        .borrow()
+        .iter()
+        .any(|(name, _)| name == "x-agent-budget-claim-sub"));
 }
 
 #[test]
