@@ -48,6 +48,12 @@ def skip_unless_wasm(reason: str) -> None:
         pytest.skip(f"native build: {reason}")
 
 
+def skip_unless_native(reason: str) -> None:
+    """Skips the calling test on the wasm build, saying why it does not apply there."""
+    if not NATIVE:
+        pytest.skip(f"wasm build: {reason}")
+
+
 def require_built() -> None:
     missing = [p for p in (NATIVE_MODULE if NATIVE else WASM, MOCK, ENVOY) if not p.exists()]
     if missing:

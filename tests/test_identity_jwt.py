@@ -1,7 +1,12 @@
 """Identity from a JWT that Envoy's own jwt_authn filter verified (`identity.source: jwt`), in a
 real Envoy with a local JWKS file: the token's claims name the agent, task and user; a forged
 header neither charges nor reaches anyone; a caller can neither spend another agent's budget
-nor escape its own; no token gets the unidentified outcome."""
+nor escape its own; no token gets the unidentified outcome.
+
+The wasm filter reads the claims from jwt_authn's dynamic metadata (payload_in_metadata); the
+native module from the headers jwt_authn's claim_to_headers writes, behind the guard filter
+that removes a client's own claim headers before jwt_authn runs. The same tests hold for both,
+with each build's jwt_authn setup; a forged claim header is tried on both."""
 
 import base64
 import hashlib
@@ -11,11 +16,7 @@ import time
 
 import pytest
 
-from harness import NATIVE, knobs, request
-
-# The claims live in jwt_authn's nested dynamic metadata, which the dynamic-module ABI's
-# metadata calls (top-level string keys) do not reach.
-pytestmark = pytest.mark.skipif(NATIVE, reason="native build: JWT claims are not readable through the dynamic-module ABI; it refuses identity.source: jwt (tests/test_native.py)")
+from harness import NATIVE, knobs, request, skip_unless_native, wait_until
 
 CHAT = "/v1/chat/completions"
 ISSUER = "https://issuer.agents.test"
@@ -48,9 +49,22 @@ def jwks_file(tmp_path):
     return path
 
 
-def jwt_authn(jwks_path) -> dict:
+CLAIM_HEADER_PREFIX = "x-agent-budget-claim-"
+GUARD = {
+    "name": "agent_budget_jwt_guard",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+        "dynamic_module_config": {"name": "agent_budget_native"},
+        "filter_name": "agent_budget_jwt_guard",
+    },
+}
+
+
+def jwt_authn(jwks_path, claims=("sub",)) -> dict:
     """jwt_authn verifying the agents' tokens against a local JWKS file; calls without a token
-    pass on (allow_missing), so the budget filter's unidentified outcome decides them."""
+    pass on (allow_missing), so the budget filter's unidentified outcome decides them. The
+    payload goes to dynamic metadata (the wasm filter's source) and each of `claims` to its
+    claim header (the native module's)."""
     return {
         "name": "envoy.filters.http.jwt_authn",
         "typed_config": {
@@ -59,6 +73,8 @@ def jwt_authn(jwks_path) -> dict:
                 "issuer": ISSUER,
                 "local_jwks": {"filename": str(jwks_path)},
                 "payload_in_metadata": "agent_token",
+                "claim_to_headers": [{"header_name": CLAIM_HEADER_PREFIX + claim, "claim_name": claim}
+                                     for claim in dict.fromkeys(claims)],
             }},
             "rules": [{"match": {"prefix": "/"}, "requires": {"requires_any": {"requirements": [
                 {"provider_name": "agents"}, {"allow_missing": {}}]}}}],
@@ -79,8 +95,11 @@ def chat():
 
 @pytest.fixture
 def jwt_gateway(gateway, jwks_file):
-    def start(**identity):
-        return gateway(jwt_config(**identity), filters_before=[jwt_authn(jwks_file)])
+    def start(guard=True, **identity):
+        claims = [identity.get("agent_claim", "sub"), identity.get("task_claim"), identity.get("user_claim")]
+        authn = jwt_authn(jwks_file, [claim for claim in claims if claim])
+        before = [GUARD, authn] if NATIVE and guard else [authn]
+        return gateway(jwt_config(**identity), filters_before=before)
     return start
 
 
@@ -140,3 +159,43 @@ def test_jwt_fields_outside_the_jwt_source_are_refused_naming_the_field(gateway)
     gw = gateway({"agents": {"alpha": {"daily_usd": 1}}, "identity": {"agent_claim": "sub"}},
                  expect_failure=True)
     assert "field `identity.agent_claim`: only used with `source: jwt`" in gw.log_text()
+
+
+def test_a_forged_claim_header_names_no_one(jwt_gateway, mock):
+    # A client sends the header jwt_authn would write the agent claim to: with no token it
+    # identifies no one, and with a token the verified claim wins over it.
+    gw = jwt_gateway()
+    forged = {CLAIM_HEADER_PREFIX + "sub": "alpha"}
+    resp = gw.post(CHAT, chat(), {**knobs("alpha", 10, 10), **forged})
+    assert resp.status == 401, resp.body
+    resp = gw.post(CHAT, chat(), {**knobs("alpha", 10, 10), **forged, **bearer({"sub": "thrifty"})})
+    assert resp.status == 429, resp.body
+    stats = gw.stats()
+    assert stats.value("agent_budget_rejected", agent="thrifty") == 1
+    assert stats.get("agent_budget_requests", agent="alpha") in (None, 0)
+    assert mock.stats()["total"]["calls"] == 0
+
+
+def test_claim_headers_do_not_reach_the_provider(jwt_gateway, mock):
+    gw = jwt_gateway(agent_claim="agent", user_claim="sub")
+    resp = gw.post(CHAT, chat(), {**knobs("x", 10, 10), **bearer({"agent": "alpha", "sub": "u-1"}),
+                                  CLAIM_HEADER_PREFIX + "extra": "forged"})
+    assert resp.status == 200, resp.body
+    assert gw.access_records()[0]["user"] == "u-1"
+    served = mock.stats()
+    assert served["total"]["calls"] == 1
+    assert served["claim_header_requests"] == 0
+
+
+def test_without_the_guard_claim_headers_name_no_one_and_the_log_says_why(jwt_gateway, mock):
+    skip_unless_native("the wasm filter reads jwt_authn's metadata and needs no guard")
+    gw = jwt_gateway(guard=False)
+    # Even a verified token identifies no one: nothing removed a client's claim headers.
+    for _ in range(2):
+        resp = gw.post(CHAT, chat(), {**knobs("alpha", 10, 10), **bearer({"sub": "alpha"})})
+        assert resp.status == 401, resp.body
+    assert mock.stats()["total"]["calls"] == 0
+    wait_until(lambda: "no agent_budget_jwt_guard filter ran before jwt_authn" in gw.log_text(), 15,
+               "the log line naming the missing guard")
+    # Said once per configuration, not once per call.
+    assert gw.log_text().count("no agent_budget_jwt_guard filter ran") == 1

@@ -91,9 +91,22 @@ def test_a_module_of_another_abi_version_is_flagged_by_envoy(gateway, mock, tmp_
     assert "v0.2.0 matched" not in gw.log_text()
 
 
-def test_jwt_identity_is_refused_with_the_reason(gateway):
-    # The native build cannot read jwt_authn's claims: a clear refusal, not every call a 401.
-    config = {"identity": {"source": "jwt"}, "agents": {"bot": {"daily_usd": 1}}}
+def test_a_jwt_claim_no_header_can_be_named_after_is_refused_naming_the_field(gateway):
+    # The native module reads claims from the headers jwt_authn writes them to: a claim that
+    # cannot be part of a header name is refused at load, not every call a 401.
+    config = {"identity": {"source": "jwt", "agent_claim": "https://agents.test/id"},
+              "agents": {"bot": {"daily_usd": 1}}}
     gw = gateway(config, expect_failure=True)
     assert gw.proc.returncode != 0
-    assert "identity.source: jwt is not available in the native build" in gw.log_text()
+    assert "invalid configuration: field `identity.agent_claim`: the native build reads claims" in gw.log_text()
+
+
+def test_the_jwt_guard_refuses_a_configuration(gateway):
+    guard = {"name": "agent_budget_jwt_guard", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+        "dynamic_module_config": {"name": "agent_budget_native"},
+        "filter_name": "agent_budget_jwt_guard",
+        "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": "{\"strip\": true}"}}}
+    gw = gateway({"agents": {"bot": {"daily_usd": 1}}}, filters_before=[guard], expect_failure=True)
+    assert gw.proc.returncode != 0
+    assert "agent_budget_jwt_guard takes no filter_config" in gw.log_text()

@@ -162,6 +162,11 @@ extern "C" {
         key: ModuleBuffer,
         value: ModuleBuffer,
     ) -> bool;
+    fn envoy_dynamic_module_callback_http_get_filter_state_bytes(
+        filter: *mut c_void,
+        key: ModuleBuffer,
+        result: *mut EnvoyBuffer,
+    ) -> bool;
     fn envoy_dynamic_module_callback_http_filter_get_attribute_string(
         filter: *mut c_void,
         attribute_id: u32,
@@ -526,6 +531,20 @@ impl Filter {
                 self.0,
                 ModuleBuffer::of(key.as_bytes()),
                 ModuleBuffer::of(value),
+            )
+        }
+    }
+
+    /// Whether a filter of this stream set the filter-state key (as bytes).
+    pub fn has_filter_state(self, key: &str) -> bool {
+        let mut result = EMPTY_BUFFER;
+        // SAFETY: live filter; `key` is live for the call and `result` a valid out-pointer
+        // (its value, Envoy's, is not used).
+        unsafe {
+            envoy_dynamic_module_callback_http_get_filter_state_bytes(
+                self.0,
+                ModuleBuffer::of(key.as_bytes()),
+                &mut result,
             )
         }
     }

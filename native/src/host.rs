@@ -8,9 +8,11 @@
 //! the send, and they must find the stream free).
 
 use crate::ffi::{Filter, Headers};
+use crate::jwt_guard;
 use crate::module::{Shared, Worker};
 use crate::store::Store;
 use agent_budget_adapter::adapter::{Abi, Buffer, Map};
+use agent_budget_core::config::JWT_AUTHN_NAMESPACE;
 use agent_budget_core::host::{Host, HostError, MetricKind, Versioned};
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -95,6 +97,28 @@ impl<'a> NativeHost<'a> {
 
     fn filter(&self) -> Result<Filter, HostError> {
         self.filter.ok_or(UNIMPLEMENTED)
+    }
+
+    /// A verified claim: the value of the header jwt_authn wrote it to, trusted only when
+    /// the guard removed the client's own claim headers first. Two values (two providers
+    /// writing one header) name no one.
+    fn jwt_claim(&self, claim: &str) -> Result<Option<Vec<u8>>, HostError> {
+        let filter = self.filter()?;
+        if !jwt_guard::guarded(filter) {
+            self.shared.say_unguarded();
+            return Ok(None);
+        }
+        let header = jwt_guard::claim_header(claim);
+        let mut values = Vec::new();
+        filter.visit_headers(Headers::Request, &mut |name, value| {
+            if name == header {
+                values.push(value.as_bytes().to_vec());
+            }
+        });
+        Ok(match values.len() {
+            1 => values.pop(),
+            _ => None,
+        })
     }
 
     fn request_body_slice(&self, start: usize, max_size: usize) -> Result<Vec<u8>, HostError> {
@@ -264,10 +288,16 @@ impl Abi for NativeHost<'_> {
         }
     }
 
-    /// The properties the adapter reads. The JWT claims of `identity.source: jwt` live in
-    /// nested dynamic metadata the ABI's metadata calls do not reach: they read as unset.
+    /// The properties the adapter reads. A JWT claim (`identity.source: jwt`) is read from
+    /// the header jwt_authn wrote it to, not from its nested metadata, which the ABI's
+    /// metadata calls do not reach (see jwt_guard).
     fn get_property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, HostError> {
         match path {
+            ["metadata", "filter_metadata", namespace, _payload, claim]
+                if *namespace == JWT_AUTHN_NAMESPACE =>
+            {
+                self.jwt_claim(claim)
+            }
             ["plugin_root_id"] => Ok(Some(self.shared.filter_name.as_bytes().to_vec())),
             ["xds", "route_name"] => Ok(self.filter()?.route_name()),
             ["xds", "cluster_name"] => Ok(self.filter()?.cluster_name()),

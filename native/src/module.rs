@@ -12,13 +12,14 @@
 
 use crate::ffi::{self, ConfigHandle, Filter, Pinned, Scheduler};
 use crate::host::NativeHost;
+use crate::jwt_guard;
 use crate::metrics::Registry;
 use agent_budget_adapter::adapter::{Flow, GatewayCall, Root, StatusCall, STATUS_ROOT_ID};
 use agent_budget_core::config::IdentitySource;
 use agent_budget_core::root::TICK_MILLIS;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -101,6 +102,8 @@ pub struct Shared {
     next_token: AtomicU32,
     /// The timer's period, as the adapter set it.
     tick_millis: AtomicU64,
+    /// A call came with JWT claims but no guard ran: said once, in the log.
+    unguarded_said: AtomicBool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -113,6 +116,18 @@ impl Shared {
     /// Whether the tick's timer runs (set_tick_period's answer).
     pub fn ticking(&self) -> bool {
         lock(&self.scheduler).is_some()
+    }
+
+    /// Says, once per configuration, why JWT claims are not read on a route without the guard.
+    pub fn say_unguarded(&self) {
+        if !self.unguarded_said.swap(true, Ordering::Relaxed) {
+            log::error!(
+                "identity.source: jwt: no {} filter ran before jwt_authn on this route, so its \
+                 claim headers could be a client's and name no agent (each such call has no \
+                 verified agent); add the guard before jwt_authn (README, Identity)",
+                jwt_guard::GUARD_FILTER
+            );
+        }
     }
 
     pub fn set_tick_millis(&self, millis: u32) {
@@ -189,21 +204,28 @@ impl Shared {
     }
 }
 
-/// The module's side of one filter config (what `on_http_filter_config_new` returns).
-pub struct Configured {
-    shared: Arc<Shared>,
+/// The module's side of one filter config (what `on_http_filter_config_new` returns): the
+/// budget filter (or its status page), or the JWT claim guard, which keeps no state.
+pub enum Configured {
+    Budget(Arc<Shared>),
+    JwtGuard,
 }
 
 impl Configured {
     pub fn on_scheduled(&self) {
-        self.shared.tick();
+        if let Configured::Budget(shared) = self {
+            shared.tick();
+        }
     }
 
     pub fn on_callout_done(&self, callout_id: u64, status: u32, body: Vec<u8>) {
-        lock(&self.shared.replies).push((callout_id, status, body));
+        let Configured::Budget(shared) = self else {
+            return;
+        };
+        lock(&shared.replies).push((callout_id, status, body));
         // Within a tick (a callout failing as it is made) the tick handles it after.
         if !BUSY.with(Cell::get) {
-            self.shared.handle_replies();
+            shared.handle_replies();
         }
     }
 }
@@ -215,6 +237,13 @@ pub fn new_config(handle: ConfigHandle, name: &[u8], configuration: &[u8]) -> Op
         log::error!("the filter name is not UTF-8");
         return None;
     };
+    if filter_name == jwt_guard::GUARD_FILTER {
+        if !jwt_guard::guard_config_is_empty(configuration) {
+            log::error!("{filter_name} takes no filter_config");
+            return None;
+        }
+        return Some(Configured::JwtGuard);
+    }
     let status_page = filter_name == STATUS_ROOT_ID;
     // The status page reads what the gateway writes and needs no tick.
     let scheduler = if status_page {
@@ -238,6 +267,7 @@ pub fn new_config(handle: ConfigHandle, name: &[u8], configuration: &[u8]) -> Op
         replies: Mutex::new(Vec::new()),
         next_token: AtomicU32::new(0),
         tick_millis: AtomicU64::new(TICK_MILLIS),
+        unguarded_said: AtomicBool::new(false),
     });
     shared.metrics.declare(handle);
     // Checks the configuration as every worker will read it, and prepares the ledger's
@@ -246,18 +276,25 @@ pub fn new_config(handle: ConfigHandle, name: &[u8], configuration: &[u8]) -> Op
     if !root.on_configure(&NativeHost::main(&shared, None)) {
         return None;
     }
-    // The claims sit in nested dynamic metadata the ABI's metadata calls cannot read: refused
-    // here rather than every call reading as unidentified.
-    if matches!(
-        root.config().map(|config| &config.identity),
-        Some(IdentitySource::Jwt(_))
-    ) {
-        log::error!(
-            "identity.source: jwt is not available in the native build (the dynamic-module ABI \
-             cannot read jwt_authn's claims); use the wasm filter, or identity.source: header \
-             or api_key"
-        );
-        return None;
+    // The claims arrive as headers named after them (see jwt_guard): a claim no header can
+    // be named after is refused here rather than every call reading as unidentified.
+    if let Some(IdentitySource::Jwt(claims)) = root.config().map(|config| &config.identity) {
+        let named = [
+            ("identity.agent_claim", Some(&claims.agent)),
+            ("identity.task_claim", claims.task.as_ref()),
+            ("identity.user_claim", claims.user.as_ref()),
+        ];
+        for (field, claim) in named {
+            if let Some(claim) = claim.filter(|claim| !jwt_guard::claim_fits_a_header(claim)) {
+                log::error!(
+                    "invalid configuration: field `{field}`: the native build reads claims from \
+                     the headers jwt_authn writes ({}<claim>), and {claim:?} cannot be part of \
+                     a header name; use a claim of letters, digits, `.`, `_` and `-`",
+                    jwt_guard::CLAIM_HEADER_PREFIX
+                );
+                return None;
+            }
+        }
     }
     // The configuration's own worker ticks from the start, as a wasm VM's root does: fleet
     // mode loads the fleet's spend before the first call, whichever thread serves it.
@@ -270,7 +307,7 @@ pub fn new_config(handle: ConfigHandle, name: &[u8], configuration: &[u8]) -> Op
         log::error!("cannot start the tick: no timer thread");
         return None;
     }
-    Some(Configured { shared })
+    Some(Configured::Budget(shared))
 }
 
 /// Posts a tick every tick period until the configuration is destroyed.
@@ -296,10 +333,13 @@ fn start_timer(shared: &Arc<Shared>) -> bool {
 
 /// Envoy is done with a filter config (after every stream it made).
 pub fn destroy_config(configured: Configured) {
+    let Configured::Budget(shared) = configured else {
+        return;
+    };
     // Dropped here, on the main thread: the timer thread stops at its next wake-up.
-    lock(&configured.shared.scheduler).take();
-    lock(&configured.shared.workers).clear();
-    lock(&configured.shared.callouts).clear();
+    lock(&shared.scheduler).take();
+    lock(&shared.workers).clear();
+    lock(&shared.callouts).clear();
 }
 
 /// This thread's worker for a configuration, configured on first use (None: refused).
@@ -333,7 +373,13 @@ enum Call {
 }
 
 /// The module's side of one stream (what `on_http_filter_new` returns).
-pub struct Stream {
+pub enum Stream {
+    Budget(BudgetStream),
+    JwtGuard,
+}
+
+/// A stream of the budget filter or its status page.
+pub struct BudgetStream {
     shared: Arc<Shared>,
     worker: Arc<Worker>,
     /// Only used with the worker's mutex held (see the module doc). None after a panic.
@@ -344,22 +390,84 @@ pub struct Stream {
 
 /// A new stream's state; None (Envoy closes the stream) if no worker could be configured.
 pub fn new_stream(configured: &Configured, filter: Filter) -> Option<Stream> {
-    let shared = Arc::clone(&configured.shared);
+    let shared = match configured {
+        Configured::Budget(shared) => Arc::clone(shared),
+        Configured::JwtGuard => return Some(Stream::JwtGuard),
+    };
     let worker = worker_for(&shared, filter)?;
     let call = exclusively(|| {
         let root = worker.lock();
         root.0
             .new_http_call(|call| Call::Gateway(Box::new(call)), Call::Status)
     })??;
-    Some(Stream {
+    Some(Stream::Budget(BudgetStream {
         shared,
         worker,
         call: RefCell::new(Some(call)),
         responding: Cell::new(false),
-    })
+    }))
 }
 
+/// Each hook, for the kind of stream it is (the guard has only a request-headers step).
 impl Stream {
+    pub fn on_request_headers(&self, filter: Filter, end_of_stream: bool) -> bool {
+        match self {
+            Stream::Budget(stream) => stream.on_request_headers(filter, end_of_stream),
+            Stream::JwtGuard => {
+                jwt_guard::on_request_headers(filter);
+                false
+            }
+        }
+    }
+
+    pub fn on_request_body(&self, filter: Filter, end_of_stream: bool) -> bool {
+        match self {
+            Stream::Budget(stream) => stream.on_request_body(filter, end_of_stream),
+            Stream::JwtGuard => false,
+        }
+    }
+
+    pub fn on_response_headers(&self, filter: Filter, end_of_stream: bool) {
+        if let Stream::Budget(stream) = self {
+            stream.on_response_headers(filter, end_of_stream);
+        }
+    }
+
+    pub fn on_response_body(&self, filter: Filter, end_of_stream: bool) {
+        if let Stream::Budget(stream) = self {
+            stream.on_response_body(filter, end_of_stream);
+        }
+    }
+
+    pub fn on_response_trailers(&self, filter: Filter) {
+        if let Stream::Budget(stream) = self {
+            stream.on_response_trailers(filter);
+        }
+    }
+
+    pub fn on_complete(&self, filter: Filter) {
+        if let Stream::Budget(stream) = self {
+            stream.on_complete(filter);
+        }
+    }
+
+    /// A hook panicked: the budget stream fails its call; a guard that may not have removed
+    /// the client's claim headers refuses the request (they must never reach jwt_authn's
+    /// readers unguarded; no mark was set, so the budget filter would not trust them anyway).
+    pub fn panicked(&self, filter: Filter) {
+        match self {
+            Stream::Budget(stream) => stream.panicked(filter),
+            Stream::JwtGuard => refuse_after_panic(filter),
+        }
+    }
+}
+
+fn refuse_after_panic(filter: Filter) {
+    let headers = [("content-type".to_string(), "text/plain".to_string())];
+    filter.send_response(PANIC_STATUS, &headers, PANIC_BODY);
+}
+
+impl BudgetStream {
     /// Runs `body` on the call with the worker's mutex held; None if the call is gone (a
     /// panic) or this thread is already inside the stream.
     fn with_call<T>(&self, body: impl FnOnce(&mut Call) -> T) -> Option<T> {
@@ -448,13 +556,12 @@ impl Stream {
             }
         });
         if !self.responding.get() {
-            let headers = [("content-type".to_string(), "text/plain".to_string())];
-            filter.send_response(PANIC_STATUS, &headers, PANIC_BODY);
+            refuse_after_panic(filter);
         }
     }
 }
 
-impl Drop for Stream {
+impl Drop for BudgetStream {
     fn drop(&mut self) {
         // The call's Rcs are the worker's: released with its mutex held.
         let _root = self.worker.lock();
