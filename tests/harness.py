@@ -7,7 +7,8 @@ path and the plugin configuration swapped in. The mock's usage figures and failu
 are set per request by the headers `knobs` builds.
 
 AGENT_BUDGET_BUILD=native runs the same tests against the native dynamic module instead
-(envoy/agent-budget-native.yaml, target/release-native/libagent_budget_native.so); a test
+(envoy/agent-budget-native.yaml, envoy/agent-budget-native-dynamic.yaml with envoy/lds-native.yaml,
+target/release-native/libagent_budget_native.so); a test
 that cannot apply to a build skips with the reason (`skip_unless_wasm`).
 """
 
@@ -159,9 +160,9 @@ class Mock:
         self.dir.cleanup()
 
 
-DYNAMIC_BOOTSTRAP = REPO / "envoy/agent-budget-dynamic.yaml"
+DYNAMIC_BOOTSTRAP = REPO / ("envoy/agent-budget-native-dynamic.yaml" if NATIVE else "envoy/agent-budget-dynamic.yaml")
 OPS_LISTENER = "agent_budget_ops"
-LDS = REPO / "envoy/lds.yaml"
+LDS = REPO / ("envoy/lds-native.yaml" if NATIVE else "envoy/lds.yaml")
 
 
 def bootstrap(listen_port: int, admin_port: int, upstream_port: int, plugin_config,
@@ -319,7 +320,6 @@ class Gateway:
         self.dir = tempfile.TemporaryDirectory(prefix="envoy-")
         home = Path(self.dir.name)
         if self.dynamic:
-            skip_unless_wasm("listener reloads (LDS) have no native bootstrap yet")
             config = _shipped_bootstrap(DYNAMIC_BOOTSTRAP, self.admin_port, self.upstream_port)
             self.lds_path = home / "lds.yaml"
             self.write_listener(self.plugin_config)
@@ -346,7 +346,10 @@ class Gateway:
         env = dict(os.environ, ENVOY_DYNAMIC_MODULES_SEARCH_PATH=str(self.module_dir))
         self.proc = subprocess.Popen(
             [str(ENVOY), "-c", str(path), "--disable-hot-restart", "--concurrency", str(self.concurrency),
-             "-l", "info", "--log-path", str(self.log_path), *self.envoy_args],
+             "-l", "info", "--log-path", str(self.log_path),
+             # Log lines reach the file within 0.1 s (not Envoy's default 10 s), so a test
+             # waiting for one waits on what it checks, not on the flush timer.
+             "--file-flush-interval-msec", "100", *self.envoy_args],
             stdout=self.access_log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
         if expect_failure:
             try:

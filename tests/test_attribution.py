@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from harness import BOOTSTRAP, REPO, knobs, request
+from harness import BOOTSTRAP, LDS, REPO, knobs, request
 
 CHAT = "/v1/chat/completions"
 MESSAGES = "/v1/messages"
@@ -228,7 +228,7 @@ def test_readme_jq_line_traces_a_spike_to_task_and_user(gateway):
 def test_shipped_configs_carry_the_access_log_snippet():
     snippet = yaml.safe_load((REPO / "envoy/access-log.yaml").read_text())["access_log"]
     static = yaml.safe_load(BOOTSTRAP.read_text())["static_resources"]["listeners"][0]
-    dynamic = yaml.safe_load((REPO / "envoy/lds.yaml").read_text())["resources"][0]
+    dynamic = yaml.safe_load(LDS.read_text())["resources"][0]
     for listener in (static, dynamic):
         hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
         assert hcm["access_log"] == snippet

@@ -1,5 +1,6 @@
-"""Policy changes without a restart: envoy/agent-budget-dynamic.yaml takes its listener (and
-with it the plugin configuration) from an LDS file; rewriting that file atomically makes Envoy
+"""Policy changes without a restart: envoy/agent-budget-dynamic.yaml (native:
+envoy/agent-budget-native-dynamic.yaml) takes its listener (and with it the plugin
+configuration) from an LDS file (envoy/lds.yaml, envoy/lds-native.yaml); rewriting that file atomically makes Envoy
 configure the plugin anew. Spend already booked is kept (the ledger is shared data under the
 vm_id), a new budget and action apply at once to new connections, and an invalid
 configuration is refused while the last good one keeps serving.
@@ -16,7 +17,9 @@ import time
 import openai
 import pytest
 
-from harness import knobs, request, wait_until
+import yaml
+
+from harness import BOOTSTRAP, DYNAMIC_BOOTSTRAP, LDS, knobs, request, wait_until
 from webhook import Webhook
 
 CALL = 3000  # gpt-4o, 1000 input + 50 output tokens
@@ -188,3 +191,14 @@ def test_the_limit_gauge_shows_the_new_limit_after_a_reload(gateway, mock):
     while time.monotonic() < deadline:
         assert limit() == 8_000
         time.sleep(0.1)
+
+
+def test_the_lds_file_holds_the_static_bootstraps_listeners():
+    # One gateway in two forms: whichever bootstrap a platform team starts from, the
+    # listeners, filters and budgets are the same.
+    static = yaml.safe_load(BOOTSTRAP.read_text())["static_resources"]["listeners"]
+    dynamic = [{key: value for key, value in resource.items() if key != "@type"}
+               for resource in yaml.safe_load(LDS.read_text())["resources"]]
+    assert dynamic == static
+    clusters = lambda path: yaml.safe_load(path.read_text())["static_resources"]["clusters"]
+    assert clusters(DYNAMIC_BOOTSTRAP) == clusters(BOOTSTRAP)
