@@ -51,7 +51,7 @@ def test_the_module_defines_every_hook_envoy_resolves():
 
 
 def test_envoy_matches_the_abi_version_and_the_module_meters(gateway, mock):
-    gw = gateway(None, envoy_args=["--file-flush-interval-msec", "50"])
+    gw = gateway(None)
     resp = gw.post("/v1/chat/completions", {"model": "gpt-4o", "messages": []},
                    knobs("research-bot", 1000, 100))
     assert resp.status == 200
@@ -85,7 +85,7 @@ def test_a_module_of_another_abi_version_is_flagged_by_envoy(gateway, mock, tmp_
     # Envoy 1.40 compares the version the module reports with its own and, on a mismatch,
     # warns and loads it anyway: the symbol check above is what refuses an incompatible ABI.
     module_dir = patched_module(tmp_path, b"v0.2.0\0", b"v9.9.9\0")
-    gw = gateway(None, module_dir=module_dir, envoy_args=["--file-flush-interval-msec", "50"])
+    gw = gateway(None, module_dir=module_dir)
     wait_until(lambda: "Dynamic module ABI version v9.9.9 is deprecated" in gw.log_text(), 10,
                "Envoy's warning about the module's ABI version")
     assert "v0.2.0 matched" not in gw.log_text()
